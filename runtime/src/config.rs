@@ -1,0 +1,201 @@
+//! Public, serializable configuration: what an operator writes in a TOML file.
+//!
+//! These structs are plain data (`deny_unknown_fields`, every default a named
+//! constant). The live objects that enforce them are built from them: the
+//! wasmtime `Engine` (see [`crate::engine`]) and the per-invocation limiter
+//! (see [`crate::limiter`]).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default ceiling on one invocation's linear memory: 1 GiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
+/// Default ceiling on elements in one table.
+pub const DEFAULT_MAX_TABLE_ELEMENTS: u64 = 100_000;
+/// Default cap on stdout/stderr captured in memory per invocation: 16 MiB.
+pub const DEFAULT_MAX_CAPTURED_OUTPUT: usize = 16 << 20;
+
+/// Default number of instances the pooling allocator can hold at once.
+pub const DEFAULT_POOL_INSTANCES: u32 = 128;
+/// Default largest linear memory a pool slot can hold: 4 GiB (all of wasm32).
+pub const DEFAULT_POOL_MAX_MEMORY: u64 = 4 << 30;
+/// Default memories per module a slot can hold.
+pub const DEFAULT_POOL_MEMORIES_PER_MODULE: u32 = 1;
+/// Default tables per module a slot can hold.
+pub const DEFAULT_POOL_TABLES_PER_MODULE: u32 = 1;
+/// Default bytes of a freed memory slot kept resident (zeroed with memset
+/// instead of `madvise`): 1 MiB keeps small functions' restarts syscall-free.
+pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 1 << 20;
+/// Default epoch tick: how often a running guest is checked against its
+/// CPU-time and wall-clock budgets.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Default maximum native stack a guest may use.
+pub const DEFAULT_MAX_WASM_STACK: usize = 512 << 10;
+
+/// How a [`crate::Runtime`] is set up. Engine-wide: changing any field other
+/// than `limits` and `cache` gives differently compiled code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The pooling instance allocator's shape.
+    pub pool: PoolConfig,
+    /// Period of the epoch ticker that drives CPU-time and timeout checks.
+    #[serde(with = "humantime_serde")]
+    pub epoch_tick: Duration,
+    /// Instrument code to count fuel (needed for `Limits::fuel` and for the
+    /// `fuel_consumed` usage figure). Costs some speed, so off by default.
+    pub fuel_metering: bool,
+    /// Compile functions of a module on several threads.
+    pub parallel_compilation: bool,
+    /// Largest native stack a guest may use, in bytes.
+    pub max_wasm_stack: usize,
+    /// Pre-compilation cache.
+    pub cache: CacheConfig,
+    /// Limits applied to invocations that do not bring their own.
+    pub limits: Limits,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            pool: PoolConfig::default(),
+            epoch_tick: DEFAULT_EPOCH_TICK,
+            fuel_metering: false,
+            parallel_compilation: true,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            cache: CacheConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Shape of the pooling allocator: every slot is reserved up front, so an
+/// instantiation never calls `mmap`, and freed slots keep their
+/// copy-on-write memory image mapped for the next instance of the same module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Instances that can be alive at once; one more is an error, not a wait.
+    pub instances: u32,
+    /// Largest linear memory one slot holds, in bytes. `Limits::max_memory`
+    /// can only lower this.
+    pub max_memory: u64,
+    /// Memories per module.
+    pub memories_per_module: u32,
+    /// Tables per module.
+    pub tables_per_module: u32,
+    /// Elements per table a slot holds.
+    pub table_elements: u64,
+    /// Bytes of each freed memory kept resident and reset with `memset`.
+    pub keep_resident: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            instances: DEFAULT_POOL_INSTANCES,
+            max_memory: DEFAULT_POOL_MAX_MEMORY,
+            memories_per_module: DEFAULT_POOL_MEMORIES_PER_MODULE,
+            tables_per_module: DEFAULT_POOL_TABLES_PER_MODULE,
+            table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
+            keep_resident: DEFAULT_POOL_KEEP_RESIDENT,
+        }
+    }
+}
+
+/// Where compiled modules are kept between processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Use the cache at all.
+    pub enabled: bool,
+    /// Cache directory; `None` means `$WASMLET_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/wasmlet`, else `~/.cache/wasmlet`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            dir: None,
+        }
+    }
+}
+
+/// Per-invocation limits. Exceeding one ends the invocation with
+/// [`crate::LimitExceeded`], which names the limit and its value.
+///
+/// What these do *not* limit: host memory used by WASI (open files, captured
+/// output beyond `max_captured_output`), time spent blocked in a host call
+/// that never returns to wasm (such as reading an inherited stdin), and
+/// anything a whole sandbox does (that is the cgroup layer's job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Total linear memory of the instance, in bytes. A `memory.grow` past
+    /// it returns -1 to the guest; a guest that then fails is reported as
+    /// having exceeded this limit.
+    pub max_memory: u64,
+    /// Elements per table.
+    pub max_table_elements: u64,
+    /// CPU time of the invocation's thread. Checked on every epoch tick, so
+    /// a spinning guest stops within about one tick of its budget, and time
+    /// the thread spends descheduled is not charged.
+    #[serde(with = "humantime_serde")]
+    pub cpu_time: Option<Duration>,
+    /// Wall-clock time from the start of the invocation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Fuel budget (roughly, wasm instructions); needs
+    /// `RuntimeConfig::fuel_metering`.
+    pub fuel: Option<u64>,
+    /// Captured stdout and stderr are each cut at this many bytes; further
+    /// writes fail in the guest.
+    pub max_captured_output: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
+            cpu_time: None,
+            timeout: None,
+            fuel: None,
+            max_captured_output: DEFAULT_MAX_CAPTURED_OUTPUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_toml_with_defaults_and_durations() {
+        let cfg: RuntimeConfig = toml::from_str(
+            r#"
+            fuel_metering = true
+            [limits]
+            max_memory = 67108864
+            cpu_time = "250ms"
+            timeout = "2s"
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.fuel_metering);
+        assert_eq!(cfg.limits.cpu_time, Some(Duration::from_millis(250)));
+        assert_eq!(cfg.limits.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(cfg.limits.max_memory, 64 << 20);
+        assert_eq!(cfg.pool, PoolConfig::default());
+        assert_eq!(cfg.epoch_tick, DEFAULT_EPOCH_TICK);
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let err = toml::from_str::<RuntimeConfig>("[limits]\nmax_mem = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,163 @@
+//! Building the wasmtime `Engine` from a [`RuntimeConfig`], and the epoch
+//! ticker that lets a running guest be checked against its time budgets.
+//!
+//! The engine is set up for serving many short invocations:
+//! - the pooling instance allocator, so instantiation takes a pre-reserved
+//!   slot instead of calling `mmap`;
+//! - copy-on-write memory images, so a module's data segments are mapped,
+//!   not copied, and a freed slot keeps the image for the next instance;
+//! - epoch interruption, driven by [`EpochTicker`], for CPU-time and
+//!   wall-clock limits at the cost of one load and compare per loop header;
+//! - the wasm features current toolchains emit.
+
+use crate::config::RuntimeConfig;
+use crate::error::Error;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// Builds the engine for `config`.
+pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
+    let pool_cfg = &config.pool;
+    if pool_cfg.instances == 0 {
+        return Err(Error::Config("pool.instances must be at least 1".into()));
+    }
+    if config.limits.max_memory > pool_cfg.max_memory {
+        return Err(Error::Config(format!(
+            "limits.max_memory ({}) is larger than pool.max_memory ({})",
+            config.limits.max_memory, pool_cfg.max_memory
+        )));
+    }
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(pool_cfg.instances)
+        .total_memories(pool_cfg.instances * pool_cfg.memories_per_module)
+        .total_tables(pool_cfg.instances * pool_cfg.tables_per_module)
+        .max_memories_per_module(pool_cfg.memories_per_module)
+        .max_tables_per_module(pool_cfg.tables_per_module)
+        .max_memory_size(to_usize(pool_cfg.max_memory, "pool.max_memory")?)
+        .table_elements(to_usize(pool_cfg.table_elements, "pool.table_elements")?)
+        .linear_memory_keep_resident(to_usize(pool_cfg.keep_resident, "pool.keep_resident")?)
+        .table_keep_resident(to_usize(pool_cfg.keep_resident, "pool.keep_resident")?)
+        // Components are not served yet; keep their slots from reserving memory.
+        .total_component_instances(0)
+        .total_gc_heaps(pool_cfg.instances)
+        .total_stacks(0);
+
+    let mut c = Config::new();
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .memory_init_cow(true)
+        .epoch_interruption(true)
+        .consume_fuel(config.fuel_metering)
+        .parallel_compilation(config.parallel_compilation)
+        .cranelift_opt_level(OptLevel::Speed)
+        .max_wasm_stack(config.max_wasm_stack)
+        .wasm_bulk_memory(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        .wasm_reference_types(true)
+        .wasm_multi_value(true)
+        .wasm_multi_memory(true)
+        .wasm_tail_call(true)
+        .wasm_extended_const(true)
+        .wasm_exceptions(true)
+        .wasm_memory64(true);
+    Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))
+}
+
+fn to_usize(v: u64, what: &str) -> Result<usize, Error> {
+    usize::try_from(v).map_err(|_| Error::Config(format!("{what} is too large: {v}")))
+}
+
+/// A digest of everything that makes compiled code usable by an engine: the
+/// engine's own compatibility hash (wasmtime version, target, settings) and
+/// this crate's version. Part of every cache key and artifact header.
+pub(crate) fn engine_fingerprint(engine: &Engine) -> [u8; 32] {
+    struct ShaHasher(Sha256);
+    impl Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            unreachable!("only the full digest is used")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = ShaHasher(Sha256::new());
+    h.write(b"wasmlet-runtime ");
+    h.write(env!("CARGO_PKG_VERSION").as_bytes());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.0.finalize().into()
+}
+
+/// Background thread that advances the engine's epoch every tick while any
+/// invocation is running, and sleeps (parked, no wakeups) while none is, so
+/// an idle runtime costs no CPU.
+pub(crate) struct EpochTicker {
+    shared: Arc<TickerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct TickerShared {
+    active: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine, tick: Duration) -> Result<Self, Error> {
+        let shared = Arc::new(TickerShared {
+            active: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let thread = thread::Builder::new()
+            .name("wasmlet-epoch".into())
+            .spawn(move || {
+                while !s.stop.load(Ordering::Acquire) {
+                    if s.active.load(Ordering::Acquire) == 0 {
+                        // A concurrent `enter` unparks us; an unpark that
+                        // comes before this park makes it return at once.
+                        thread::park();
+                        continue;
+                    }
+                    thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start epoch ticker: {e}")))?;
+        Ok(EpochTicker {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Marks one invocation as running until the guard drops.
+    pub(crate) fn enter(&self) -> TickGuard<'_> {
+        if self.shared.active.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = &self.thread
+        {
+            t.thread().unpark();
+        }
+        TickGuard(self)
+    }
+}
+
+pub(crate) struct TickGuard<'a>(&'a EpochTicker);
+
+impl Drop for TickGuard<'_> {
+    fn drop(&mut self) {
+        self.0.shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! What an invocation is given ([`Invocation`]) and what it gives back
+//! ([`Outcome`]).
+
+use crate::Limits;
+use crate::error::{Error, LimitExceeded};
+use crate::usage::Usage;
+use bytes::Bytes;
+use std::path::PathBuf;
+use wasmtime::Val;
+
+/// One call of a function: its WASI view of the world and what to run.
+#[derive(Debug, Default)]
+pub struct Invocation {
+    /// Arguments, `argv[0]` included (by convention the program name).
+    pub args: Vec<String>,
+    /// Environment variables: exactly these, nothing inherited.
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest may reach; nothing else of the file system.
+    pub dirs: Vec<Preopen>,
+    /// Standard input.
+    pub stdin: Input,
+    /// Standard output.
+    pub stdout: Output,
+    /// Standard error.
+    pub stderr: Output,
+    /// What to call.
+    pub entry: Entry,
+    /// Limits for this call; `None` uses the function's.
+    pub limits: Option<Limits>,
+}
+
+/// A preopened directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// The name the guest sees it by.
+    pub guest: String,
+    /// Refuse writes.
+    pub read_only: bool,
+}
+
+impl Preopen {
+    /// Parses wasmtime's `HOST[::GUEST]` syntax.
+    pub fn parse(spec: &str) -> Preopen {
+        let (host, guest) = match spec.split_once("::") {
+            Some((h, g)) => (h, g),
+            None => (spec, spec),
+        };
+        Preopen {
+            host: host.into(),
+            guest: guest.into(),
+            read_only: false,
+        }
+    }
+}
+
+/// Where standard input comes from.
+#[derive(Debug, Default)]
+pub enum Input {
+    /// Empty.
+    #[default]
+    Null,
+    /// These bytes.
+    Bytes(Bytes),
+    /// This process's stdin.
+    Inherit,
+    /// An open file.
+    File(std::fs::File),
+}
+
+/// Where an output stream goes.
+#[derive(Debug, Default)]
+pub enum Output {
+    /// Discarded.
+    Null,
+    /// Kept in memory and returned in the [`Outcome`] (up to
+    /// `Limits::max_captured_output` bytes).
+    #[default]
+    Capture,
+    /// Streamed to this process's stream of the same name.
+    Inherit,
+    /// Streamed to an open file.
+    File(std::fs::File),
+}
+
+/// The entry point.
+#[derive(Debug, Clone, Default)]
+pub enum Entry {
+    /// A command's `_start`.
+    #[default]
+    Start,
+    /// A named export, called with these arguments after `_initialize`
+    /// (if the module has one).
+    Export {
+        /// Export name.
+        name: String,
+        /// Arguments; must match the export's parameter types.
+        params: Vec<Val>,
+    },
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone)]
+pub enum Status {
+    /// `_start` returned (code 0) or the guest called `proc_exit(code)`.
+    Exited(i32),
+    /// The export returned these values.
+    Returned(Vec<Val>),
+    /// The guest trapped; the message names the cause and, where known, the
+    /// function it trapped in.
+    Trapped(String),
+    /// The guest exceeded a limit and was stopped.
+    LimitExceeded(LimitExceeded),
+}
+
+/// The result of a finished invocation.
+#[derive(Debug)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// What it used.
+    pub usage: Usage,
+    /// Captured stdout (when [`Output::Capture`]).
+    pub stdout: Option<Bytes>,
+    /// Captured stderr (when [`Output::Capture`]).
+    pub stderr: Option<Bytes>,
+}
+
+impl Outcome {
+    /// Whether the guest succeeded: exit code 0 or returned values.
+    pub fn success(&self) -> bool {
+        matches!(self.status, Status::Exited(0) | Status::Returned(_))
+    }
+
+    /// The status as a `Result`: a trap, a limit or a non-zero exit is an
+    /// [`Error`].
+    pub fn into_result(self) -> Result<Self, Error> {
+        match &self.status {
+            Status::Exited(0) | Status::Returned(_) => Ok(self),
+            Status::Exited(code) => Err(Error::Exit(*code)),
+            Status::Trapped(msg) => Err(Error::Trap(msg.clone())),
+            Status::LimitExceeded(l) => Err(Error::LimitExceeded(*l)),
+        }
+    }
+
+    /// The status and usage as one JSON object, for logs and billing.
+    pub fn usage_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.usage).expect("usage serializes");
+        let (status, detail) = match &self.status {
+            Status::Exited(code) => ("exited", serde_json::json!(code)),
+            Status::Returned(_) => ("returned", serde_json::Value::Null),
+            Status::Trapped(m) => ("trapped", serde_json::json!(m)),
+            Status::LimitExceeded(l) => ("limit_exceeded", serde_json::json!(l.to_string())),
+        };
+        v["status"] = status.into();
+        match &self.status {
+            Status::Exited(_) => v["exit_code"] = detail,
+            Status::Trapped(_) | Status::LimitExceeded(_) => v["error"] = detail,
+            Status::Returned(_) => {}
+        }
+        v
+    }
+}

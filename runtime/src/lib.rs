@@ -1,0 +1,51 @@
+//! wasmlet's embeddable executor.
+//!
+//! A [`Runtime`] owns one wasmtime engine set up for serving: a pooling
+//! instance allocator, copy-on-write memory images, epoch interruption driven
+//! by a background ticker, and a content-addressed pre-compilation cache.
+//! [`Runtime::load_file`] turns a module into a [`Function`]: compiled once
+//! (or taken from the cache) and linked once against WASI preview 1, so that
+//! [`Function::invoke`] only has to instantiate into a pooled slot and call.
+//! Every invocation runs in a fresh store and instance with its own WASI
+//! context and [`Limits`], and returns an [`Outcome`] with a [`Usage`] record.
+//!
+//! Map of the crate:
+//! - [`config`]: serde configuration ([`RuntimeConfig`], [`Limits`]) with
+//!   named defaults;
+//! - `engine`: the wasmtime `Engine` built from it, and the epoch ticker;
+//! - `runtime`: [`Runtime`]: loading, compiling, caching and linking;
+//! - `function`: [`Function`] and the invocation path;
+//! - `invocation`: what an invocation gets ([`Invocation`]) and returns
+//!   ([`Outcome`]);
+//! - `limiter`: live enforcement of memory, table, CPU-time and wall limits;
+//! - `usage`: the [`Usage`] record and the thread CPU clock;
+//! - [`cache`] and [`artifact`]: the on-disk cache and the `.cwasm` format;
+//! - [`error`]: typed errors.
+//!
+//! ```no_run
+//! use wasmlet_runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
+//! let rt = Runtime::new(RuntimeConfig::default())?;
+//! let hello = rt.load_file("hello.wasm", &LoadOptions::default())?;
+//! let out = hello.invoke(Invocation { args: vec!["hello".into()], ..Default::default() })?;
+//! println!("{:?} {:?}", out.status, out.usage);
+//! # Ok::<(), wasmlet_runtime::Error>(())
+//! ```
+
+pub mod artifact;
+pub mod cache;
+pub mod config;
+mod engine;
+pub mod error;
+mod function;
+mod invocation;
+mod limiter;
+mod runtime;
+mod usage;
+
+pub use config::{CacheConfig, Limits, PoolConfig, RuntimeConfig};
+pub use error::{ArtifactError, Error, LimitExceeded};
+pub use function::Function;
+pub use invocation::{Entry, Input, Invocation, Outcome, Output, Preopen, Status};
+pub use runtime::{LoadOptions, Runtime};
+pub use usage::Usage;
+pub use wasmtime::{Engine, Val};

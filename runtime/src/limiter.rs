@@ -1,0 +1,149 @@
+//! Live enforcement of [`Limits`] inside one store.
+//!
+//! [`StoreLimiter`] is the wasmtime `ResourceLimiter`: it refuses memory and
+//! table growth past the limits, remembers that it did (so a guest that fails
+//! afterwards is reported as out of memory, not as a mystery trap), and keeps
+//! the peak memory for the usage record. [`TimeBudget`] is checked from the
+//! epoch-deadline callback on every tick.
+
+use crate::config::Limits;
+use crate::error::LimitExceeded;
+use crate::usage::thread_cpu_time;
+use std::time::{Duration, Instant};
+
+/// The per-store resource limiter.
+pub(crate) struct StoreLimiter {
+    max_memory: u64,
+    max_table_elements: u64,
+    /// Sum of all linear memories' current sizes.
+    current_memory: u64,
+    pub(crate) peak_memory: u64,
+    /// The first limit refused, if any.
+    pub(crate) refused: Option<LimitExceeded>,
+}
+
+impl StoreLimiter {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        StoreLimiter {
+            max_memory: limits.max_memory,
+            max_table_elements: limits.max_table_elements,
+            current_memory: 0,
+            peak_memory: 0,
+            refused: None,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for StoreLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self
+            .current_memory
+            .saturating_sub(current as u64)
+            .saturating_add(desired as u64);
+        if total > self.max_memory {
+            self.refused
+                .get_or_insert(LimitExceeded::Memory(self.max_memory));
+            return Ok(false);
+        }
+        self.current_memory = total;
+        self.peak_memory = self.peak_memory.max(total);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Growth we allowed but the allocator could not back (the pool slot
+        // is smaller): the guest sees -1, as for a refused growth.
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max_table_elements {
+            self.refused
+                .get_or_insert(LimitExceeded::TableElements(self.max_table_elements));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// CPU-time and wall-clock budget of one invocation.
+#[derive(Clone, Copy)]
+pub(crate) struct TimeBudget {
+    cpu_start: Duration,
+    cpu_limit: Option<Duration>,
+    wall_deadline: Option<(Instant, Duration)>,
+}
+
+impl TimeBudget {
+    pub(crate) fn start(limits: &Limits, wall_start: Instant, cpu_start: Duration) -> Self {
+        TimeBudget {
+            cpu_start,
+            cpu_limit: limits.cpu_time,
+            wall_deadline: limits.timeout.map(|t| (wall_start + t, t)),
+        }
+    }
+
+    /// Whether the budget allows more running; called on every epoch tick
+    /// on the thread running the guest.
+    pub(crate) fn check(&self) -> Result<(), LimitExceeded> {
+        if let Some(limit) = self.cpu_limit
+            && thread_cpu_time().saturating_sub(self.cpu_start) >= limit
+        {
+            return Err(LimitExceeded::CpuTime(limit));
+        }
+        if let Some((deadline, timeout)) = self.wall_deadline
+            && Instant::now() >= deadline
+        {
+            return Err(LimitExceeded::Timeout(timeout));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_unlimited(&self) -> bool {
+        self.cpu_limit.is_none() && self.wall_deadline.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn memory_limit_counts_all_memories_and_tracks_peak() {
+        let limits = Limits {
+            max_memory: 100,
+            ..Limits::default()
+        };
+        let mut l = StoreLimiter::new(&limits);
+        assert!(l.memory_growing(0, 60, None).unwrap());
+        assert!(!l.memory_growing(0, 50, None).unwrap());
+        assert_eq!(l.refused, Some(LimitExceeded::Memory(100)));
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert_eq!(l.peak_memory, 100);
+    }
+
+    #[test]
+    fn wall_budget_expires() {
+        let limits = Limits {
+            timeout: Some(Duration::from_millis(1)),
+            ..Limits::default()
+        };
+        let b = TimeBudget::start(&limits, Instant::now(), thread_cpu_time());
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(
+            b.check(),
+            Err(LimitExceeded::Timeout(Duration::from_millis(1)))
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The usage record of one invocation: the basis of billing.
+//!
+//! Every figure is measured, not estimated: wall time with the monotonic
+//! clock, CPU time with the invocation thread's own CPU clock
+//! (`CLOCK_THREAD_CPUTIME_ID`, so time the thread spends descheduled is not
+//! charged), fuel from the store's meter, and peak memory from the resource
+//! limiter that sees every allocation and `memory.grow`.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// What one invocation used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// Wall-clock time from the start of instantiation to the end of the call.
+    #[serde(rename = "wall_time_ns", serialize_with = "nanos")]
+    pub wall_time: Duration,
+    /// CPU time of the invocation's thread over the same span.
+    #[serde(rename = "cpu_time_ns", serialize_with = "nanos")]
+    pub cpu_time: Duration,
+    /// Fuel consumed, when the runtime meters fuel.
+    pub fuel_consumed: Option<u64>,
+    /// Largest total linear memory the instance had, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Peak memory times wall time, the unit of memory billing.
+    pub gb_seconds: f64,
+}
+
+impl Usage {
+    pub(crate) fn new(
+        wall_time: Duration,
+        cpu_time: Duration,
+        fuel_consumed: Option<u64>,
+        peak_memory_bytes: u64,
+    ) -> Self {
+        let gb = peak_memory_bytes as f64 / (1u64 << 30) as f64;
+        Usage {
+            wall_time,
+            cpu_time,
+            fuel_consumed,
+            peak_memory_bytes,
+            gb_seconds: gb * wall_time.as_secs_f64(),
+        }
+    }
+}
+
+fn nanos<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// CPU time consumed so far by the calling thread.
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID
+    // is supported on every Linux this runs on; the call writes nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_clock_counts_work_not_sleep() {
+        let t0 = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = thread_cpu_time() - t0;
+        assert!(slept < Duration::from_millis(10), "sleep charged {slept:?}");
+        let t1 = thread_cpu_time();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        assert!(thread_cpu_time() - t1 >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn serializes_as_one_json_object() {
+        let u = Usage::new(
+            Duration::from_secs(2),
+            Duration::from_millis(1),
+            Some(5),
+            1 << 30,
+        );
+        let j = serde_json::to_value(&u).unwrap();
+        assert_eq!(j["wall_time_ns"], 2_000_000_000u64);
+        assert_eq!(j["cpu_time_ns"], 1_000_000u64);
+        assert_eq!(j["gb_seconds"], 2.0);
+    }
+}

@@ -1,0 +1,72 @@
+//! Command-line interface: flag definitions and dispatch.
+
+mod compile;
+mod parse;
+mod progress;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wasmlet_runtime::{Runtime, RuntimeConfig};
+
+/// Exit code when wasmlet itself fails (bad flags, unreadable or invalid module).
+pub const EXIT_HOST_ERROR: u8 = 1;
+/// Exit code when the guest traps (128 + SIGABRT, as wasmtime does).
+pub const EXIT_TRAP: u8 = 134;
+/// Exit code when the guest is stopped for exceeding a limit (128 + SIGKILL).
+pub const EXIT_LIMIT: u8 = 137;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmlet",
+    version,
+    about = "A WebAssembly-native serverless runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a WebAssembly module once (.wasm, .wat, or .cwasm from `wasmlet compile`).
+    Run(run::RunArgs),
+    /// Compile a module ahead of time into a .cwasm for this machine.
+    Compile(compile::CompileArgs),
+}
+
+/// Flags every command that compiles shares.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Directory of the compilation cache [default: $XDG_CACHE_HOME/wasmlet or ~/.cache/wasmlet]
+    #[arg(long, value_name = "DIR", env = "WASMLET_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the compilation cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The runtime configuration these flags describe.
+    pub fn runtime_config(&self, fuel_metering: bool) -> RuntimeConfig {
+        let mut config = RuntimeConfig {
+            fuel_metering,
+            ..RuntimeConfig::default()
+        };
+        config.cache.enabled = !self.no_cache;
+        config.cache.dir = self.cache_dir.clone();
+        config
+    }
+
+    pub fn runtime(&self, fuel_metering: bool) -> anyhow::Result<Runtime> {
+        Ok(Runtime::new(self.runtime_config(fuel_metering))?)
+    }
+}
+
+pub fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Run(args) => run::run(args),
+        Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,127 @@
+//! `wasmlet run`: one invocation of a module, like `wasmtime run`.
+
+use super::progress::with_spinner;
+use super::{CacheArgs, EXIT_LIMIT, EXIT_TRAP, parse};
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use wasmlet_runtime::{Entry, Input, Invocation, Limits, LoadOptions, Output, Preopen, Status};
+use wasmtime::ExternType;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Set an environment variable for the guest: NAME=VALUE, or NAME to pass the host's value (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
+    env: Vec<(String, String)>,
+    /// Grant the guest a host directory, seen as GUEST (default: HOST) (repeatable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// Call this export instead of `_start` and print its results.
+    #[arg(long, value_name = "NAME")]
+    invoke: Option<String>,
+    /// Maximum linear memory, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    memory_limit: Option<u64>,
+    /// Maximum CPU time of the invocation, e.g. 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
+    cpu_time: Option<Duration>,
+    /// Maximum wall-clock time, e.g. 2s.
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
+    timeout: Option<Duration>,
+    /// Fuel budget (enables fuel metering).
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// After the run, print the usage record as one JSON line on stderr.
+    #[arg(long)]
+    usage: bool,
+    /// Link imports the host does not provide as functions that trap when called.
+    #[arg(long)]
+    trap_unknown_imports: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// The module: .wasm, .wat, or a .cwasm made by `wasmlet compile`.
+    module: PathBuf,
+    /// Arguments for the guest (or for the export named by --invoke).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = args.cache.runtime(args.fuel.is_some())?;
+    let mut limits = Limits::default();
+    if let Some(m) = args.memory_limit {
+        limits.max_memory = m;
+    }
+    limits.cpu_time = args.cpu_time;
+    limits.timeout = args.timeout;
+    limits.fuel = args.fuel;
+
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let opts = LoadOptions {
+        trap_unknown_imports: args.trap_unknown_imports,
+        limits: Some(limits),
+    };
+    let message = format!(
+        "compiling {} ({} bytes)",
+        args.module.display(),
+        bytes.len()
+    );
+    let function = with_spinner(message, || runtime.load_bytes(&bytes, &opts))
+        .with_context(|| format!("cannot load {}", args.module.display()))?;
+
+    let module_name = args.module.to_string_lossy().into_owned();
+    let (entry, argv) = match &args.invoke {
+        None => (
+            Entry::Start,
+            std::iter::once(module_name).chain(args.args).collect(),
+        ),
+        Some(name) => {
+            let Some(ExternType::Func(ty)) = function.module().get_export(name) else {
+                anyhow::bail!("module has no exported function `{name}`");
+            };
+            let types: Vec<_> = ty.params().collect();
+            let params = parse::invoke_args(name, &types, &args.args)?;
+            (
+                Entry::Export {
+                    name: name.clone(),
+                    params,
+                },
+                vec![module_name],
+            )
+        }
+    };
+    let invocation = Invocation {
+        args: argv,
+        env: args.env,
+        dirs: args.dirs.iter().map(|d| Preopen::parse(d)).collect(),
+        stdin: Input::Inherit,
+        stdout: Output::Inherit,
+        stderr: Output::Inherit,
+        entry,
+        limits: None,
+    };
+    let outcome = function.invoke(invocation)?;
+    if args.usage {
+        eprintln!("{}", outcome.usage_json());
+    }
+    Ok(match &outcome.status {
+        Status::Exited(code) => ExitCode::from(*code as u8),
+        Status::Returned(vals) => {
+            for v in vals {
+                println!("{}", parse::show_val(v));
+            }
+            ExitCode::SUCCESS
+        }
+        Status::Trapped(msg) => {
+            eprintln!("error: guest trapped: {msg}");
+            ExitCode::from(EXIT_TRAP)
+        }
+        Status::LimitExceeded(limit) => {
+            eprintln!("error: {limit}");
+            ExitCode::from(EXIT_LIMIT)
+        }
+    })
+}

@@ -1,0 +1,17 @@
+// Allocates and touches 1 MiB blocks until malloc fails, reports how many it
+// got, then aborts the way most programs do when out of memory.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(void) {
+    size_t blocks = 0;
+    for (;;) {
+        char *p = malloc(1 << 20);
+        if (!p) break;
+        memset(p, 1, 1 << 20);
+        blocks++;
+    }
+    fprintf(stderr, "allocated %zu MiB before running out\n", blocks);
+    abort();
+}
