@@ -97,8 +97,8 @@ impl Function {
     pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
         let inner = &*self.inner;
         let limits = inv.limits.as_ref().unwrap_or(&inner.limits);
-        self.check_entry(&inv.entry)?;
         self.check_limits(limits)?;
+        self.check_entry(&inv.entry)?;
 
         let wall_start = Instant::now();
         let cpu_start = thread_cpu_time();
@@ -149,7 +149,12 @@ impl Function {
         );
         let status = match result {
             Ok(status) => status,
-            Err(e) => classify(e, &store.data().limiter, limits),
+            Err(e) => classify(
+                e,
+                &store.data().limiter,
+                limits,
+                inner.runtime.config().pool.instances,
+            ),
         };
         drop(store);
         Ok(Outcome {
@@ -264,7 +269,12 @@ fn val_matches(ty: &ValType, v: &Val) -> bool {
 }
 
 /// Turns the error a guest run ended with into its status.
-fn classify(err: wasmtime::Error, limiter: &StoreLimiter, limits: &Limits) -> Status {
+fn classify(
+    err: wasmtime::Error,
+    limiter: &StoreLimiter,
+    limits: &Limits,
+    pool_instances: u32,
+) -> Status {
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return Status::Exited(exit.0);
     }
@@ -276,7 +286,7 @@ fn classify(err: wasmtime::Error, limiter: &StoreLimiter, limits: &Limits) -> St
     }
     if let Some(p) = err.downcast_ref::<PoolConcurrencyLimitError>() {
         tracing::debug!("{p}");
-        return Status::LimitExceeded(LimitExceeded::PoolFull(0));
+        return Status::LimitExceeded(LimitExceeded::PoolFull(pool_instances));
     }
     if let Some(limit) = limiter.refused {
         // The guest failed after being refused memory or table space.
@@ -292,11 +302,7 @@ fn trap_message(err: &wasmtime::Error) -> String {
             let msg = trap.to_string();
             msg.strip_prefix("wasm trap: ").unwrap_or(&msg).to_string()
         }
-        None => err
-            .chain()
-            .next()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| err.to_string()),
+        None => err.root_cause().to_string(),
     };
     let place = err.downcast_ref::<WasmBacktrace>().and_then(|bt| {
         bt.frames()

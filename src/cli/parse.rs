@@ -57,19 +57,35 @@ pub fn invoke_args(name: &str, types: &[ValType], args: &[String]) -> anyhow::Re
         .with_context(|| format!("bad argument for export `{name}`"))
 }
 
-/// Accepts signed and unsigned spellings (`-1` and `4294967295` for i32).
+/// Accepts signed and unsigned spellings (`-1` and `4294967295` for i32),
+/// as wasmtime does: an unsigned value keeps its bits.
 fn parse_int<S, U>(s: &str) -> anyhow::Result<S>
 where
-    S: std::str::FromStr + TryFrom<U>,
-    U: std::str::FromStr,
+    S: std::str::FromStr,
+    U: std::str::FromStr + Reinterpret<S>,
 {
     if let Ok(v) = s.parse::<S>() {
         return Ok(v);
     }
-    let u = s
-        .parse::<U>()
-        .map_err(|_| anyhow::anyhow!("`{s}` is not an integer"))?;
-    S::try_from(u).map_err(|_| anyhow::anyhow!("`{s}` is out of range"))
+    s.parse::<U>()
+        .map(Reinterpret::reinterpret)
+        .map_err(|_| anyhow::anyhow!("`{s}` is not an integer of this type"))
+}
+
+trait Reinterpret<S> {
+    fn reinterpret(self) -> S;
+}
+
+impl Reinterpret<i32> for u32 {
+    fn reinterpret(self) -> i32 {
+        self as i32
+    }
+}
+
+impl Reinterpret<i64> for u64 {
+    fn reinterpret(self) -> i64 {
+        self as i64
+    }
 }
 
 /// How `--invoke` prints a result, one per line.

@@ -1,0 +1,183 @@
+//! Shared helpers: building guests, running the CLI, making runtimes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+use wasmlet_runtime::{Function, Invocation, LoadOptions, Outcome, Runtime, RuntimeConfig};
+
+/// Scratch space shared by the tests of this run.
+pub fn scratch() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmlet-tests")
+}
+
+/// A fresh, empty temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    std::fs::create_dir_all(scratch()).unwrap();
+    tempfile::tempdir_in(scratch()).unwrap()
+}
+
+/// Builds `tests/guests/<name>.c` into a wasm32-wasi command module (once
+/// per test run) and returns its path.
+pub fn c_guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/guests")
+        .join(format!("{name}.c"));
+    let dir = scratch().join("guests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{name}.wasm"));
+    let clang = std::env::var("WASI_CC").unwrap_or_else(|_| "clang".into());
+    let result = Command::new(&clang)
+        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {clang} to build test guests ({e}); install clang lld wasi-libc libclang-rt-dev-wasm32 (scripts/setup does)")
+        });
+    assert!(
+        result.status.success(),
+        "building {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.insert(name.into(), out.clone());
+    out
+}
+
+/// Writes WAT text to a file in `dir`.
+pub fn wat_file(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, wat).unwrap();
+    p
+}
+
+/// The `wasmlet` binary, with a cache shared by the tests of this run.
+pub fn wasmlet() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wasmlet"));
+    c.env("WASMLET_CACHE_DIR", scratch().join("cache"))
+        .env_remove("WASMLET_LOG")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Result of a CLI run, with decoded streams.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_cli(cmd: &mut Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("wasmlet runs");
+    Run {
+        code: status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+impl Run {
+    /// Asserts stderr is exactly one line (plus optional usage JSON) that
+    /// contains `needle`, and no panic or backtrace.
+    pub fn assert_one_line_error(&self, needle: &str) {
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("backtrace"),
+            "{}",
+            self.stderr
+        );
+        let lines: Vec<_> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with('{'))
+            .collect();
+        assert_eq!(lines.len(), 1, "expected one line, got: {:?}", self.stderr);
+        assert!(
+            lines[0].contains(needle),
+            "{:?} does not mention {needle:?}",
+            lines[0]
+        );
+    }
+}
+
+/// A runtime for library tests: a small pool and no disk cache.
+pub fn runtime() -> Runtime {
+    runtime_with(|_| {})
+}
+
+pub fn runtime_with(f: impl FnOnce(&mut RuntimeConfig)) -> Runtime {
+    let mut config = RuntimeConfig::default();
+    config.pool.instances = 32;
+    config.cache.enabled = false;
+    f(&mut config);
+    Runtime::new(config).unwrap()
+}
+
+pub fn load_wat(rt: &Runtime, wat: &str) -> Function {
+    rt.load_bytes(wat.as_bytes(), &LoadOptions::default())
+        .unwrap()
+}
+
+/// Invokes an export with arguments and default (captured) stdio.
+pub fn call(f: &Function, name: &str, params: Vec<wasmlet_runtime::Val>) -> Outcome {
+    f.invoke(Invocation {
+        entry: wasmlet_runtime::Entry::Export {
+            name: name.into(),
+            params,
+        },
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+pub fn stdout_of(o: &Outcome) -> String {
+    String::from_utf8_lossy(o.stdout.as_deref().unwrap_or_default()).into_owned()
+}
+
+/// A command module that writes "hello\n" to stdout with `fd_write`.
+pub const HELLO_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"#;
+
+/// A reactor with exports for exercising traps and limits.
+pub const TOOLS_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $counter (mut i32) (i32.const 0))
+  (global $initialized (mut i32) (i32.const 0))
+  (func (export "_initialize") (global.set $initialized (i32.const 1)))
+  (func (export "initialized") (result i32) (global.get $initialized))
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "bump") (result i32)
+    (global.set $counter (i32.add (global.get $counter) (i32.const 1)))
+    (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1)))
+    (i32.add (global.get $counter) (i32.load (i32.const 0))))
+  (func $deep (export "boom") unreachable)
+  (func (export "div") (param i32 i32) (result i32) (i32.div_s (local.get 0) (local.get 1)))
+  (func (export "exit") (param i32) (call $exit (local.get 0)))
+  (func (export "spin") (loop br 0))
+  (func (export "recurse") (call 9))
+  (func (export "grow") (result i32)
+    (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+    unreachable)
+  (func (export "grow_soft") (result i32)
+    (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+    (memory.size)))
+"#;

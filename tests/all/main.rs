@@ -1,0 +1,12 @@
+//! Integration tests of wasmlet: the `wasmlet` binary and the
+//! `wasmlet-runtime` library, with guests written in WAT (inline) and C
+//! (`tests/guests/*.c`, built with clang + wasi-libc on first use).
+
+mod cache;
+mod cli;
+mod concurrency;
+mod fs;
+mod helpers;
+mod library;
+mod limits;
+mod malformed;
