@@ -89,6 +89,9 @@ pub struct PoolConfig {
     pub table_elements: u64,
     /// Bytes of each freed memory kept resident and reset with `memset`.
     pub keep_resident: u64,
+    /// Use Linux's `PAGEMAP_SCAN` (6.7+), where present, to find the pages an
+    /// instance dirtied, so a freed slot costs what the guest touched.
+    pub pagemap_scan: bool,
 }
 
 impl Default for PoolConfig {
@@ -100,6 +103,7 @@ impl Default for PoolConfig {
             tables_per_module: DEFAULT_POOL_TABLES_PER_MODULE,
             table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
             keep_resident: DEFAULT_POOL_KEEP_RESIDENT,
+            pagemap_scan: true,
         }
     }
 }

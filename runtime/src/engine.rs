@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 /// Builds the engine for `config`.
 pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
@@ -42,6 +44,13 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         .table_elements(to_usize(pool_cfg.table_elements, "pool.table_elements")?)
         .linear_memory_keep_resident(to_usize(pool_cfg.keep_resident, "pool.keep_resident")?)
         .table_keep_resident(to_usize(pool_cfg.keep_resident, "pool.keep_resident")?)
+        // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the
+        // pages an instance dirtied, instead of a fixed prefix or the lot.
+        .pagemap_scan(if pool_cfg.pagemap_scan {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        })
         // Components are not served yet; keep their slots from reserving memory.
         .total_component_instances(0)
         .total_gc_heaps(pool_cfg.instances)

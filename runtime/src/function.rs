@@ -137,7 +137,12 @@ impl Function {
         }
 
         let result = {
-            let _ticking = inner.runtime.inner.ticker.enter();
+            // Only invocations with a time budget need the epoch to advance.
+            let _ticking = store
+                .data()
+                .budget
+                .is_some()
+                .then(|| inner.runtime.inner.ticker.enter());
             self.run(&mut store, &inv.entry)
         };
         let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
