@@ -57,15 +57,17 @@ impl Cache {
         &self.dir
     }
 
-    pub(crate) fn key(wasm: &[u8], fingerprint: &[u8; 32]) -> String {
+    /// The entry name for `input` under `fingerprint` (the engine's, or a
+    /// snapshot's options digest), with `ext` saying what kind of entry it is.
+    pub(crate) fn key(input: &[u8], fingerprint: &[u8; 32], ext: &str) -> String {
         let mut h = Sha256::new();
         h.update(fingerprint);
-        h.update(wasm);
-        hex(&h.finalize())
+        h.update(input);
+        format!("{}.{ext}", hex(&h.finalize()))
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.cwasm"))
+        self.dir.join(key)
     }
 
     /// Reads and checks the entry for `key`. Returns the payload on a hit.

@@ -50,6 +50,10 @@ pub struct RuntimeConfig {
     pub parallel_compilation: bool,
     /// Largest native stack a guest may use, in bytes.
     pub max_wasm_stack: usize,
+    /// Pre-initialize modules on load: run their init function (Wizer's
+    /// `wizer.initialize`, or `_initialize`) once, and start every instance
+    /// from the snapshot. Snapshots are cached like compiled code.
+    pub snapshot: bool,
     /// Pre-compilation cache.
     pub cache: CacheConfig,
     /// Limits applied to invocations that do not bring their own.
@@ -64,6 +68,7 @@ impl Default for RuntimeConfig {
             fuel_metering: false,
             parallel_compilation: true,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            snapshot: false,
             cache: CacheConfig::default(),
             limits: Limits::default(),
         }

@@ -33,6 +33,9 @@ pub enum Error {
     /// A precompiled artifact cannot be used.
     #[error("cannot load precompiled module: {0}")]
     Artifact(#[from] ArtifactError),
+    /// Pre-initialization failed.
+    #[error("cannot snapshot module: {0}")]
+    Snapshot(#[from] wasmlet_snapshotter::SnapshotError),
     /// The module imports things the host does not provide.
     #[error(
         "unknown import{}: {} (pass --trap-unknown-imports to link them as functions that trap)",

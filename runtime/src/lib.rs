@@ -48,4 +48,5 @@ pub use function::Function;
 pub use invocation::{Entry, Input, Invocation, Outcome, Output, Preopen, Status};
 pub use runtime::{LoadOptions, Runtime};
 pub use usage::Usage;
+pub use wasmlet_snapshotter::{SnapshotError, SnapshotOptions};
 pub use wasmtime::{Engine, Val};

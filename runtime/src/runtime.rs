@@ -10,6 +10,7 @@ use crate::function::{Function, StoreState};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use wasmlet_snapshotter::SnapshotOptions;
 use wasmtime::{Engine, Linker, Module, Store};
 
 /// Options for [`Runtime::load_file`] and [`Runtime::load_bytes`].
@@ -20,6 +21,9 @@ pub struct LoadOptions {
     pub trap_unknown_imports: bool,
     /// Limits for this function's invocations; `None` uses the runtime's.
     pub limits: Option<Limits>,
+    /// Pre-initialize with these options before compiling; `None` follows
+    /// `RuntimeConfig::snapshot` (with default options).
+    pub snapshot: Option<SnapshotOptions>,
 }
 
 /// The executor: owns the engine configured for serving, and turns modules
@@ -103,8 +107,43 @@ impl Runtime {
     /// Loads a module from its bytes (wasm, WAT text or a wasmlet artifact):
     /// compiles it (or takes it from the cache) and links it once.
     pub fn load_bytes(&self, bytes: &[u8], opts: &LoadOptions) -> Result<Function, Error> {
-        let module = self.module(bytes)?;
+        let snapshot = opts
+            .snapshot
+            .clone()
+            .or_else(|| self.inner.config.snapshot.then(SnapshotOptions::default));
+        let module = match snapshot {
+            Some(snap) if !artifact::is_artifact(bytes) => {
+                let wasm = to_wasm(bytes)?;
+                if wasmlet_snapshotter::has_init_func(&wasm, &snap) {
+                    let snapshot = self.snapshot_cached(&wasm, &snap)?;
+                    self.compile_cached(&snapshot)?
+                } else {
+                    self.compile_cached(&wasm)?
+                }
+            }
+            _ => self.module(bytes)?,
+        };
         self.link(module, opts)
+    }
+
+    /// Pre-initializes `wasm`, or takes the snapshot from the cache (keyed by
+    /// the input and the options; entries are checksummed artifacts).
+    fn snapshot_cached(&self, wasm: &[u8], opts: &SnapshotOptions) -> Result<Vec<u8>, Error> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(wasmlet_snapshotter::snapshot(wasm, opts)?);
+        };
+        let digest = opts.digest();
+        let key = Cache::key(wasm, &digest, "snapshot");
+        match cache.get(&key, &digest) {
+            Lookup::Hit(snapshot) => return Ok(snapshot),
+            Lookup::Bad(e) => tracing::warn!(key, "unusable cached snapshot ({e}); snapshotting again"),
+            Lookup::Miss => {}
+        }
+        let snapshot = wasmlet_snapshotter::snapshot(wasm, opts)?;
+        if let Err(e) = cache.put(&key, &artifact::encode(&digest, &snapshot)) {
+            tracing::warn!("cannot write snapshot cache: {e}");
+        }
+        Ok(snapshot)
     }
 
     /// Compiles a module (wasm or WAT) into a wasmlet artifact, the format of
@@ -149,7 +188,7 @@ impl Runtime {
         let Some(cache) = &self.inner.cache else {
             return self.compile(wasm);
         };
-        let key = Cache::key(wasm, &self.inner.fingerprint);
+        let key = Cache::key(wasm, &self.inner.fingerprint, "cwasm");
         match cache.get(&key, &self.inner.fingerprint) {
             Lookup::Hit(payload) => match self.deserialize(&payload) {
                 Ok(m) => return Ok(m),
@@ -200,7 +239,7 @@ impl Runtime {
 }
 
 /// Accepts wasm binaries and WAT text; refuses anything else clearly.
-fn to_wasm(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+pub(crate) fn to_wasm(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
     if bytes.starts_with(b"\0asm") {
         if bytes.len() >= 8 && bytes[4..8] != [1, 0, 0, 0] {
             return Err(Error::NotWasm(

@@ -4,7 +4,6 @@ use super::CacheArgs;
 use super::progress::with_spinner;
 use anyhow::Context;
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -35,16 +34,5 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let out = args
         .output
         .unwrap_or_else(|| args.module.with_extension("cwasm"));
-    // Write atomically so a reader never sees half an artifact.
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(".".as_ref());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write into {}", dir.display()))?;
-    tmp.write_all(&artifact)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    tmp.persist(&out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
+    super::snapshot::write_atomically(&out, &artifact)
 }

@@ -4,6 +4,7 @@ mod compile;
 mod parse;
 mod progress;
 mod run;
+mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Run(run::RunArgs),
     /// Compile a module ahead of time into a .cwasm for this machine.
     Compile(compile::CompileArgs),
+    /// Pre-initialize a module: run its init once and snapshot the result.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Flags every command that compiles shares.
@@ -68,5 +71,6 @@ pub fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args),
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -63,6 +63,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = LoadOptions {
         trap_unknown_imports: args.trap_unknown_imports,
         limits: Some(limits),
+        snapshot: None,
     };
     let message = format!(
         "compiling {} ({} bytes)",

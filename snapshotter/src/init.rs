@@ -1,0 +1,227 @@
+//! Running init: the instrumented module is instantiated in wasmtime under
+//! limits, `_initialize` and the init function run, and wizer reads the
+//! resulting state through [`InitState`].
+
+use crate::error::SnapshotError;
+use crate::options::SnapshotOptions;
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+use wasmtime::{
+    Config, Engine, Extern, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    Val,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wizer::{InstanceState, ModuleContext, SnapshotVal, ValType, Wizer};
+
+/// WASI module names whose imports `allow_wasi` governs.
+const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+
+struct Host {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// The error a WASI import returns when init is not allowed WASI.
+#[derive(Debug)]
+struct WasiRefused(String);
+
+impl std::fmt::Display for WasiRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WASI call `{}` during init", self.0)
+    }
+}
+
+impl std::error::Error for WasiRefused {}
+
+fn engine() -> Result<Engine, SnapshotError> {
+    let mut c = Config::new();
+    c.epoch_interruption(true)
+        .wasm_bulk_memory(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        .relaxed_simd_deterministic(true)
+        .wasm_reference_types(true)
+        .wasm_multi_value(true)
+        .wasm_multi_memory(true)
+        .wasm_tail_call(true)
+        .wasm_extended_const(true)
+        .wasm_exceptions(true)
+        .wasm_memory64(true);
+    Engine::new(&c).map_err(|e| SnapshotError::Internal(format!("engine: {e:#}")))
+}
+
+/// Instantiates `instrumented`, runs init, and returns the snapshot.
+pub(crate) fn run_and_snapshot(
+    wizer: &Wizer,
+    cx: &ModuleContext<'_>,
+    instrumented: &[u8],
+    init_func: &str,
+    opts: &SnapshotOptions,
+) -> Result<Vec<u8>, SnapshotError> {
+    let engine = engine()?;
+    let module = Module::new(&engine, instrumented)
+        .map_err(|e| SnapshotError::Invalid(format!("{e:#}")))?;
+    let linker = linker(&engine, &module, opts)?;
+
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.allow_blocking_current_thread(true).envs(&opts.env);
+    for (host, guest) in &opts.dirs {
+        wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
+            .map_err(|e| SnapshotError::Setup(format!("cannot open {}: {e:#}", host.display())))?;
+    }
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(usize::try_from(opts.max_memory).unwrap_or(usize::MAX))
+        .build();
+    let mut store = Store::new(
+        &engine,
+        Host {
+            wasi: wasi.build_p1(),
+            limits,
+        },
+    );
+    store.limiter(|h| &mut h.limits);
+    store.set_epoch_deadline(1);
+
+    // The watchdog ends init at the timeout; dropping `_stop` releases it.
+    let (_stop, stopped) = mpsc::channel::<()>();
+    let watchdog_engine = engine.clone();
+    let timeout = opts.timeout;
+    std::thread::spawn(move || {
+        if stopped.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+            watchdog_engine.increment_epoch();
+        }
+    });
+
+    let instance = linker
+        .instantiate(&mut store, &module)
+        .map_err(|e| init_error(e, opts, "instantiation"))?;
+    call_init(&mut store, &instance, init_func).map_err(|e| init_error(e, opts, init_func))?;
+
+    let mut state = InitState {
+        store: &mut store,
+        instance,
+    };
+    block_on(wizer.snapshot(cx, &mut state))
+        .map_err(|e| SnapshotError::Internal(format!("{e:#}")))
+}
+
+/// WASI (real or refusing), and what to do with other imports.
+fn linker(
+    engine: &Engine,
+    module: &Module,
+    opts: &SnapshotOptions,
+) -> Result<Linker<Host>, SnapshotError> {
+    let mut linker: Linker<Host> = Linker::new(engine);
+    if opts.allow_wasi {
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
+            .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
+    }
+    let mut unknown = Vec::new();
+    for import in module.imports() {
+        let name = format!("{}::{}", import.module(), import.name());
+        let wasi = WASI_MODULES.contains(&import.module());
+        if opts.allow_wasi && wasi {
+            continue;
+        }
+        match import.ty() {
+            wasmtime::ExternType::Func(ty) if wasi => {
+                linker
+                    .func_new(import.module(), import.name(), ty, move |_, _, _| {
+                        Err(WasiRefused(name.clone()).into())
+                    })
+                    .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
+            }
+            _ if opts.trap_unknown_imports => {}
+            _ => unknown.push(name),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(SnapshotError::UnknownImports(unknown));
+    }
+    if opts.trap_unknown_imports {
+        linker
+            .define_unknown_imports_as_traps(module)
+            .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
+    }
+    Ok(linker)
+}
+
+/// `_initialize` (if exported), then the init function, as wizer does.
+fn call_init(store: &mut Store<Host>, instance: &Instance, init_func: &str) -> wasmtime::Result<()> {
+    if let Some(Extern::Func(f)) = instance.get_export(&mut *store, "_initialize") {
+        f.typed::<(), ()>(&*store)?.call(&mut *store, ())?;
+        if init_func == "_initialize" {
+            return Ok(());
+        }
+    }
+    let f = instance.get_typed_func::<(), ()>(&mut *store, init_func)?;
+    f.call(&mut *store, ())
+}
+
+fn init_error(e: wasmtime::Error, opts: &SnapshotOptions, during: &str) -> SnapshotError {
+    if let Some(w) = e.downcast_ref::<WasiRefused>() {
+        return SnapshotError::WasiDuringInit(w.0.clone());
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return SnapshotError::InitTrapped(format!("init called proc_exit({})", exit.0));
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            SnapshotError::LimitExceeded(format!("time limit of {:?}", opts.timeout))
+        }
+        Some(trap) => SnapshotError::InitTrapped(format!("{trap} (in {during})")),
+        None => {
+            let msg = format!("{}", e.root_cause());
+            if msg.contains("memory") && msg.contains("limit") || msg.contains("exceeds memory limits") {
+                SnapshotError::LimitExceeded(format!("memory limit of {} bytes", opts.max_memory))
+            } else {
+                SnapshotError::InitTrapped(format!("{msg} (in {during})"))
+            }
+        }
+    }
+}
+
+/// Gives wizer the instance's globals and memories.
+struct InitState<'a> {
+    store: &'a mut Store<Host>,
+    instance: Instance,
+}
+
+impl InstanceState for InitState<'_> {
+    async fn global_get(&mut self, name: &str, _: ValType) -> SnapshotVal {
+        let global = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .expect("wizer exports every global it reads");
+        match global.get(&mut *self.store) {
+            Val::I32(x) => SnapshotVal::I32(x),
+            Val::I64(x) => SnapshotVal::I64(x),
+            Val::F32(x) => SnapshotVal::F32(x),
+            Val::F64(x) => SnapshotVal::F64(x),
+            Val::V128(x) => SnapshotVal::V128(x.as_u128()),
+            other => unreachable!("wizer refuses reference-typed mutable globals, got {other:?}"),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .expect("wizer exports every memory it reads");
+        contents(memory.data(&*self.store))
+    }
+}
+
+/// Drives a future that never waits (wizer's snapshot over in-memory
+/// state) to completion on this thread.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
