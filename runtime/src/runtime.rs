@@ -136,7 +136,9 @@ impl Runtime {
         let key = Cache::key(wasm, &digest, "snapshot");
         match cache.get(&key, &digest) {
             Lookup::Hit(snapshot) => return Ok(snapshot),
-            Lookup::Bad(e) => tracing::warn!(key, "unusable cached snapshot ({e}); snapshotting again"),
+            Lookup::Bad(e) => {
+                tracing::warn!(key, "unusable cached snapshot ({e}); snapshotting again")
+            }
             Lookup::Miss => {}
         }
         let snapshot = wasmlet_snapshotter::snapshot(wasm, opts)?;

@@ -60,8 +60,8 @@ pub(crate) fn run_and_snapshot(
     opts: &SnapshotOptions,
 ) -> Result<Vec<u8>, SnapshotError> {
     let engine = engine()?;
-    let module = Module::new(&engine, instrumented)
-        .map_err(|e| SnapshotError::Invalid(format!("{e:#}")))?;
+    let module =
+        Module::new(&engine, instrumented).map_err(|e| SnapshotError::Invalid(format!("{e:#}")))?;
     let linker = linker(&engine, &module, opts)?;
 
     let mut wasi = WasiCtxBuilder::new();
@@ -72,6 +72,7 @@ pub(crate) fn run_and_snapshot(
     }
     let limits = StoreLimitsBuilder::new()
         .memory_size(usize::try_from(opts.max_memory).unwrap_or(usize::MAX))
+        .trap_on_grow_failure(true)
         .build();
     let mut store = Store::new(
         &engine,
@@ -102,8 +103,7 @@ pub(crate) fn run_and_snapshot(
         store: &mut store,
         instance,
     };
-    block_on(wizer.snapshot(cx, &mut state))
-        .map_err(|e| SnapshotError::Internal(format!("{e:#}")))
+    block_on(wizer.snapshot(cx, &mut state)).map_err(|e| SnapshotError::Internal(format!("{e:#}")))
 }
 
 /// WASI (real or refusing), and what to do with other imports.
@@ -148,7 +148,11 @@ fn linker(
 }
 
 /// `_initialize` (if exported), then the init function, as wizer does.
-fn call_init(store: &mut Store<Host>, instance: &Instance, init_func: &str) -> wasmtime::Result<()> {
+fn call_init(
+    store: &mut Store<Host>,
+    instance: &Instance,
+    init_func: &str,
+) -> wasmtime::Result<()> {
     if let Some(Extern::Func(f)) = instance.get_export(&mut *store, "_initialize") {
         f.typed::<(), ()>(&*store)?.call(&mut *store, ())?;
         if init_func == "_initialize" {
@@ -173,7 +177,10 @@ fn init_error(e: wasmtime::Error, opts: &SnapshotOptions, during: &str) -> Snaps
         Some(trap) => SnapshotError::InitTrapped(format!("{trap} (in {during})")),
         None => {
             let msg = format!("{}", e.root_cause());
-            if msg.contains("memory") && msg.contains("limit") || msg.contains("exceeds memory limits") {
+            // wasmtime's StoreLimits words: "forcing trap when growing
+            // memory" (trap_on_grow_failure) and "exceeds memory limits"
+            // (an initial size above the limit).
+            if msg.contains("growing memory") || msg.contains("exceeds memory limits") {
                 SnapshotError::LimitExceeded(format!("memory limit of {} bytes", opts.max_memory))
             } else {
                 SnapshotError::InitTrapped(format!("{msg} (in {during})"))

@@ -20,6 +20,16 @@ pub fn tempdir() -> tempfile::TempDir {
 /// Builds `tests/guests/<name>.c` into a wasm32-wasi command module (once
 /// per test run) and returns its path.
 pub fn c_guest(name: &str) -> PathBuf {
+    build_c(name, &[])
+}
+
+/// Builds `tests/guests/<name>.c` as a reactor (no `_start`; exports called
+/// after `_initialize`).
+pub fn c_reactor(name: &str) -> PathBuf {
+    build_c(name, &["-mexec-model=reactor"])
+}
+
+fn build_c(name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
     if let Some(p) = built.get(name) {
@@ -33,7 +43,9 @@ pub fn c_guest(name: &str) -> PathBuf {
     let out = dir.join(format!("{name}.wasm"));
     let clang = std::env::var("WASI_CC").unwrap_or_else(|_| "clang".into());
     let result = Command::new(&clang)
-        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .args(["--target=wasm32-wasi", "-O2"])
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(&src)
         .output()

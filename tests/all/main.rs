@@ -10,3 +10,4 @@ mod helpers;
 mod library;
 mod limits;
 mod malformed;
+mod snapshot;
