@@ -7,64 +7,66 @@ use wasmlet_runtime::{Entry, Invocation, LimitExceeded, Limits, LoadOptions, Sta
 
 #[test]
 fn mixed_invocations_from_many_threads() {
-    let rt = runtime();
-    let tools = load_wat(&rt, TOOLS_WAT);
-    let hello = rt
-        .load_file(c_guest("hello"), &LoadOptions::default())
-        .unwrap();
-    std::thread::scope(|s| {
-        for t in 0..8 {
-            let (tools, hello) = (&tools, &hello);
-            s.spawn(move || {
-                for i in 0..25 {
-                    match (t + i) % 5 {
-                        0 => {
-                            let o = hello
-                                .invoke(Invocation {
-                                    args: vec!["hello".into(), format!("{t}-{i}")],
-                                    ..Default::default()
-                                })
-                                .unwrap();
-                            assert!(matches!(o.status, Status::Exited(0)));
-                            assert!(stdout_of(&o).contains(&format!("arg[1]={t}-{i}\n")));
-                        }
-                        1 => {
-                            let o = call(tools, "boom", vec![]);
-                            assert!(matches!(o.status, Status::Trapped(_)));
-                        }
-                        2 => {
-                            let o = tools
-                                .invoke(Invocation {
-                                    entry: Entry::Export { name: "spin".into(), params: vec![] },
-                                    limits: Some(Limits {
-                                        cpu_time: Some(Duration::from_millis(5)),
-                                        ..Limits::default()
-                                    }),
-                                    ..Default::default()
-                                })
-                                .unwrap();
-                            assert!(matches!(o.status, Status::LimitExceeded(LimitExceeded::CpuTime(_))));
-                        }
-                        3 => {
-                            let o = tools
-                                .invoke(Invocation {
-                                    entry: Entry::Export { name: "grow".into(), params: vec![] },
-                                    limits: Some(Limits { max_memory: 2 << 20, ..Limits::default() }),
-                                    ..Default::default()
-                                })
-                                .unwrap();
-                            assert!(matches!(o.status, Status::LimitExceeded(LimitExceeded::Memory(_))));
-                        }
-                        _ => {
-                            // State never leaks between invocations.
-                            let o = call(tools, "bump", vec![]);
-                            assert!(matches!(&o.status, Status::Returned(v) if matches!(v[0], Val::I32(2))), "{:?}", o.status);
+    for (mode, rt) in runtimes() {
+        eprintln!("mode: {mode}");
+        let tools = load_wat(&rt, TOOLS_WAT);
+        let hello = rt
+            .load_file(c_guest("hello"), &LoadOptions::default())
+            .unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (tools, hello) = (&tools, &hello);
+                s.spawn(move || {
+                    for i in 0..25 {
+                        match (t + i) % 5 {
+                            0 => {
+                                let o = hello
+                                    .invoke(Invocation {
+                                        args: vec!["hello".into(), format!("{t}-{i}")],
+                                        ..Default::default()
+                                    })
+                                    .unwrap();
+                                assert!(matches!(o.status, Status::Exited(0)));
+                                assert!(stdout_of(&o).contains(&format!("arg[1]={t}-{i}\n")));
+                            }
+                            1 => {
+                                let o = call(tools, "boom", vec![]);
+                                assert!(matches!(o.status, Status::Trapped(_)));
+                            }
+                            2 => {
+                                let o = tools
+                                    .invoke(Invocation {
+                                        entry: Entry::Export { name: "spin".into(), params: vec![] },
+                                        limits: Some(Limits {
+                                            cpu_time: Some(Duration::from_millis(5)),
+                                            ..Limits::default()
+                                        }),
+                                        ..Default::default()
+                                    })
+                                    .unwrap();
+                                assert!(matches!(o.status, Status::LimitExceeded(LimitExceeded::CpuTime(_))));
+                            }
+                            3 => {
+                                let o = tools
+                                    .invoke(Invocation {
+                                        entry: Entry::Export { name: "grow".into(), params: vec![] },
+                                        limits: Some(Limits { max_memory: 2 << 20, ..Limits::default() }),
+                                        ..Default::default()
+                                    })
+                                    .unwrap();
+                                assert!(matches!(o.status, Status::LimitExceeded(LimitExceeded::Memory(_))));
+                            }
+                            _ => {
+                                // State never leaks between invocations.
+                                let o = call(tools, "bump", vec![]);
+                                assert!(matches!(&o.status, Status::Returned(v) if matches!(v[0], Val::I32(2))), "{:?}", o.status);
+                            }
                         }
                     }
-                }
-            });
-        }
-    });
+                });
+            }
+        });
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

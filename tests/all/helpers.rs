@@ -126,6 +126,15 @@ pub fn runtime() -> Runtime {
     runtime_with(|_| {})
 }
 
+/// The runtimes executor tests run against when they can: a plain one, and
+/// one that pre-initializes modules on load (the same behaviour must result).
+pub fn runtimes() -> [(&'static str, Runtime); 2] {
+    [
+        ("plain", runtime()),
+        ("snapshot", runtime_with(|c| c.snapshot = true)),
+    ]
+}
+
 pub fn runtime_with(f: impl FnOnce(&mut RuntimeConfig)) -> Runtime {
     let mut config = RuntimeConfig::default();
     config.pool.instances = 32;

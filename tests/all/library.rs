@@ -62,59 +62,68 @@ fn captured_output_is_capped() {
 
 #[test]
 fn reactor_exports_run_after_initialize() {
-    let rt = runtime();
-    let f = load_wat(&rt, TOOLS_WAT);
-    assert!(!f.is_command());
-    let o = call(&f, "initialized", vec![]);
-    assert!(matches!(&o.status, Status::Returned(v) if matches!(v[..], [Val::I32(1)])));
-    let o = call(&f, "add", vec![Val::I32(20), Val::I32(22)]);
-    assert!(matches!(&o.status, Status::Returned(v) if matches!(v[..], [Val::I32(42)])));
-    // Wrong argument types are refused before anything runs.
-    let e = f
-        .invoke(Invocation {
-            entry: Entry::Export {
-                name: "add".into(),
-                params: vec![Val::I64(1), Val::I32(2)],
-            },
-            ..Default::default()
-        })
-        .unwrap_err();
-    assert!(matches!(e, Error::Entry(_)), "{e}");
+    for (mode, rt) in runtimes() {
+        eprintln!("mode: {mode}");
+        let f = load_wat(&rt, TOOLS_WAT);
+        assert!(!f.is_command());
+        // A snapshot has already run `_initialize`, so no longer exports it.
+        assert_eq!(
+            f.module().get_export("_initialize").is_some(),
+            mode == "plain"
+        );
+        let o = call(&f, "initialized", vec![]);
+        assert!(matches!(&o.status, Status::Returned(v) if matches!(v[..], [Val::I32(1)])));
+        let o = call(&f, "add", vec![Val::I32(20), Val::I32(22)]);
+        assert!(matches!(&o.status, Status::Returned(v) if matches!(v[..], [Val::I32(42)])));
+        // Wrong argument types are refused before anything runs.
+        let e = f
+            .invoke(Invocation {
+                entry: Entry::Export {
+                    name: "add".into(),
+                    params: vec![Val::I64(1), Val::I32(2)],
+                },
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Entry(_)), "{e}");
+    }
 }
 
 #[test]
 fn outcome_into_result_is_typed() {
-    let rt = runtime();
-    let f = load_wat(&rt, TOOLS_WAT);
-    assert!(
-        matches!(call(&f, "boom", vec![]).into_result(), Err(Error::Trap(m)) if m.contains("unreachable"))
-    );
-    assert!(matches!(
-        call(&f, "exit", vec![Val::I32(9)]).into_result(),
-        Err(Error::Exit(9))
-    ));
-    let o = f
-        .invoke(Invocation {
-            entry: Entry::Export {
-                name: "grow".into(),
-                params: vec![],
-            },
-            limits: Some(Limits {
-                max_memory: 1 << 20,
-                ..Limits::default()
-            }),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(matches!(
-        o.into_result(),
-        Err(Error::LimitExceeded(LimitExceeded::Memory(_)))
-    ));
-    assert!(
-        call(&f, "add", vec![Val::I32(1), Val::I32(2)])
-            .into_result()
-            .is_ok()
-    );
+    for (mode, rt) in runtimes() {
+        eprintln!("mode: {mode}");
+        let f = load_wat(&rt, TOOLS_WAT);
+        assert!(
+            matches!(call(&f, "boom", vec![]).into_result(), Err(Error::Trap(m)) if m.contains("unreachable"))
+        );
+        assert!(matches!(
+            call(&f, "exit", vec![Val::I32(9)]).into_result(),
+            Err(Error::Exit(9))
+        ));
+        let o = f
+            .invoke(Invocation {
+                entry: Entry::Export {
+                    name: "grow".into(),
+                    params: vec![],
+                },
+                limits: Some(Limits {
+                    max_memory: 1 << 20,
+                    ..Limits::default()
+                }),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            o.into_result(),
+            Err(Error::LimitExceeded(LimitExceeded::Memory(_)))
+        ));
+        assert!(
+            call(&f, "add", vec![Val::I32(1), Val::I32(2)])
+                .into_result()
+                .is_ok()
+        );
+    }
 }
 
 #[test]

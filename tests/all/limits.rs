@@ -53,38 +53,44 @@ fn memory_limit_stops_c_guest_that_grows_without_bound() {
 
 #[test]
 fn memory_limit_in_library() {
-    let rt = runtime();
-    let f = load_wat(&rt, TOOLS_WAT);
-    let limits = Limits {
-        max_memory: 4 << 20,
-        ..Limits::default()
-    };
-    // A guest that handles memory.grow failing keeps running.
-    let o = invoke_with(&f, "grow_soft", limits.clone());
-    match o.status {
-        Status::Returned(v) => assert!(matches!(v[0], Val::I32(pages) if pages * 65536 <= 4 << 20)),
-        s => panic!("{s:?}"),
-    }
-    // One that traps afterwards is reported as over its limit.
-    let o = invoke_with(&f, "grow", limits);
-    assert!(matches!(o.status, Status::LimitExceeded(LimitExceeded::Memory(m)) if m == 4 << 20));
-    assert!(o.usage.peak_memory_bytes <= 4 << 20);
-
-    // A module whose initial memory is above the limit never starts.
-    let big = load_wat(&rt, r#"(module (memory 300) (func (export "f")))"#);
-    let o = invoke_with(
-        &big,
-        "f",
-        Limits {
-            max_memory: 16 << 20,
+    for (mode, rt) in runtimes() {
+        eprintln!("mode: {mode}");
+        let f = load_wat(&rt, TOOLS_WAT);
+        let limits = Limits {
+            max_memory: 4 << 20,
             ..Limits::default()
-        },
-    );
-    assert!(
-        matches!(o.status, Status::LimitExceeded(LimitExceeded::Memory(_))),
-        "{:?}",
-        o.status
-    );
+        };
+        // A guest that handles memory.grow failing keeps running.
+        let o = invoke_with(&f, "grow_soft", limits.clone());
+        match o.status {
+            Status::Returned(v) => {
+                assert!(matches!(v[0], Val::I32(pages) if pages * 65536 <= 4 << 20))
+            }
+            s => panic!("{s:?}"),
+        }
+        // One that traps afterwards is reported as over its limit.
+        let o = invoke_with(&f, "grow", limits);
+        assert!(
+            matches!(o.status, Status::LimitExceeded(LimitExceeded::Memory(m)) if m == 4 << 20)
+        );
+        assert!(o.usage.peak_memory_bytes <= 4 << 20);
+
+        // A module whose initial memory is above the limit never starts.
+        let big = load_wat(&rt, r#"(module (memory 300) (func (export "f")))"#);
+        let o = invoke_with(
+            &big,
+            "f",
+            Limits {
+                max_memory: 16 << 20,
+                ..Limits::default()
+            },
+        );
+        assert!(
+            matches!(o.status, Status::LimitExceeded(LimitExceeded::Memory(_))),
+            "{:?}",
+            o.status
+        );
+    }
 }
 
 #[test]
@@ -115,26 +121,30 @@ fn table_limit() {
 
 #[test]
 fn cpu_time_limit_stops_a_spinning_guest_near_its_budget() {
-    let rt = runtime();
-    let f = load_wat(&rt, TOOLS_WAT);
-    let budget = Duration::from_millis(100);
-    let o = invoke_with(
-        &f,
-        "spin",
-        Limits {
-            cpu_time: Some(budget),
-            ..Limits::default()
-        },
-    );
-    assert!(matches!(o.status, Status::LimitExceeded(LimitExceeded::CpuTime(b)) if b == budget));
-    // Charged at least the budget, and stopped within a few epoch ticks of it
-    // (the bound is loose so a loaded machine does not fail the test).
-    assert!(o.usage.cpu_time >= budget, "{:?}", o.usage);
-    assert!(
-        o.usage.cpu_time < budget + Duration::from_millis(60),
-        "{:?}",
-        o.usage
-    );
+    for (mode, rt) in runtimes() {
+        eprintln!("mode: {mode}");
+        let f = load_wat(&rt, TOOLS_WAT);
+        let budget = Duration::from_millis(100);
+        let o = invoke_with(
+            &f,
+            "spin",
+            Limits {
+                cpu_time: Some(budget),
+                ..Limits::default()
+            },
+        );
+        assert!(
+            matches!(o.status, Status::LimitExceeded(LimitExceeded::CpuTime(b)) if b == budget)
+        );
+        // Charged at least the budget, and stopped within a few epoch ticks of it
+        // (the bound is loose so a loaded machine does not fail the test).
+        assert!(o.usage.cpu_time >= budget, "{:?}", o.usage);
+        assert!(
+            o.usage.cpu_time < budget + Duration::from_millis(60),
+            "{:?}",
+            o.usage
+        );
+    }
 }
 
 #[test]
