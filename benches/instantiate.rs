@@ -17,16 +17,8 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-const HELLO: &str = r#"
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"#;
+/// Writes "hello\n" with `fd_write`.
+const HELLO: &str = include_str!("../examples/guests/hello.wat");
 
 /// HELLO plus a 16 MiB data segment of non-zero bytes, as a language
 /// runtime's initialized heap would be; the guest does not touch it, so the

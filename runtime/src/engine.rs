@@ -63,17 +63,8 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         .consume_fuel(config.fuel_metering)
         .parallel_compilation(config.parallel_compilation)
         .cranelift_opt_level(OptLevel::Speed)
-        .max_wasm_stack(config.max_wasm_stack)
-        .wasm_bulk_memory(true)
-        .wasm_simd(true)
-        .wasm_relaxed_simd(true)
-        .wasm_reference_types(true)
-        .wasm_multi_value(true)
-        .wasm_multi_memory(true)
-        .wasm_tail_call(true)
-        .wasm_extended_const(true)
-        .wasm_exceptions(true)
-        .wasm_memory64(true);
+        .max_wasm_stack(config.max_wasm_stack);
+    wasmlet_snapshotter::enable_wasm_features(&mut c);
     Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))
 }
 

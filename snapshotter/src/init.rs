@@ -36,18 +36,7 @@ impl std::error::Error for WasiRefused {}
 
 fn engine() -> Result<Engine, SnapshotError> {
     let mut c = Config::new();
-    c.epoch_interruption(true)
-        .wasm_bulk_memory(true)
-        .wasm_simd(true)
-        .wasm_relaxed_simd(true)
-        .relaxed_simd_deterministic(true)
-        .wasm_reference_types(true)
-        .wasm_multi_value(true)
-        .wasm_multi_memory(true)
-        .wasm_tail_call(true)
-        .wasm_extended_const(true)
-        .wasm_exceptions(true)
-        .wasm_memory64(true);
+    crate::enable_wasm_features(&mut c).epoch_interruption(true);
     Engine::new(&c).map_err(|e| SnapshotError::Internal(format!("engine: {e:#}")))
 }
 

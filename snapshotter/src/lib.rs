@@ -45,6 +45,26 @@ pub fn snapshot(wasm: &[u8], opts: &SnapshotOptions) -> Result<Vec<u8>, Snapshot
     Ok(out)
 }
 
+/// Turns on the wasm features wasmlet accepts (those current toolchains
+/// emit). Shared by the runtime's engine and the engine init runs in, so
+/// that whatever can be snapshotted can also run, and the reverse.
+pub fn enable_wasm_features(config: &mut wasmtime::Config) -> &mut wasmtime::Config {
+    config
+        .wasm_bulk_memory(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        // Relaxed-SIMD results baked into a snapshot must match what the
+        // same code computes at run time, on any host.
+        .relaxed_simd_deterministic(true)
+        .wasm_reference_types(true)
+        .wasm_multi_value(true)
+        .wasm_multi_memory(true)
+        .wasm_tail_call(true)
+        .wasm_extended_const(true)
+        .wasm_exceptions(true)
+        .wasm_memory64(true)
+}
+
 /// Whether `wasm` has an init function that [`snapshot`] would run with
 /// `opts` (so a runtime can snapshot on load only what has something to run).
 pub fn has_init_func(wasm: &[u8], opts: &SnapshotOptions) -> bool {

@@ -165,16 +165,7 @@ pub fn stdout_of(o: &Outcome) -> String {
 }
 
 /// A command module that writes "hello\n" to stdout with `fd_write`.
-pub const HELLO_WAT: &str = r#"
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"#;
+pub const HELLO_WAT: &str = include_str!("../../examples/guests/hello.wat");
 
 /// A reactor with exports for exercising traps and limits.
 pub const TOOLS_WAT: &str = r#"
