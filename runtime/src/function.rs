@@ -59,11 +59,11 @@ impl Function {
         module: Module,
         pre: InstancePre<StoreState>,
         limits: Limits,
-    ) -> Result<Self, Error> {
+    ) -> Self {
         let is_func = |name| matches!(module.get_export(name), Some(ExternType::Func(_)));
         let has_start = is_func("_start");
         let has_initialize = is_func("_initialize");
-        Ok(Function {
+        Function {
             inner: Arc::new(FunctionInner {
                 runtime,
                 pre,
@@ -72,7 +72,7 @@ impl Function {
                 has_initialize,
                 module,
             }),
-        })
+        }
     }
 
     /// The compiled module.
@@ -180,7 +180,7 @@ impl Function {
             .map_err(|e| Error::Setup(format!("invocation task failed: {e}")))?
     }
 
-    /// Checks the entry point exists, returning the parameter types to pass.
+    /// Checks the entry point exists and the arguments match its parameters.
     fn check_entry(&self, entry: &Entry) -> Result<(), Error> {
         match entry {
             Entry::Start if self.inner.has_start => Ok(()),

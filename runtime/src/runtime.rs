@@ -236,7 +236,7 @@ impl Runtime {
             .limits
             .clone()
             .unwrap_or_else(|| self.inner.config.limits.clone());
-        Function::new(self.clone(), module, pre, limits)
+        Ok(Function::new(self.clone(), module, pre, limits))
     }
 }
 
