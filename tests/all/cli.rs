@@ -111,8 +111,11 @@ fn traps_exit_134_with_one_line() {
 fn usage_is_one_json_line() {
     let r = run_cli(wasmlet().args(["run", "--usage"]).arg(c_guest("hello")));
     assert_eq!(r.code, 0);
-    let line = r.stderr.lines().last().unwrap();
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        r.stderr.lines().last(),
+        r.stderr.lines().find(|l| l.starts_with('{'))
+    );
+    let v = r.usage();
     assert_eq!(v["status"], "exited");
     assert_eq!(v["exit_code"], 0);
     assert!(v["wall_time_ns"].as_u64().unwrap() > 0);
@@ -125,7 +128,7 @@ fn usage_is_one_json_line() {
             .args(["run", "--usage", "--fuel", "100000000"])
             .arg(c_guest("hello")),
     );
-    let v: serde_json::Value = serde_json::from_str(r.stderr.lines().last().unwrap()).unwrap();
+    let v = r.usage();
     assert!(v["fuel_consumed"].as_u64().unwrap() > 100, "{v}");
 }
 

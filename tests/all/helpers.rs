@@ -99,6 +99,16 @@ pub fn run_cli(cmd: &mut Command) -> Run {
 }
 
 impl Run {
+    /// The usage record `--usage` printed: the one JSON line on stderr.
+    pub fn usage(&self) -> serde_json::Value {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no usage line in {:?}", self.stderr));
+        serde_json::from_str(line).unwrap()
+    }
+
     /// Asserts stderr is exactly one line (plus optional usage JSON) that
     /// contains `needle`, and no panic or backtrace.
     pub fn assert_one_line_error(&self, needle: &str) {
