@@ -58,6 +58,9 @@ pub enum Error {
     /// The guest exceeded one of its limits.
     #[error(transparent)]
     LimitExceeded(#[from] LimitExceeded),
+    /// A sandbox could not be set up or its worker failed.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     /// The guest exited with a non-zero code.
     #[error("guest exited with code {0}")]
     Exit(i32),
@@ -98,7 +101,9 @@ pub enum ArtifactError {
 }
 
 /// A limit that ended an invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum LimitExceeded {
     /// Linear memory.
     #[error("memory limit of {} exceeded", Bytes(*.0))]
@@ -115,6 +120,9 @@ pub enum LimitExceeded {
     /// Fuel.
     #[error("fuel limit of {0} exceeded")]
     Fuel(u64),
+    /// The sandbox's memory cgroup: the kernel killed its worker.
+    #[error("sandbox memory limit of {} exceeded", Bytes(*.0))]
+    SandboxMemory(u64),
     /// The pooling allocator has no free slot.
     #[error("instance pool of {0} slots is full")]
     PoolFull(u32),

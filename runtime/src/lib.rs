@@ -20,6 +20,8 @@
 //! - `limiter`: live enforcement of memory, table, CPU-time and wall limits;
 //! - `usage`: the [`Usage`] record and the thread CPU clock;
 //! - [`cache`] and [`artifact`]: the on-disk cache and the `.cwasm` format;
+//! - [`sandbox`]: worker processes in cgroups (v1/v2), hardened, with
+//!   kernel-enforced memory, CPU and pids limits;
 //! - [`error`]: typed errors.
 //!
 //! ```no_run
@@ -40,6 +42,7 @@ mod function;
 mod invocation;
 mod limiter;
 mod runtime;
+pub mod sandbox;
 mod usage;
 
 pub use config::{CacheConfig, Limits, PoolConfig, RuntimeConfig};
@@ -47,6 +50,7 @@ pub use error::{ArtifactError, Error, LimitExceeded};
 pub use function::Function;
 pub use invocation::{Entry, Input, Invocation, Outcome, Output, Preopen, Status};
 pub use runtime::{LoadOptions, Runtime};
+pub use sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 pub use usage::Usage;
 pub use wasmlet_snapshotter::{SnapshotError, SnapshotOptions};
 pub use wasmtime::{Engine, Val};

@@ -6,17 +6,25 @@
 //! charged), fuel from the store's meter, and peak memory from the resource
 //! limiter that sees every allocation and `memory.grow`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// What one invocation used.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Wall-clock time from the start of instantiation to the end of the call.
-    #[serde(rename = "wall_time_ns", serialize_with = "nanos")]
+    #[serde(
+        rename = "wall_time_ns",
+        serialize_with = "nanos",
+        deserialize_with = "from_nanos"
+    )]
     pub wall_time: Duration,
     /// CPU time of the invocation's thread over the same span.
-    #[serde(rename = "cpu_time_ns", serialize_with = "nanos")]
+    #[serde(
+        rename = "cpu_time_ns",
+        serialize_with = "nanos",
+        deserialize_with = "from_nanos"
+    )]
     pub cpu_time: Duration,
     /// Fuel consumed, when the runtime meters fuel.
     pub fuel_consumed: Option<u64>,
@@ -24,6 +32,10 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Peak memory times wall time, the unit of memory billing.
     pub gb_seconds: f64,
+    /// For a sandboxed invocation: the sandbox's cgroup totals so far (CPU
+    /// of the whole worker, its memory peak, OOM kills, throttling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::cgroup::CgroupUsage>,
 }
 
 impl Usage {
@@ -40,12 +52,17 @@ impl Usage {
             fuel_consumed,
             peak_memory_bytes,
             gb_seconds: gb * wall_time.as_secs_f64(),
+            sandbox: None,
         }
     }
 }
 
 fn nanos<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn from_nanos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_nanos)
 }
 
 /// CPU time consumed so far by the calling thread.

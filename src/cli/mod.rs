@@ -37,6 +37,9 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Pre-initialize a module: run its init once and snapshot the result.
     Snapshot(snapshot::SnapshotArgs),
+    /// (internal) Serve a sandbox's supervisor on fd 3.
+    #[command(hide = true)]
+    SandboxWorker,
 }
 
 /// Flags every command that compiles shares.
@@ -72,5 +75,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
+        Command::SandboxWorker => {
+            wasmlet_runtime::sandbox::worker_main().map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -7,7 +7,10 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use wasmlet_runtime::{Entry, Input, Invocation, Limits, LoadOptions, Output, Preopen, Status};
+use wasmlet_runtime::{
+    Entry, Input, Invocation, Limits, LoadOptions, Output, Preopen, Sandbox, SandboxConfig, Status,
+    WorkerCommand,
+};
 use wasmtime::ExternType;
 
 #[derive(Args, Debug)]
@@ -39,6 +42,21 @@ pub struct RunArgs {
     /// Link imports the host does not provide as functions that trap when called.
     #[arg(long)]
     trap_unknown_imports: bool,
+    /// Run the invocation in a fresh sandbox: a hardened worker process in cgroups of its own.
+    #[arg(long)]
+    sandbox: bool,
+    /// Sandbox memory limit (the kernel's OOM killer enforces it), e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse::size, requires = "sandbox")]
+    sandbox_memory: Option<u64>,
+    /// Sandbox CPU bandwidth in CPUs, e.g. 0.5.
+    #[arg(long, value_name = "FLOAT", requires = "sandbox")]
+    sandbox_cpus: Option<f64>,
+    /// Sandbox limit on processes and threads.
+    #[arg(long, value_name = "N", requires = "sandbox")]
+    sandbox_pids: Option<u64>,
+    /// Run the sandbox even where cgroups cannot be used (no kernel limits; warns).
+    #[arg(long, requires = "sandbox")]
+    sandbox_without_cgroups: bool,
     #[command(flatten)]
     cache: CacheArgs,
     /// The module: .wasm, .wat, or a .cwasm made by `wasmlet compile`.
@@ -70,8 +88,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.module.display(),
         bytes.len()
     );
-    let function = with_spinner(message, || runtime.load_bytes(&bytes, &opts))
+    // Compiled here either way: in-process it is the function; for a
+    // sandbox it checks the module and fills the cache the worker loads from.
+    let loaded = with_spinner(message, || runtime.load_bytes(&bytes, &opts))
         .with_context(|| format!("cannot load {}", args.module.display()))?;
+    let module = loaded.module().clone();
+    let (function, sandbox) = if args.sandbox {
+        let config = SandboxConfig {
+            memory: args.sandbox_memory,
+            cpus: args.sandbox_cpus,
+            pids: args.sandbox_pids.or(SandboxConfig::default().pids),
+            require_cgroups: !args.sandbox_without_cgroups,
+            ..SandboxConfig::default()
+        };
+        drop(loaded);
+        let sb = Sandbox::start(runtime.config(), &config, WorkerCommand::current_exe()?)?;
+        sb.load(&bytes, &opts)?;
+        (None, Some(sb))
+    } else {
+        (Some(loaded), None)
+    };
 
     let module_name = args.module.to_string_lossy().into_owned();
     let (entry, argv) = match &args.invoke {
@@ -80,7 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             std::iter::once(module_name).chain(args.args).collect(),
         ),
         Some(name) => {
-            let Some(ExternType::Func(ty)) = function.module().get_export(name) else {
+            let Some(ExternType::Func(ty)) = module.get_export(name) else {
                 anyhow::bail!("module has no exported function `{name}`");
             };
             let types: Vec<_> = ty.params().collect();
@@ -104,7 +140,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         entry,
         limits: None,
     };
-    let outcome = function.invoke(invocation)?;
+    let outcome = match &sandbox {
+        Some(sb) => sb.invoke(invocation)?,
+        None => function
+            .as_ref()
+            .expect("loaded in-process")
+            .invoke(invocation)?,
+    };
     if args.usage {
         eprintln!("{}", outcome.usage_json());
     }

@@ -1,0 +1,240 @@
+//! Messages between a supervisor and its sandbox worker: length-prefixed
+//! JSON over a Unix stream socket. Requests carry an id so several
+//! invocations can be in flight at once; the worker answers each with the
+//! same id, in whatever order they finish.
+
+use crate::config::{Limits, RuntimeConfig};
+use crate::error::LimitExceeded;
+use crate::invocation::{Entry, Input, Invocation, Output, Preopen, Status};
+use crate::usage::Usage;
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+use wasmtime::Val;
+
+/// Largest message accepted: 1 GiB (a module or captured output).
+const MAX_MESSAGE: u32 = 1 << 30;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// Load the sandbox's function (once, before any invocation).
+    Load {
+        config: Box<RuntimeConfig>,
+        module: Vec<u8>,
+        trap_unknown_imports: bool,
+        limits: Option<Limits>,
+    },
+    Invoke(WireInvocation),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    Loaded,
+    Outcome(WireOutcome),
+    /// The request failed on the host side (a load error, a bad invocation).
+    Error(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum WireOutput {
+    Null,
+    Capture,
+    Inherit,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum WireVal {
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+    V128(u128),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireInvocation {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dirs: Vec<(std::path::PathBuf, String, bool)>,
+    stdin: Option<Vec<u8>>,
+    stdin_inherit: bool,
+    stdout: WireOutput,
+    stderr: WireOutput,
+    entry: Option<(String, Vec<WireVal>)>,
+    limits: Option<Limits>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WireStatus {
+    Exited(i32),
+    Returned(Vec<WireVal>),
+    Trapped(String),
+    LimitExceeded(LimitExceeded),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireOutcome {
+    pub status: WireStatus,
+    pub usage: Usage,
+    pub stdout: Option<Vec<u8>>,
+    pub stderr: Option<Vec<u8>>,
+}
+
+fn output(o: &Output) -> Result<WireOutput, String> {
+    match o {
+        Output::Null => Ok(WireOutput::Null),
+        Output::Capture => Ok(WireOutput::Capture),
+        Output::Inherit => Ok(WireOutput::Inherit),
+        Output::File(_) => Err("a sandboxed invocation cannot write to a file handle".into()),
+    }
+}
+
+fn to_wire(v: &Val) -> Result<WireVal, String> {
+    Ok(match v {
+        Val::I32(x) => WireVal::I32(*x),
+        Val::I64(x) => WireVal::I64(*x),
+        Val::F32(x) => WireVal::F32(*x),
+        Val::F64(x) => WireVal::F64(*x),
+        Val::V128(x) => WireVal::V128(x.as_u128()),
+        other => return Err(format!("cannot pass {other:?} into a sandbox")),
+    })
+}
+
+fn from_wire(v: WireVal) -> Val {
+    match v {
+        WireVal::I32(x) => Val::I32(x),
+        WireVal::I64(x) => Val::I64(x),
+        WireVal::F32(x) => Val::F32(x),
+        WireVal::F64(x) => Val::F64(x),
+        WireVal::V128(x) => Val::V128(x.into()),
+    }
+}
+
+impl WireInvocation {
+    pub(crate) fn from_invocation(inv: &Invocation) -> Result<Self, String> {
+        let (stdin, stdin_inherit) = match &inv.stdin {
+            Input::Null => (None, false),
+            Input::Bytes(b) => (Some(b.to_vec()), false),
+            Input::Inherit => (None, true),
+            Input::File(_) => return Err("a sandboxed invocation cannot read a file handle".into()),
+        };
+        let entry = match &inv.entry {
+            Entry::Start => None,
+            Entry::Export { name, params } => Some((
+                name.clone(),
+                params.iter().map(to_wire).collect::<Result<_, _>>()?,
+            )),
+        };
+        Ok(WireInvocation {
+            args: inv.args.clone(),
+            env: inv.env.clone(),
+            dirs: inv
+                .dirs
+                .iter()
+                .map(|d| (d.host.clone(), d.guest.clone(), d.read_only))
+                .collect(),
+            stdin,
+            stdin_inherit,
+            stdout: output(&inv.stdout)?,
+            stderr: output(&inv.stderr)?,
+            entry,
+            limits: inv.limits.clone(),
+        })
+    }
+
+    pub(crate) fn into_invocation(self) -> Invocation {
+        let out = |o| match o {
+            WireOutput::Null => Output::Null,
+            WireOutput::Capture => Output::Capture,
+            WireOutput::Inherit => Output::Inherit,
+        };
+        Invocation {
+            args: self.args,
+            env: self.env,
+            dirs: self
+                .dirs
+                .into_iter()
+                .map(|(host, guest, read_only)| Preopen {
+                    host,
+                    guest,
+                    read_only,
+                })
+                .collect(),
+            stdin: match (self.stdin, self.stdin_inherit) {
+                (_, true) => Input::Inherit,
+                (Some(b), _) => Input::Bytes(b.into()),
+                (None, _) => Input::Null,
+            },
+            stdout: out(self.stdout),
+            stderr: out(self.stderr),
+            entry: match self.entry {
+                None => Entry::Start,
+                Some((name, params)) => Entry::Export {
+                    name,
+                    params: params.into_iter().map(from_wire).collect(),
+                },
+            },
+            limits: self.limits,
+        }
+    }
+}
+
+impl WireStatus {
+    pub(crate) fn from_status(s: &Status) -> Self {
+        match s {
+            Status::Exited(c) => WireStatus::Exited(*c),
+            Status::Returned(v) => match v.iter().map(to_wire).collect::<Result<Vec<_>, _>>() {
+                Ok(v) => WireStatus::Returned(v),
+                Err(e) => WireStatus::Trapped(e),
+            },
+            Status::Trapped(m) => WireStatus::Trapped(m.clone()),
+            Status::LimitExceeded(l) => WireStatus::LimitExceeded(*l),
+        }
+    }
+
+    pub(crate) fn into_status(self) -> Status {
+        match self {
+            WireStatus::Exited(c) => Status::Exited(c),
+            WireStatus::Returned(v) => Status::Returned(v.into_iter().map(from_wire).collect()),
+            WireStatus::Trapped(m) => Status::Trapped(m),
+            WireStatus::LimitExceeded(l) => Status::LimitExceeded(l),
+        }
+    }
+}
+
+/// Writes one message.
+pub(crate) fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|l| *l <= MAX_MESSAGE)
+        .ok_or_else(|| io::Error::other("message too large"))?;
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&bytes);
+    w.write_all(&frame)
+}
+
+/// Reads one message; `Ok(None)` at a clean end of stream.
+pub(crate) fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(io::Error::other(format!("message of {len} bytes refused")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf)?;
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(io::Error::other)
+}
