@@ -10,4 +10,5 @@ mod helpers;
 mod library;
 mod limits;
 mod malformed;
+mod sandbox;
 mod snapshot;
