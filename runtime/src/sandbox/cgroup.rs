@@ -67,6 +67,7 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 fn read(path: &Path) -> Option<String> {
+    // (Only for one-off reads; usage goes through UsageFiles.)
     fs::read_to_string(path).ok()
 }
 
@@ -179,7 +180,16 @@ pub struct Cgroup {
     layout: Layout,
     /// `<parent>/<name>` below each root.
     rel: PathBuf,
+    /// The usage files, opened once: usage is read after every invocation,
+    /// and `pread` on an open file is one system call instead of three.
+    usage_files: std::sync::OnceLock<UsageFiles>,
 }
+
+/// CPU time, memory peak, OOM events, CPU stats (v1: cpuacct.usage,
+/// memory.max_usage_in_bytes, memory.oom_control, cpu.stat; v2: cpu.stat,
+/// memory.peak, memory.events, cpu.stat).
+#[derive(Debug)]
+struct UsageFiles([Option<fs::File>; 4]);
 
 impl Cgroup {
     /// Creates `<parent>/<name>` with `limits` in every hierarchy.
@@ -193,6 +203,7 @@ impl Cgroup {
         let cg = Cgroup {
             layout: layout.clone(),
             rel,
+            usage_files: Default::default(),
         };
         if let Layout::V2 { root } = layout {
             // Each level above the sandbox must hand the controllers down.
@@ -284,36 +295,57 @@ impl Cgroup {
 
     /// Reads CPU time, memory peak, OOM kills and throttling.
     pub fn usage(&self) -> CgroupUsage {
-        let num = |p: PathBuf| {
-            read(&p)
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(0)
+        let files = self.usage_files.get_or_init(|| {
+            let paths = match &self.layout {
+                Layout::V2 { .. } => {
+                    let d = self.dir("memory");
+                    [
+                        d.join("cpu.stat"),
+                        d.join("memory.peak"),
+                        d.join("memory.events"),
+                        d.join("cpu.stat"),
+                    ]
+                }
+                Layout::V1 { .. } => [
+                    self.dir("cpuacct").join("cpuacct.usage"),
+                    self.dir("memory").join("memory.max_usage_in_bytes"),
+                    self.dir("memory").join("memory.oom_control"),
+                    self.dir("cpu").join("cpu.stat"),
+                ],
+            };
+            UsageFiles(paths.map(|p| fs::File::open(p).ok()))
+        });
+        let text = |i: usize| -> String {
+            use std::os::unix::fs::FileExt;
+            let Some(f) = &files.0[i] else {
+                return String::new();
+            };
+            let mut buf = [0u8; 4096];
+            let n = f.read_at(&mut buf, 0).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
         };
-        let field = |p: PathBuf, key: &str| {
-            read(&p)
-                .and_then(|s| {
-                    s.lines().find_map(|l| {
-                        let (k, v) = l.split_once(' ')?;
-                        (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
-                    })
+        let num = |i| text(i).trim().parse::<u64>().unwrap_or(0);
+        let field = |i, key: &str| {
+            text(i)
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
                 })
                 .unwrap_or(0)
         };
         match &self.layout {
-            Layout::V2 { .. } => {
-                let dir = self.dir("memory");
-                CgroupUsage {
-                    cpu_ns: field(dir.join("cpu.stat"), "usage_usec") * 1000,
-                    memory_peak_bytes: num(dir.join("memory.peak")),
-                    oom_kills: field(dir.join("memory.events"), "oom_kill"),
-                    throttled_periods: field(dir.join("cpu.stat"), "nr_throttled"),
-                }
-            }
+            Layout::V2 { .. } => CgroupUsage {
+                cpu_ns: field(0, "usage_usec") * 1000,
+                memory_peak_bytes: num(1),
+                oom_kills: field(2, "oom_kill"),
+                throttled_periods: field(3, "nr_throttled"),
+            },
             Layout::V1 { .. } => CgroupUsage {
-                cpu_ns: num(self.dir("cpuacct").join("cpuacct.usage")),
-                memory_peak_bytes: num(self.dir("memory").join("memory.max_usage_in_bytes")),
-                oom_kills: field(self.dir("memory").join("memory.oom_control"), "oom_kill"),
-                throttled_periods: field(self.dir("cpu").join("cpu.stat"), "nr_throttled"),
+                cpu_ns: num(0),
+                memory_peak_bytes: num(1),
+                oom_kills: field(2, "oom_kill"),
+                throttled_periods: field(3, "nr_throttled"),
             },
         }
     }
