@@ -26,7 +26,7 @@ use crate::invocation::{Invocation, Outcome, Status};
 use crate::runtime::LoadOptions;
 use crate::usage::Usage;
 use cgroup::{Cgroup, CgroupLimits, Layout};
-use protocol::{Envelope, Request, Response, WireInvocation, recv, send};
+use protocol::{Envelope, Request, Response, WireInvocation, recv, send, spin_until_readable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -121,13 +121,19 @@ type Pending = Option<HashMap<u64, mpsc::Sender<Result<Response, Death>>>>;
 struct Worker {
     pid: u32,
     child: Mutex<Child>,
-    /// Set once the reader thread has reaped the process (its pid may then
-    /// belong to someone else).
+    /// Set once the process has been reaped (its pid may then be reused).
     reaped: std::sync::atomic::AtomicBool,
-    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
     writer: Mutex<UnixStream>,
+    /// Held by the caller currently reading replies (leader/followers: the
+    /// reader hands others' replies over and returns with its own, so a lone
+    /// invocation never waits on another thread).
+    reader: Mutex<UnixStream>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
+    death: OnceLock<Death>,
+    cgroup: Option<Arc<Cgroup>>,
+    oom_before: Option<u64>,
+    memory_limit: Option<u64>,
 }
 
 /// Sandboxes created by this process, for unique cgroup names.
@@ -321,40 +327,28 @@ impl Sandbox {
             pid: child.id(),
             child: Mutex::new(child),
             reaped: Default::default(),
-            reader: Mutex::new(None),
             writer: Mutex::new(
                 ours.try_clone()
                     .map_err(|e| Error::Sandbox(format!("socket: {e}")))?,
             ),
+            reader: Mutex::new(ours),
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(0),
+            death: OnceLock::new(),
+            oom_before: self.cgroup.as_ref().map(|c| c.usage().oom_kills),
+            cgroup: self.cgroup.clone(),
+            memory_limit: self.config.memory,
         });
-        let reader_worker = worker.clone();
-        let cgroup = self.cgroup.clone();
-        let memory_limit = self.config.memory;
-        let oom_before = cgroup.as_ref().map(|c| c.usage().oom_kills);
-        let reader = std::thread::Builder::new()
-            .name("wasmlet-sandbox-reader".into())
-            .spawn(move || {
-                reader_worker.read_replies(ours);
-                let how = reader_worker.wait_exit();
-                let oom_after = cgroup.as_ref().map(|c| c.usage().oom_kills);
-                let cause = match (oom_before, oom_after) {
-                    (Some(before), Some(after)) if after > before => Status::LimitExceeded(
-                        LimitExceeded::SandboxMemory(memory_limit.unwrap_or(0)),
-                    ),
-                    _ => Status::Trapped(format!("sandbox worker died: {how}")),
-                };
-                reader_worker.fail_pending(Death(cause));
-            })
-            .map_err(|e| Error::Sandbox(format!("cannot start reader thread: {e}")))?;
-        *worker.reader.lock().expect("reader lock") = Some(reader);
         *self.worker.lock().expect("worker lock") = Some(worker.clone());
         if let Some(spec) = self.load.lock().expect("load lock").clone() {
             self.load_into(&worker, &spec)?;
         }
         Ok(worker)
     }
+}
+
+fn gone() -> Death {
+    Death(Status::Trapped("sandbox worker is gone".into()))
 }
 
 fn describe(status: &Status) -> String {
@@ -396,37 +390,80 @@ fn spawn_from_long_lived_thread(cmd: Command) -> std::io::Result<Child> {
 impl Worker {
     /// Sends a request and waits for its reply (or the worker's death).
     fn call(&self, req: Request) -> Result<Response, Death> {
+        if let Some(death) = self.death.get() {
+            return Err(death.clone());
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        {
-            let mut pending = self.pending.lock().expect("pending lock");
-            match pending.as_mut() {
-                Some(p) => p.insert(id, tx),
-                None => return Err(Death(Status::Trapped("sandbox worker is gone".into()))),
-            };
-        }
-        let sent = send(
+        match self.pending.lock().expect("pending lock").as_mut() {
+            Some(p) => p.insert(id, tx),
+            None => return Err(self.death.get().cloned().unwrap_or_else(gone)),
+        };
+        // A failed send shows up as the end of the stream below.
+        let _ = send(
             &mut *self.writer.lock().expect("writer lock"),
             &Envelope { id, body: req },
         );
-        if sent.is_err() {
-            // The reader sees the same broken socket and reports the death.
+        loop {
+            if let Ok(reply) = rx.try_recv() {
+                return reply;
+            }
+            let Ok(mut stream) = self.reader.try_lock() else {
+                // Another caller is reading: it hands our reply over, or
+                // lets go of the stream, whichever comes first.
+                match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+                    Ok(reply) => return reply,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Err(gone()),
+                }
+            };
+            if let Ok(reply) = rx.try_recv() {
+                return reply;
+            }
+            spin_until_readable(&stream);
+            match recv::<Envelope<Response>>(&mut *stream) {
+                Ok(Some(Envelope { id: got, body })) => {
+                    let tx = self
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .as_mut()
+                        .and_then(|p| p.remove(&got));
+                    if got == id {
+                        return Ok(body);
+                    }
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Ok(body));
+                    }
+                }
+                // End of stream: the worker is gone.
+                _ => {
+                    drop(stream);
+                    self.die();
+                }
+            }
         }
-        rx.recv()
-            .unwrap_or_else(|_| Err(Death(Status::Trapped("sandbox worker is gone".into()))))
     }
 
-    fn read_replies(&self, mut stream: UnixStream) {
-        while let Ok(Some(Envelope { id, body })) = recv::<Envelope<Response>>(&mut stream) {
-            let tx = self
-                .pending
-                .lock()
-                .expect("pending lock")
-                .as_mut()
-                .and_then(|p| p.remove(&id));
-            if let Some(tx) = tx {
-                let _ = tx.send(Ok(body));
-            }
+    /// Reaps the dead worker, works out why it died, and fails every
+    /// waiting call with that.
+    fn die(&self) {
+        let death = self
+            .death
+            .get_or_init(|| {
+                let how = self.wait_exit();
+                let oom_after = self.cgroup.as_ref().map(|c| c.usage().oom_kills);
+                Death(match (self.oom_before, oom_after) {
+                    (Some(before), Some(after)) if after > before => Status::LimitExceeded(
+                        LimitExceeded::SandboxMemory(self.memory_limit.unwrap_or(0)),
+                    ),
+                    _ => Status::Trapped(format!("sandbox worker died: {how}")),
+                })
+            })
+            .clone();
+        let pending = self.pending.lock().expect("pending lock").take();
+        for (_, tx) in pending.into_iter().flatten() {
+            let _ = tx.send(Err(death.clone()));
         }
     }
 
@@ -451,22 +488,13 @@ impl Worker {
         }
     }
 
-    fn fail_pending(&self, death: Death) {
-        let pending = self.pending.lock().expect("pending lock").take();
-        for (_, tx) in pending.into_iter().flatten() {
-            let _ = tx.send(Err(death.clone()));
-        }
-    }
-
-    /// Kills the process and waits until the reader thread has reaped it.
+    /// Kills the process and reaps it.
     fn kill_and_reap(&self) {
+        let mut child = self.child.lock().expect("child lock");
         if !self.reaped.load(Ordering::Acquire) {
-            // SAFETY: kill(2) on our own, not yet reaped child (the reader
-            // thread holds the child until it is waited for).
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        }
-        if let Some(reader) = self.reader.lock().expect("reader lock").take() {
-            let _ = reader.join();
+            let _ = child.kill();
+            let _ = child.wait();
+            self.reaped.store(true, Ordering::Release);
         }
     }
 }
@@ -476,7 +504,7 @@ impl Drop for Sandbox {
         if let Some(w) = self.worker.lock().expect("worker lock").take() {
             w.kill_and_reap();
         }
-        // `self.cgroup` drops next (the reader's reference is gone): it
-        // kills any straggler and removes the directories.
+        // `self.cgroup` drops next (the worker and its reference are gone):
+        // it kills any straggler and removes the directories.
     }
 }

@@ -4,7 +4,9 @@
 //! worker: a second `Load` is answered with the first one's result.)
 
 use super::harden::{WORKER_SOCKET_FD, install_seccomp};
-use super::protocol::{Envelope, Request, Response, WireOutcome, WireStatus, recv, send};
+use super::protocol::{
+    Envelope, Request, Response, WireOutcome, WireStatus, recv, send, spin_until_readable,
+};
 use crate::runtime::{LoadOptions, Runtime};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
@@ -37,8 +39,12 @@ pub fn worker_main() -> Result<(), String> {
             let (reader, function, writer) = (reader.clone(), function.clone(), writer.clone());
             std::thread::spawn(move || -> Result<(), String> {
                 loop {
-                    let msg = recv::<Envelope<Request>>(&mut *reader.lock().expect("reader lock"))
-                        .map_err(|e| format!("supervisor socket: {e}"))?;
+                    let msg = {
+                        let mut reader = reader.lock().expect("reader lock");
+                        spin_until_readable(&reader);
+                        recv::<Envelope<Request>>(&mut *reader)
+                            .map_err(|e| format!("supervisor socket: {e}"))?
+                    };
                     let Some(Envelope { id, body }) = msg else {
                         return Ok(());
                     };
