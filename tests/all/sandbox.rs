@@ -93,6 +93,27 @@ fn oom_kill_is_reported_and_the_worker_replaced() {
 }
 
 #[test]
+fn a_worker_killed_mid_invocation_is_reported_and_replaced() {
+    let sb = sandbox(SandboxConfig::default(), TOOLS_WAT.as_bytes());
+    let pid = sb.worker_pid().unwrap();
+    std::thread::scope(|s| {
+        let running = s.spawn(|| sb.invoke(spin_for(Duration::from_secs(20))).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        // What the kernel does to a worker that makes a forbidden system call.
+        // SAFETY: kill(2) on our own sandbox worker.
+        unsafe { libc::kill(pid as i32, libc::SIGSYS) };
+        let o = running.join().unwrap();
+        assert!(
+            matches!(&o.status, Status::Trapped(m) if m == "sandbox worker died: killed by its seccomp filter (SIGSYS)"),
+            "{:?}",
+            o.status
+        );
+    });
+    assert_ne!(sb.worker_pid().unwrap(), pid);
+    assert!(sb.invoke(export("initialized", None)).unwrap().success());
+}
+
+#[test]
 fn oom_from_the_cli() {
     let r = run_cli(
         wasmlet()
