@@ -172,12 +172,21 @@ impl Function {
 
     /// Runs [`Function::invoke`] on tokio's blocking pool, so async servers
     /// can await invocations without stalling their reactor. The invocation
-    /// keeps one thread for its whole run, so its CPU clock is exact.
+    /// keeps one thread for its whole run, so its CPU clock is exact. When
+    /// every pool slot is busy with async invocations this waits for one to
+    /// free up, where [`Function::invoke`] reports `PoolFull`.
     pub async fn invoke_async(&self, inv: Invocation) -> Result<Outcome, Error> {
-        let f = self.clone();
-        tokio::task::spawn_blocking(move || f.invoke(inv))
+        let slot = (self.inner.runtime.inner.slots.clone())
+            .acquire_owned()
             .await
-            .map_err(|e| Error::Setup(format!("invocation task failed: {e}")))?
+            .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
+        let f = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            f.invoke(inv)
+        })
+        .await
+        .map_err(|e| Error::Setup(format!("invocation task failed: {e}")))?
     }
 
     /// Checks the entry point exists and the arguments match its parameters.

@@ -44,6 +44,9 @@ pub(crate) struct RuntimeInner {
     provided: HashSet<String>,
     cache: Option<Cache>,
     pub(crate) ticker: EpochTicker,
+    /// One permit per pool slot: `invoke_async` waits for a free slot
+    /// instead of failing when the pool is full.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Runtime {
@@ -69,6 +72,7 @@ impl Runtime {
                 .map(Cache::new)
         });
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        let slots = config.pool.instances as usize;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 fingerprint: engine_fingerprint(&engine),
@@ -78,6 +82,7 @@ impl Runtime {
                 provided,
                 cache: cache.flatten(),
                 ticker,
+                slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             }),
         })
     }

@@ -71,7 +71,7 @@ fn mixed_invocations_from_many_threads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invocations_from_tokio_tasks() {
-    let rt = runtime();
+    let rt = runtime_with(|c| c.pool.instances = 4);
     let f = load_wat(&rt, HELLO_WAT);
     let tasks: Vec<_> = (0..64)
         .map(|_| {
@@ -79,8 +79,10 @@ async fn invocations_from_tokio_tasks() {
             tokio::spawn(async move { f.invoke_async(Invocation::default()).await.unwrap() })
         })
         .collect();
+    // More tasks than pool slots: async invocations wait for a free slot.
     for t in tasks {
         let o = t.await.unwrap();
+        assert!(matches!(o.status, Status::Exited(0)), "{:?}", o.status);
         assert_eq!(stdout_of(&o), "hello\n");
     }
 }
