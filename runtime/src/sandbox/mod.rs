@@ -109,6 +109,9 @@ pub struct Sandbox {
     cgroup: Option<Arc<Cgroup>>,
     load: Mutex<Option<Arc<LoadSpec>>>,
     worker: Mutex<Option<Arc<Worker>>>,
+    /// Held while a worker is being started, so that callers racing after a
+    /// death start one replacement, not several.
+    spawning: Mutex<()>,
 }
 
 /// Why a worker ended.
@@ -179,6 +182,7 @@ impl Sandbox {
             cgroup,
             load: Mutex::new(None),
             worker: Mutex::new(None),
+            spawning: Mutex::new(()),
         };
         sandbox.spawn_worker()?;
         Ok(sandbox)
@@ -268,6 +272,10 @@ impl Sandbox {
     fn current_worker(&self) -> Result<Arc<Worker>, Error> {
         if let Some(w) = self.worker.lock().expect("worker lock").as_ref() {
             return Ok(w.clone());
+        }
+        let _spawning = self.spawning.lock().expect("spawning lock");
+        if let Some(w) = self.worker.lock().expect("worker lock").as_ref() {
+            return Ok(w.clone()); // another caller just started one
         }
         self.spawn_worker()
     }
@@ -499,11 +507,16 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some(w) = self.worker.lock().expect("worker lock").take() {
-            w.kill_and_reap();
-        }
+        // The last reference to the worker: dropping it kills and reaps it.
+        drop(self.worker.lock().expect("worker lock").take());
         // `self.cgroup` drops next (the worker and its reference are gone):
         // it kills any straggler and removes the directories.
     }
