@@ -66,8 +66,8 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|e| io_err(path, e))
 }
 
+/// One-off reads (usage, read after every invocation, uses `UsageFiles`).
 fn read(path: &Path) -> Option<String> {
-    // (Only for one-off reads; usage goes through UsageFiles.)
     fs::read_to_string(path).ok()
 }
 
@@ -187,7 +187,7 @@ pub struct Cgroup {
 
 /// CPU time, memory peak, OOM events, CPU stats (v1: cpuacct.usage,
 /// memory.max_usage_in_bytes, memory.oom_control, cpu.stat; v2: cpu.stat,
-/// memory.peak, memory.events, cpu.stat).
+/// memory.peak, memory.events, and no fourth: cpu.stat has both).
 #[derive(Debug)]
 struct UsageFiles([Option<fs::File>; 4]);
 
@@ -298,24 +298,25 @@ impl Cgroup {
         let files = self.usage_files.get_or_init(|| {
             let paths = match &self.layout {
                 Layout::V2 { .. } => {
+                    // cpu.stat holds both CPU usage and throttling: read once.
                     let d = self.dir("memory");
                     [
-                        d.join("cpu.stat"),
-                        d.join("memory.peak"),
-                        d.join("memory.events"),
-                        d.join("cpu.stat"),
+                        Some(d.join("cpu.stat")),
+                        Some(d.join("memory.peak")),
+                        Some(d.join("memory.events")),
+                        None,
                     ]
                 }
                 Layout::V1 { .. } => [
-                    self.dir("cpuacct").join("cpuacct.usage"),
-                    self.dir("memory").join("memory.max_usage_in_bytes"),
-                    self.dir("memory").join("memory.oom_control"),
-                    self.dir("cpu").join("cpu.stat"),
+                    Some(self.dir("cpuacct").join("cpuacct.usage")),
+                    Some(self.dir("memory").join("memory.max_usage_in_bytes")),
+                    Some(self.dir("memory").join("memory.oom_control")),
+                    Some(self.dir("cpu").join("cpu.stat")),
                 ],
             };
-            UsageFiles(paths.map(|p| fs::File::open(p).ok()))
+            UsageFiles(paths.map(|p| p.and_then(|p| fs::File::open(p).ok())))
         });
-        let text = |i: usize| -> String {
+        let texts: [String; 4] = std::array::from_fn(|i| {
             use std::os::unix::fs::FileExt;
             let Some(f) = &files.0[i] else {
                 return String::new();
@@ -323,10 +324,10 @@ impl Cgroup {
             let mut buf = [0u8; 4096];
             let n = f.read_at(&mut buf, 0).unwrap_or(0);
             String::from_utf8_lossy(&buf[..n]).into_owned()
-        };
-        let num = |i| text(i).trim().parse::<u64>().unwrap_or(0);
-        let field = |i, key: &str| {
-            text(i)
+        });
+        let num = |i: usize| texts[i].trim().parse::<u64>().unwrap_or(0);
+        let field = |i: usize, key: &str| {
+            texts[i]
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(' ')?;
@@ -339,7 +340,7 @@ impl Cgroup {
                 cpu_ns: field(0, "usage_usec") * 1000,
                 memory_peak_bytes: num(1),
                 oom_kills: field(2, "oom_kill"),
-                throttled_periods: field(3, "nr_throttled"),
+                throttled_periods: field(0, "nr_throttled"),
             },
             Layout::V1 { .. } => CgroupUsage {
                 cpu_ns: num(0),

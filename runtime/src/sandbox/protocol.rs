@@ -211,7 +211,7 @@ impl WireStatus {
 /// costs tens of microseconds on a virtualized host (an idle vCPU halts and
 /// must be kicked); a reply usually arrives within a few, so each side
 /// polls this long first, then blocks.
-pub(crate) const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
+const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Polls `stream` until it has data (or is closed) or `SPIN_BEFORE_SLEEP`
 /// passes; the blocking read that follows then finds the data at once.
