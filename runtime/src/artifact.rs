@@ -2,104 +2,285 @@
 //! and what the cache stores.
 //!
 //! ```text
-//! offset  size  field
-//!      0     8  magic  "WASMLET\x01"
-//!      8     4  format version (u32 little-endian)
-//!     12    32  engine fingerprint (see engine::engine_fingerprint)
-//!     44     8  payload length (u64 little-endian)
-//!     52    32  sha256 of the payload
-//!     84     -  payload: wasmtime's serialized module
+//! offset           size  field
+//!      0              n  payload: wasmtime's serialized module (an ELF file)
+//!      n            120  trailer:
+//!      n +   0        4    format version (u32 little-endian)
+//!      n +   4        4    flags (u32, reserved, 0)
+//!      n +   8       32    engine fingerprint (see engine::engine_fingerprint)
+//!      n +  40       32    key: what the entry was compiled from (input hash and options)
+//!      n +  72        8    payload length n (u64 little-endian)
+//!      n +  80       32    sha256 of the payload
+//!      n + 112        8    magic "WASMLET\x02"
 //! ```
 //!
-//! wasmtime's deserialization trusts its input (it maps machine code), so a
-//! file is only handed to it after the magic, version, engine fingerprint,
-//! length and checksum all match. A corrupt, truncated or foreign file is an
-//! [`ArtifactError`], never undefined behaviour.
+//! wasmtime's ELF stays at offset 0 so that `Module::deserialize_open_file`
+//! can map the file itself: code and linear-memory images then come straight
+//! from the page cache, copy-on-write, shared by every process that runs the
+//! module, and a process touches only the pages its guest touches. (wasmtime
+//! maps memory images from a file only when they are page-aligned within
+//! it, which its ELF layout guarantees when the ELF starts the file.)
+//!
+//! What each check protects against (see also `docs/architecture.md`):
+//! - magic, version and the exact length (`n + 120` is the file size): a
+//!   foreign, older or truncated file is refused in O(1) before anything is
+//!   mapped, so no mapping can run past the end of the file;
+//! - engine fingerprint: code compiled by another wasmlet version or with
+//!   other engine settings (fuel metering) is refused with a clear message;
+//! - key: a valid artifact renamed or copied under another entry's name is a
+//!   cache miss, never the wrong module;
+//! - the payload's sha256 is written with the entry and checked by
+//!   [`verify_payload`] (`wasmlet cache verify`), not on every start: a bit
+//!   flipped deep in the payload by the disk is left to that command (entries
+//!   are only ever created by write-temp + fsync + rename, so a torn write is
+//!   never visible). Trust does not come from these checks, which anyone can
+//!   compute, but from where the file is (see [`crate::cache`]) or the
+//!   caller's explicit opt-in (`LoadOptions::allow_precompiled`).
 
 use crate::error::ArtifactError;
 use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 
-/// First bytes of every wasmlet artifact.
-pub const MAGIC: &[u8; 8] = b"WASMLET\x01";
+/// Last bytes of every wasmlet artifact.
+pub const MAGIC: &[u8; 8] = b"WASMLET\x02";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 84;
+pub const FORMAT_VERSION: u32 = 2;
+/// Size of the trailer that follows the payload.
+pub const TRAILER_LEN: usize = 120;
+/// The first bytes of the version-1 format (header in front of the payload).
+const V1_MAGIC: &[u8; 8] = b"WASMLET\x01";
 
-/// Wraps a serialized module in an artifact header.
-pub(crate) fn encode(engine_fingerprint: &[u8; 32], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(engine_fingerprint);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(payload));
+/// The fixed-size metadata at the end of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    /// Format version.
+    pub version: u32,
+    /// Fingerprint of the engine that compiled the payload.
+    pub engine: [u8; 32],
+    /// The cache key the payload was compiled for.
+    pub key: [u8; 32],
+    /// Length of the payload in bytes.
+    pub payload_len: u64,
+    /// sha256 of the payload.
+    pub payload_sha256: [u8; 32],
+}
+
+impl Trailer {
+    /// The trailer for `payload`, compiled by `engine` for `key`.
+    pub(crate) fn new(engine: [u8; 32], key: [u8; 32], payload: &[u8]) -> Self {
+        Trailer {
+            version: FORMAT_VERSION,
+            engine,
+            key,
+            payload_len: payload.len() as u64,
+            payload_sha256: Sha256::digest(payload).into(),
+        }
+    }
+
+    /// The trailer's bytes.
+    pub(crate) fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0; TRAILER_LEN];
+        out[0..4].copy_from_slice(&self.version.to_le_bytes());
+        out[8..40].copy_from_slice(&self.engine);
+        out[40..72].copy_from_slice(&self.key);
+        out[72..80].copy_from_slice(&self.payload_len.to_le_bytes());
+        out[80..112].copy_from_slice(&self.payload_sha256);
+        out[112..120].copy_from_slice(MAGIC);
+        out
+    }
+
+    /// Parses and checks a trailer read from the end of a file of
+    /// `file_len` bytes: magic, version, engine and exact length.
+    pub(crate) fn decode(
+        bytes: &[u8; TRAILER_LEN],
+        file_len: u64,
+        engine: &[u8; 32],
+    ) -> Result<Trailer, ArtifactError> {
+        if &bytes[112..120] != MAGIC {
+            return Err(ArtifactError::Foreign(""));
+        }
+        let version = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(ArtifactError::Version(version, FORMAT_VERSION));
+        }
+        let t = Trailer {
+            version,
+            engine: bytes[8..40].try_into().expect("32 bytes"),
+            key: bytes[40..72].try_into().expect("32 bytes"),
+            payload_len: u64::from_le_bytes(bytes[72..80].try_into().expect("8 bytes")),
+            payload_sha256: bytes[80..112].try_into().expect("32 bytes"),
+        };
+        if t.payload_len.checked_add(TRAILER_LEN as u64) != Some(file_len) {
+            return Err(ArtifactError::Truncated);
+        }
+        if &t.engine != engine {
+            return Err(ArtifactError::EngineMismatch);
+        }
+        Ok(t)
+    }
+}
+
+/// Wraps a serialized module into an artifact (payload, then trailer).
+pub(crate) fn encode(engine: [u8; 32], key: [u8; 32], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + TRAILER_LEN);
     out.extend_from_slice(payload);
+    out.extend_from_slice(&Trailer::new(engine, key, payload).encode());
     out
 }
 
-/// Whether `bytes` look like a wasmlet artifact (by magic only).
-pub(crate) fn is_artifact(bytes: &[u8]) -> bool {
-    bytes.starts_with(&MAGIC[..7])
+/// What the first bytes of an input say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sniff {
+    /// A precompiled module (an ELF file: a wasmlet artifact, or a wasmtime
+    /// `.cwasm`, told apart by the trailer).
+    Precompiled,
+    /// wasmlet's first artifact format, no longer read.
+    OldArtifact,
+    /// Anything else: wasm, WAT, or garbage (the compiler decides).
+    Source,
 }
 
-/// Checks an artifact and returns its payload.
+/// Classifies an input by its first bytes.
+pub(crate) fn sniff(head: &[u8]) -> Sniff {
+    if head.starts_with(b"\x7fELF") {
+        Sniff::Precompiled
+    } else if head.starts_with(&V1_MAGIC[..]) {
+        Sniff::OldArtifact
+    } else {
+        Sniff::Source
+    }
+}
+
+/// The error for an input whose trailer is not wasmlet's.
+fn foreign_elf(e: ArtifactError) -> ArtifactError {
+    match e {
+        ArtifactError::Foreign(_) => ArtifactError::Foreign(
+            " (no wasmlet trailer at its end: a wasmtime .cwasm, or a truncated or extended file; only files from `wasmlet compile` are accepted)",
+        ),
+        e => e,
+    }
+}
+
+/// Checks an in-memory artifact and returns its trailer and payload.
 pub(crate) fn decode<'a>(
     bytes: &'a [u8],
-    engine_fingerprint: &[u8; 32],
-) -> Result<&'a [u8], ArtifactError> {
-    if !is_artifact(bytes) {
-        return Err(ArtifactError::Foreign(if bytes.starts_with(b"\x7fELF") {
-            " (it looks like a wasmtime .cwasm; only files from `wasmlet compile` are accepted)"
-        } else {
-            ""
-        }));
+    engine: &[u8; 32],
+) -> Result<(Trailer, &'a [u8]), ArtifactError> {
+    if sniff(bytes) == Sniff::OldArtifact {
+        return Err(ArtifactError::Version(1, FORMAT_VERSION));
     }
-    if bytes.len() < HEADER_LEN {
+    if !bytes.starts_with(b"\x7fELF") {
+        return Err(ArtifactError::Foreign(""));
+    }
+    let Some(split) = bytes.len().checked_sub(TRAILER_LEN) else {
+        return Err(ArtifactError::Foreign(""));
+    };
+    let trailer: &[u8; TRAILER_LEN] = bytes[split..].try_into().expect("trailer length");
+    let t = Trailer::decode(trailer, bytes.len() as u64, engine).map_err(foreign_elf)?;
+    Ok((t, &bytes[..split]))
+}
+
+/// Reads and checks the trailer of an open artifact file of `file_len`
+/// bytes, in O(1) (one `pread` of the trailer and the first bytes).
+pub(crate) fn read_trailer(
+    file: &File,
+    file_len: u64,
+    engine: &[u8; 32],
+) -> Result<Trailer, ArtifactError> {
+    let mut head = [0u8; 8];
+    let n = read_at_most(file, &mut head, 0);
+    match sniff(&head[..n]) {
+        Sniff::OldArtifact => return Err(ArtifactError::Version(1, FORMAT_VERSION)),
+        Sniff::Source => return Err(ArtifactError::Foreign("")),
+        Sniff::Precompiled => {}
+    }
+    if file_len < TRAILER_LEN as u64 {
+        return Err(foreign_elf(ArtifactError::Foreign("")));
+    }
+    let mut trailer = [0u8; TRAILER_LEN];
+    file.read_exact_at(&mut trailer, file_len - TRAILER_LEN as u64)
+        .map_err(|_| ArtifactError::Truncated)?;
+    Trailer::decode(&trailer, file_len, engine).map_err(foreign_elf)
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; returns how many.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    done
+}
+
+/// Hashes the payload of an open artifact and compares it with the
+/// trailer's checksum: the full check `wasmlet cache verify` makes.
+pub fn verify_payload(file: &File, trailer: &Trailer) -> Result<(), ArtifactError> {
+    let mut h = Sha256::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file).take(trailer.payload_len);
+    let copied = std::io::copy(&mut reader, &mut HashWriter(&mut h))
+        .map_err(|_| ArtifactError::Truncated)?;
+    if copied != trailer.payload_len {
         return Err(ArtifactError::Truncated);
     }
-    if bytes[7] != MAGIC[7] {
-        return Err(ArtifactError::Foreign(" (unknown magic)"));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(ArtifactError::Version(version, FORMAT_VERSION));
-    }
-    if &bytes[12..44] != engine_fingerprint {
-        return Err(ArtifactError::EngineMismatch);
-    }
-    let len = u64::from_le_bytes(bytes[44..52].try_into().expect("8 bytes"));
-    let payload = &bytes[HEADER_LEN..];
-    if (payload.len() as u64) < len {
-        return Err(ArtifactError::Truncated);
-    }
-    if payload.len() as u64 != len {
+    if h.finalize().as_slice() != trailer.payload_sha256 {
         return Err(ArtifactError::Checksum);
     }
-    if Sha256::digest(payload).as_slice() != &bytes[52..84] {
-        return Err(ArtifactError::Checksum);
+    Ok(())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
     }
-    Ok(payload)
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Seek, Write};
 
     const FP: [u8; 32] = [7; 32];
+    const KEY: [u8; 32] = [9; 32];
 
-    #[test]
-    fn round_trip() {
-        let a = encode(&FP, b"payload");
-        assert_eq!(decode(&a, &FP).unwrap(), b"payload");
+    fn elf(len: usize) -> Vec<u8> {
+        let mut p = b"\x7fELF".to_vec();
+        p.resize(len, 0xAB);
+        p
     }
 
     #[test]
-    fn every_truncation_and_bit_flip_is_caught() {
-        let a = encode(&FP, &[0xAB; 300]);
+    fn round_trip() {
+        let a = encode(FP, KEY, &elf(64));
+        let (t, payload) = decode(&a, &FP).unwrap();
+        assert_eq!(payload, elf(64));
+        assert_eq!(t.key, KEY);
+    }
+
+    #[test]
+    fn every_truncation_and_header_flip_is_caught_in_o1() {
+        let a = encode(FP, KEY, &elf(300));
         for cut in 0..a.len() {
             assert!(decode(&a[..cut], &FP).is_err(), "cut at {cut} accepted");
         }
-        for i in 0..a.len() {
+        // Every trailer byte except the reserved flags, key and checksum
+        // (checked elsewhere: key by the cache, checksum by verify) matters.
+        let t = a.len() - TRAILER_LEN;
+        for i in (0..4)
+            .chain(t..t + 4)
+            .chain(t + 8..t + 40)
+            .chain(t + 72..a.len())
+        {
             let mut b = a.clone();
             b[i] ^= 0x10;
             assert!(decode(&b, &FP).is_err(), "flip at {i} accepted");
@@ -107,15 +288,32 @@ mod tests {
     }
 
     #[test]
+    fn verify_finds_a_flip_deep_in_the_payload() {
+        let a = encode(FP, KEY, &elf(100_000));
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&a).unwrap();
+        let t = read_trailer(&f, a.len() as u64, &FP).unwrap();
+        verify_payload(&f, &t).unwrap();
+        f.seek(std::io::SeekFrom::Start(77_777)).unwrap();
+        f.write_all(b"\0").unwrap();
+        let t = read_trailer(&f, a.len() as u64, &FP).unwrap();
+        assert_eq!(verify_payload(&f, &t), Err(ArtifactError::Checksum));
+    }
+
+    #[test]
     fn names_the_problem() {
-        let a = encode(&FP, b"x");
+        let a = encode(FP, KEY, &elf(64));
         assert_eq!(decode(&a, &[8; 32]), Err(ArtifactError::EngineMismatch));
         assert!(matches!(
-            decode(b"\x7fELF....", &FP),
-            Err(ArtifactError::Foreign(m)) if m.contains("wasmtime")
+            decode(&elf(500), &FP),
+            Err(ArtifactError::Foreign(m)) if m.contains("wasmtime .cwasm")
         ));
-        let mut v2 = a.clone();
-        v2[8] = 2;
-        assert_eq!(decode(&v2, &FP), Err(ArtifactError::Version(2, 1)));
+        let mut v1 = b"WASMLET\x01".to_vec();
+        v1.resize(200, 0);
+        assert_eq!(decode(&v1, &FP), Err(ArtifactError::Version(1, 2)));
+        let mut v3 = a.clone();
+        let t = a.len() - TRAILER_LEN;
+        v3[t] = 3;
+        assert_eq!(decode(&v3, &FP), Err(ArtifactError::Version(3, 2)));
     }
 }

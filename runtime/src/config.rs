@@ -11,8 +11,12 @@ use std::time::Duration;
 
 /// Default ceiling on one invocation's linear memory: 1 GiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
-/// Default ceiling on elements in one table.
-pub const DEFAULT_MAX_TABLE_ELEMENTS: u64 = 100_000;
+/// Default ceiling on elements in one table: room for the function tables
+/// of interpreter-sized modules (CPython, Ruby, SpiderMonkey builds have
+/// tens of thousands of entries).
+pub const DEFAULT_MAX_TABLE_ELEMENTS: u64 = 1 << 20;
+/// Default largest module file (wasm, WAT or precompiled) a runtime reads.
+pub const DEFAULT_MAX_MODULE_SIZE: u64 = 1 << 30;
 /// Default cap on stdout/stderr captured in memory per invocation: 16 MiB.
 pub const DEFAULT_MAX_CAPTURED_OUTPUT: usize = 16 << 20;
 
@@ -24,6 +28,12 @@ pub const DEFAULT_POOL_MAX_MEMORY: u64 = 4 << 30;
 pub const DEFAULT_POOL_MEMORIES_PER_MODULE: u32 = 1;
 /// Default tables per module a slot can hold.
 pub const DEFAULT_POOL_TABLES_PER_MODULE: u32 = 1;
+/// Default cap on one instance's runtime state (its `VMContext`: function
+/// references, globals, pointers to memories and tables), which grows with
+/// the number of functions and imports: 32 MiB admits modules with
+/// hundreds of thousands of functions. Only a validation cap: the state is
+/// allocated at its real size when an instance is made.
+pub const DEFAULT_POOL_MAX_CORE_INSTANCE_SIZE: u64 = 32 << 20;
 /// Default bytes of a freed memory slot kept resident (zeroed with memset
 /// instead of `madvise`): 1 MiB keeps small functions' restarts syscall-free.
 pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 1 << 20;
@@ -46,6 +56,9 @@ pub struct RuntimeConfig {
     /// Instrument code to count fuel (needed for `Limits::fuel` and for the
     /// `fuel_consumed` usage figure). Costs some speed, so off by default.
     pub fuel_metering: bool,
+    /// Largest module file, in bytes, that `load_file` reads; larger files,
+    /// and anything that is not a regular file, are refused unread.
+    pub max_module_size: u64,
     /// Compile functions of a module on several threads.
     pub parallel_compilation: bool,
     /// Largest native stack a guest may use, in bytes.
@@ -69,6 +82,7 @@ impl Default for RuntimeConfig {
             pool: PoolConfig::default(),
             epoch_tick: DEFAULT_EPOCH_TICK,
             fuel_metering: false,
+            max_module_size: DEFAULT_MAX_MODULE_SIZE,
             parallel_compilation: true,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             snapshot: false,
@@ -86,6 +100,9 @@ impl Default for RuntimeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Instances that can be alive at once; one more is an error, not a wait.
+    /// Each reserves address space (not memory) for its largest linear
+    /// memory and tables up front, so a one-shot process such as
+    /// `wasmlet run` uses one.
     pub instances: u32,
     /// Largest linear memory one slot holds, in bytes. `Limits::max_memory`
     /// can only lower this.
@@ -96,6 +113,10 @@ pub struct PoolConfig {
     pub tables_per_module: u32,
     /// Elements per table a slot holds.
     pub table_elements: u64,
+    /// Largest runtime state of one instance, in bytes (see
+    /// [`DEFAULT_POOL_MAX_CORE_INSTANCE_SIZE`]). Raise it when a module is
+    /// refused with "instance state ... exceeds pool.max_core_instance_size".
+    pub max_core_instance_size: u64,
     /// Bytes of each freed memory kept resident and reset with `memset`.
     pub keep_resident: u64,
     /// Use Linux's `PAGEMAP_SCAN` (6.7+), where present, to find the pages an
@@ -111,6 +132,7 @@ impl Default for PoolConfig {
             memories_per_module: DEFAULT_POOL_MEMORIES_PER_MODULE,
             tables_per_module: DEFAULT_POOL_TABLES_PER_MODULE,
             table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
+            max_core_instance_size: DEFAULT_POOL_MAX_CORE_INSTANCE_SIZE,
             keep_resident: DEFAULT_POOL_KEEP_RESIDENT,
             pagemap_scan: true,
         }

@@ -42,6 +42,10 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         .max_tables_per_module(pool_cfg.tables_per_module)
         .max_memory_size(to_usize(pool_cfg.max_memory, "pool.max_memory")?)
         .table_elements(to_usize(pool_cfg.table_elements, "pool.table_elements")?)
+        .max_core_instance_size(to_usize(
+            pool_cfg.max_core_instance_size,
+            "pool.max_core_instance_size",
+        )?)
         .linear_memory_keep_resident(to_usize(pool_cfg.keep_resident, "pool.keep_resident")?)
         .table_keep_resident(to_usize(pool_cfg.keep_resident, "pool.keep_resident")?)
         // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the
@@ -160,4 +164,55 @@ impl Drop for EpochTicker {
             let _ = t.join();
         }
     }
+}
+
+/// Turns the pooling allocator's refusal of a module (a multi-line message
+/// from wasmtime) into one line naming the setting that would admit it.
+pub(crate) fn explain_pool_error(err: &wasmtime::Error, config: &RuntimeConfig) -> Option<String> {
+    let msg = format!("{err:#}");
+    let pool = &config.pool;
+    let num_after = |needle: &str| -> Option<u64> {
+        let rest = &msg[msg.find(needle)? + needle.len()..];
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    if msg.contains("instance allocation for this module requires") {
+        let need = num_after("requires")?;
+        return Some(format!(
+            "its instance state needs {need} bytes, more than pool.max_core_instance_size ({}); raise pool.max_core_instance_size",
+            pool.max_core_instance_size
+        ));
+    }
+    if let Some(n) = num_after("defined memories count of") {
+        return Some(format!(
+            "it defines {n} memories, more than pool.memories_per_module ({}); raise pool.memories_per_module",
+            pool.memories_per_module
+        ));
+    }
+    if let Some(n) = num_after("defined tables count of") {
+        return Some(format!(
+            "it defines {n} tables, more than pool.tables_per_module ({}); raise pool.tables_per_module",
+            pool.tables_per_module
+        ));
+    }
+    if let Some(n) = num_after("has a minimum element size of") {
+        return Some(format!(
+            "a table starts with {n} elements, more than pool.table_elements ({}); raise pool.table_elements",
+            pool.table_elements
+        ));
+    }
+    if let Some(n) = num_after("memory has a minimum byte size of") {
+        return Some(format!(
+            "a memory starts at {n} bytes, more than pool.max_memory ({}); raise pool.max_memory",
+            pool.max_memory
+        ));
+    }
+    if msg.contains("memory is shared which is not supported") {
+        return Some("shared memories (wasm threads) are not supported".into());
+    }
+    None
 }

@@ -16,14 +16,19 @@ pub enum Error {
     /// The engine could not be built from the configuration.
     #[error("invalid runtime configuration: {0}")]
     Config(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. (The OS error is part of the
+    /// message, not a `#[source]`, so `{:#}` chains do not repeat it.)
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// A module file cannot be read: missing, unreadable, not a regular
+    /// file, or larger than `RuntimeConfig::max_module_size`.
+    #[error("cannot read {0}")]
+    Input(String),
     /// The input is neither WebAssembly, WAT, nor a wasmlet artifact.
     #[error("not a WebAssembly module: {0}")]
     NotWasm(String),
@@ -31,11 +36,21 @@ pub enum Error {
     #[error("invalid module: {0}")]
     Compile(String),
     /// A precompiled artifact cannot be used.
+    ///
+    /// (Not a `#[source]`: the message already includes it, and error
+    /// chains printed with `{:#}` would repeat it.)
     #[error("cannot load precompiled module: {0}")]
-    Artifact(#[from] ArtifactError),
+    Artifact(ArtifactError),
     /// Pre-initialization failed.
     #[error("cannot snapshot module: {0}")]
-    Snapshot(#[from] wasmlet_snapshotter::SnapshotError),
+    Snapshot(wasmlet_snapshotter::SnapshotError),
+    /// The compilation cache cannot be trusted or used.
+    #[error("{0}")]
+    Cache(String),
+    /// The module does not fit the instance pool this runtime was built
+    /// with; the message names the pool setting that would admit it.
+    #[error("module does not fit the instance pool: {0}")]
+    Pool(String),
     /// The module imports things the host does not provide.
     #[error(
         "unknown import{}: {} (pass --trap-unknown-imports to link them as functions that trap)",
@@ -66,11 +81,23 @@ pub enum Error {
     Exit(i32),
 }
 
+impl From<ArtifactError> for Error {
+    fn from(e: ArtifactError) -> Self {
+        Error::Artifact(e)
+    }
+}
+
+impl From<wasmlet_snapshotter::SnapshotError> for Error {
+    fn from(e: wasmlet_snapshotter::SnapshotError) -> Self {
+        Error::Snapshot(e)
+    }
+}
+
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }
@@ -79,9 +106,9 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArtifactError {
     /// Shorter than its header says.
-    #[error("file is truncated")]
+    #[error("file is truncated (its length does not match its trailer)")]
     Truncated,
-    /// Not written by wasmlet.
+    /// Not written by wasmlet (no wasmlet trailer at the end).
     #[error("not a wasmlet artifact{0}")]
     Foreign(&'static str),
     /// Written by an incompatible version of the artifact format.
@@ -98,6 +125,12 @@ pub enum ArtifactError {
     /// wasmtime refused the payload.
     #[error("{0}")]
     Deserialize(String),
+    /// A precompiled module was given where only the runtime's own cache
+    /// or an explicit opt-in may supply native code.
+    #[error(
+        "this is a precompiled module (native code, trusted as is); run it only if you trust where it came from, with --allow-precompiled (LoadOptions::allow_precompiled)"
+    )]
+    NotAllowed,
 }
 
 /// A limit that ended an invocation.

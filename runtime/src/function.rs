@@ -7,6 +7,7 @@ use crate::invocation::{Entry, Input, Invocation, Outcome, Output, Status};
 use crate::limiter::{StoreLimiter, TimeBudget};
 use crate::runtime::Runtime;
 use crate::usage::{Usage, thread_cpu_time};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{
@@ -44,6 +45,16 @@ pub struct Function {
     inner: Arc<FunctionInner>,
 }
 
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("artifact", &self.inner.artifact)
+            .field("limits", &self.inner.limits)
+            .field("is_command", &self.inner.has_start)
+            .finish_non_exhaustive()
+    }
+}
+
 struct FunctionInner {
     runtime: Runtime,
     module: Module,
@@ -51,6 +62,9 @@ struct FunctionInner {
     limits: Limits,
     has_start: bool,
     has_initialize: bool,
+    /// The cache entry or `.cwasm` the code is mapped from (or was written
+    /// to), if any.
+    artifact: Option<PathBuf>,
 }
 
 impl Function {
@@ -59,6 +73,7 @@ impl Function {
         module: Module,
         pre: InstancePre<StoreState>,
         limits: Limits,
+        artifact: Option<PathBuf>,
     ) -> Self {
         let is_func = |name| matches!(module.get_export(name), Some(ExternType::Func(_)));
         let has_start = is_func("_start");
@@ -71,8 +86,17 @@ impl Function {
                 has_start,
                 has_initialize,
                 module,
+                artifact,
             }),
         }
+    }
+
+    /// The precompiled artifact file this function's code comes from (a
+    /// cache entry, or the `.cwasm` it was loaded from), if there is one: a
+    /// more privileged process can hand it, opened read-only, to a worker
+    /// that loads it with `Runtime::load_open_file`.
+    pub fn artifact_path(&self) -> Option<&Path> {
+        self.inner.artifact.as_deref()
     }
 
     /// The compiled module.

@@ -19,7 +19,9 @@
 //!   ([`Outcome`]);
 //! - `limiter`: live enforcement of memory, table, CPU-time and wall limits;
 //! - `usage`: the [`Usage`] record and the thread CPU clock;
-//! - [`cache`] and [`artifact`]: the on-disk cache and the `.cwasm` format;
+//! - [`cache`] and [`artifact`]: the on-disk cache (trust rules, file
+//!   index, maintenance) and the `.cwasm` format, mapped on load;
+//! - `input`: reading module files (regular files only, size-capped);
 //! - [`sandbox`]: worker processes in cgroups (v1/v2), hardened, with
 //!   kernel-enforced memory, CPU and pids limits;
 //! - [`error`]: typed errors.
@@ -39,6 +41,7 @@ pub mod config;
 mod engine;
 pub mod error;
 mod function;
+mod input;
 mod invocation;
 mod limiter;
 mod runtime;

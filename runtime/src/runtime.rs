@@ -1,14 +1,20 @@
 //! [`Runtime`]: one engine, its epoch ticker, the WASI linker and the cache;
 //! and loading a module into a ready-to-invoke [`Function`].
+//!
+//! Loading a `.wasm` file that is in the cache reads neither the file (the
+//! cache's file index knows its hash while it is unchanged) nor the entry
+//! (wasmtime maps it): see `docs/architecture.md`.
 
-use crate::artifact;
-use crate::cache::{Cache, Lookup};
+use crate::artifact::{self, Sniff};
+use crate::cache::{Cache, Key, Lookup, content_hash};
 use crate::config::{Limits, RuntimeConfig};
-use crate::engine::{EpochTicker, build_engine, engine_fingerprint};
+use crate::engine::{EpochTicker, build_engine, engine_fingerprint, explain_pool_error};
 use crate::error::{ArtifactError, Error};
 use crate::function::{Function, StoreState};
+use crate::input::InputFile;
 use std::collections::HashSet;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmlet_snapshotter::SnapshotOptions;
 use wasmtime::{Engine, Linker, Module, Store};
@@ -24,6 +30,12 @@ pub struct LoadOptions {
     /// Pre-initialize with these options before compiling; `None` follows
     /// `RuntimeConfig::snapshot` (with default options).
     pub snapshot: Option<SnapshotOptions>,
+    /// Accept a precompiled module (a `.cwasm` from `wasmlet compile`).
+    /// Precompiled code is native code that runs as is, unchecked: set this
+    /// only for files from a source you trust. Without it, only wasm and WAT
+    /// are accepted (the runtime's own cache is trusted by its location).
+    /// A mapped file must not be modified in place while the function lives.
+    pub allow_precompiled: bool,
 }
 
 /// The executor: owns the engine configured for serving, and turns modules
@@ -49,8 +61,32 @@ pub(crate) struct RuntimeInner {
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// What code is built from an input: a plain compile, or a compile of its
+/// snapshot. Part of the cache key.
+enum Build {
+    Compile,
+    Snapshot(SnapshotOptions),
+}
+
+impl Build {
+    fn key_tag(&self) -> Vec<u8> {
+        match self {
+            Build::Compile => b"compile".to_vec(),
+            Build::Snapshot(opts) => [&b"snapshot:"[..], &opts.digest()].concat(),
+        }
+    }
+}
+
+/// A compiled module and the cache entry it lives in, if any.
+struct Compiled {
+    module: Module,
+    artifact: Option<PathBuf>,
+}
+
 impl Runtime {
     /// Builds a runtime. Starts the (idle until used) epoch ticker thread.
+    /// Fails if the cache directory exists but cannot be trusted (owned by
+    /// another user, or writable by group or others).
     pub fn new(config: RuntimeConfig) -> Result<Self, Error> {
         let engine = build_engine(&config)?;
         let mut linker = Linker::new(&engine);
@@ -63,14 +99,11 @@ impl Runtime {
                 .map(|(module, name, _)| format!("{module}::{name}"))
                 .collect()
         };
-        let cache = config.cache.enabled.then(|| {
-            config
-                .cache
-                .dir
-                .clone()
-                .or_else(Cache::default_root)
-                .map(Cache::new)
-        });
+        let cache = match (config.cache.enabled, config.cache.dir.clone()) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(Cache::open(dir)?),
+            (true, None) => Cache::default_root().map(Cache::open).transpose()?,
+        };
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         let slots = config.pool.instances as usize;
         Ok(Runtime {
@@ -80,7 +113,7 @@ impl Runtime {
                 config,
                 linker,
                 provided,
-                cache: cache.flatten(),
+                cache,
                 ticker,
                 slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             }),
@@ -102,68 +135,248 @@ impl Runtime {
         self.inner.cache.as_ref()
     }
 
-    /// Loads a `.wasm`, `.wat` or wasmlet `.cwasm` file.
+    /// Loads a `.wasm` or `.wat` file (or, with
+    /// [`LoadOptions::allow_precompiled`], a `.cwasm` from `wasmlet
+    /// compile`). The file must be a regular file of at most
+    /// `RuntimeConfig::max_module_size` bytes.
+    ///
+    /// On a cache hit the module's code and memory images are mapped from
+    /// the cache entry, not read; and a file that has not changed since it
+    /// was last loaded is not read either.
     pub fn load_file(&self, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Function, Error> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.load_bytes(&bytes, opts)
+        let input = InputFile::open(path.as_ref(), self.inner.config.max_module_size)?;
+        self.load_input(input, opts)
     }
 
-    /// Loads a module from its bytes (wasm, WAT text or a wasmlet artifact):
-    /// compiles it (or takes it from the cache) and links it once.
-    pub fn load_bytes(&self, bytes: &[u8], opts: &LoadOptions) -> Result<Function, Error> {
-        let snapshot = opts
-            .snapshot
-            .clone()
-            .or_else(|| self.inner.config.snapshot.then(SnapshotOptions::default));
-        let module = match snapshot {
-            Some(snap) if !artifact::is_artifact(bytes) => {
-                let wasm = to_wasm(bytes)?;
-                if wasmlet_snapshotter::has_init_func(&wasm, &snap) {
-                    let snapshot = self.snapshot_cached(&wasm, &snap)?;
-                    self.compile_cached(&snapshot)?
-                } else {
-                    self.compile_cached(&wasm)?
+    /// Loads a module from an open file: a precompiled artifact handed over
+    /// by a more privileged process (with [`LoadOptions::allow_precompiled`]),
+    /// or wasm/WAT. `name` is only used in messages.
+    pub fn load_open_file(
+        &self,
+        file: File,
+        name: impl Into<PathBuf>,
+        opts: &LoadOptions,
+    ) -> Result<Function, Error> {
+        let input = InputFile::from_file(name.into(), file, self.inner.config.max_module_size)?;
+        self.load_input(input, opts)
+    }
+
+    fn load_input(&self, input: InputFile, opts: &LoadOptions) -> Result<Function, Error> {
+        match input.sniff() {
+            Sniff::Precompiled => {
+                if !opts.allow_precompiled {
+                    return Err(ArtifactError::NotAllowed.into());
                 }
+                let len = input.meta.len();
+                artifact::read_trailer(&input.file, len, &self.inner.fingerprint)?;
+                let module = self.map_artifact(input.file)?;
+                return self.link(
+                    Compiled {
+                        module,
+                        artifact: Some(input.path),
+                    },
+                    opts,
+                );
             }
-            _ => self.module(bytes)?,
+            Sniff::OldArtifact => {
+                return Err(ArtifactError::Version(1, artifact::FORMAT_VERSION).into());
+            }
+            Sniff::Source => {}
+        }
+        let build = self.build_for(opts);
+        let Some(cache) = &self.inner.cache else {
+            let module = self.build(&input.read()?, &build)?;
+            return self.link(
+                Compiled {
+                    module,
+                    artifact: None,
+                },
+                opts,
+            );
         };
-        self.link(module, opts)
+        let (content, mut bytes) = match cache.indexed_hash(&input.meta) {
+            Some(hash) => {
+                tracing::debug!(path = %input.path.display(), "file index hit");
+                (hash, None)
+            }
+            None => {
+                tracing::debug!(path = %input.path.display(), "file index miss: hashing");
+                let bytes = input.read()?;
+                let hash = content_hash(&bytes);
+                cache.index(&input.meta, &hash);
+                (hash, Some(bytes))
+            }
+        };
+        let key = Key::new(&self.inner.fingerprint, &build.key_tag(), &content);
+        if let Some(hit) = self.cache_hit(cache, &key) {
+            return self.link(hit, opts);
+        }
+        let bytes = match bytes.take() {
+            Some(b) => b,
+            None => input.read()?,
+        };
+        let compiled = self.build_and_store(cache, &key, &bytes, &build)?;
+        self.link(compiled, opts)
     }
 
-    /// Pre-initializes `wasm`, or takes the snapshot from the cache (keyed by
-    /// the input and the options; entries are checksummed artifacts).
-    fn snapshot_cached(&self, wasm: &[u8], opts: &SnapshotOptions) -> Result<Vec<u8>, Error> {
-        let Some(cache) = &self.inner.cache else {
-            return Ok(wasmlet_snapshotter::snapshot(wasm, opts)?);
-        };
-        let digest = opts.digest();
-        let key = Cache::key(wasm, &digest, "snapshot");
-        match cache.get(&key, &digest) {
-            Lookup::Hit(snapshot) => return Ok(snapshot),
-            Lookup::Bad(e) => {
-                tracing::warn!(key, "unusable cached snapshot ({e}); snapshotting again")
+    /// Loads a module from its bytes (wasm, WAT text, or with
+    /// [`LoadOptions::allow_precompiled`] a wasmlet artifact): compiles it
+    /// (or takes it from the cache) and links it once.
+    pub fn load_bytes(&self, bytes: &[u8], opts: &LoadOptions) -> Result<Function, Error> {
+        match artifact::sniff(bytes) {
+            Sniff::Precompiled => {
+                if !opts.allow_precompiled {
+                    return Err(ArtifactError::NotAllowed.into());
+                }
+                let (_, payload) = artifact::decode(bytes, &self.inner.fingerprint)?;
+                // SAFETY: the caller opted in to running this precompiled
+                // code (`allow_precompiled`), vouching that it is the output
+                // of `Module::serialize`; its trailer names this engine.
+                let module = unsafe { Module::deserialize(&self.inner.engine, payload) }
+                    .map_err(|e| self.deserialize_error(e))?;
+                return self.link(
+                    Compiled {
+                        module,
+                        artifact: None,
+                    },
+                    opts,
+                );
             }
-            Lookup::Miss => {}
+            Sniff::OldArtifact => {
+                return Err(ArtifactError::Version(1, artifact::FORMAT_VERSION).into());
+            }
+            Sniff::Source => {}
         }
-        let snapshot = wasmlet_snapshotter::snapshot(wasm, opts)?;
-        if let Err(e) = cache.put(&key, &artifact::encode(&digest, &snapshot)) {
-            tracing::warn!("cannot write snapshot cache: {e}");
-        }
-        Ok(snapshot)
+        let build = self.build_for(opts);
+        let Some(cache) = &self.inner.cache else {
+            let module = self.build(bytes, &build)?;
+            return self.link(
+                Compiled {
+                    module,
+                    artifact: None,
+                },
+                opts,
+            );
+        };
+        let key = Key::new(
+            &self.inner.fingerprint,
+            &build.key_tag(),
+            &content_hash(bytes),
+        );
+        let compiled = match self.cache_hit(cache, &key) {
+            Some(hit) => hit,
+            None => self.build_and_store(cache, &key, bytes, &build)?,
+        };
+        self.link(compiled, opts)
     }
 
     /// Compiles a module (wasm or WAT) into a wasmlet artifact, the format of
-    /// `wasmlet compile`'s `.cwasm` files.
+    /// `wasmlet compile`'s `.cwasm` files (taken from the cache when there).
     pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
-        if artifact::is_artifact(bytes) {
+        if artifact::sniff(bytes) != Sniff::Source {
             return Err(Error::NotWasm("input is already precompiled".into()));
         }
-        let module = self.module(bytes)?;
-        Ok(artifact::encode(
+        let key = Key::new(
             &self.inner.fingerprint,
-            &self.serialize(&module)?,
+            &Build::Compile.key_tag(),
+            &content_hash(bytes),
+        );
+        if let Some(cache) = &self.inner.cache {
+            let path = match self.cache_hit(cache, &key) {
+                Some(Compiled {
+                    artifact: Some(path),
+                    ..
+                }) => path,
+                _ => match self.build_and_store(cache, &key, bytes, &Build::Compile)? {
+                    Compiled {
+                        artifact: Some(path),
+                        ..
+                    } => path,
+                    Compiled { module, .. } => return self.encode(&key, &module),
+                },
+            };
+            return std::fs::read(&path).map_err(|e| Error::io(&path, e));
+        }
+        let module = self.build(bytes, &Build::Compile)?;
+        self.encode(&key, &module)
+    }
+
+    fn encode(&self, key: &Key, module: &Module) -> Result<Vec<u8>, Error> {
+        Ok(artifact::encode(
+            self.inner.fingerprint,
+            key.0,
+            &self.serialize(module)?,
         ))
+    }
+
+    fn build_for(&self, opts: &LoadOptions) -> Build {
+        match opts
+            .snapshot
+            .clone()
+            .or_else(|| self.inner.config.snapshot.then(SnapshotOptions::default))
+        {
+            Some(snap) => Build::Snapshot(snap),
+            None => Build::Compile,
+        }
+    }
+
+    /// The cache entry for `key`, mapped, if there is a usable one.
+    fn cache_hit(&self, cache: &Cache, key: &Key) -> Option<Compiled> {
+        match cache.get(key, &self.inner.fingerprint) {
+            Lookup::Hit(file, path) => match self.map_artifact(file).inspect(|_| {
+                tracing::debug!(entry = %path.display(), "cache hit: mapped");
+            }) {
+                Ok(module) => Some(Compiled {
+                    module,
+                    artifact: Some(path),
+                }),
+                Err(e) => {
+                    tracing::warn!("unusable cache entry {}: {e}; recompiling", path.display());
+                    None
+                }
+            },
+            Lookup::Bad(why) => {
+                tracing::warn!("unusable cache entry: {why}; recompiling");
+                None
+            }
+            Lookup::Miss => {
+                tracing::debug!("cache miss");
+                None
+            }
+        }
+    }
+
+    /// Builds the code for `bytes` and stores it under `key`. A cache that
+    /// cannot be written slows the next start; it is not an error.
+    fn build_and_store(
+        &self,
+        cache: &Cache,
+        key: &Key,
+        bytes: &[u8],
+        build: &Build,
+    ) -> Result<Compiled, Error> {
+        let module = self.build(bytes, build)?;
+        let artifact = match cache.put(key, self.inner.fingerprint, &self.serialize(&module)?) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                tracing::warn!("cannot write compilation cache: {e}");
+                None
+            }
+        };
+        Ok(Compiled { module, artifact })
+    }
+
+    /// Compiles `bytes` (wasm or WAT), after pre-initializing it if asked
+    /// and it has an init function.
+    fn build(&self, bytes: &[u8], build: &Build) -> Result<Module, Error> {
+        let wasm = to_wasm(bytes)?;
+        match build {
+            Build::Snapshot(opts) if wasmlet_snapshotter::has_init_func(&wasm, opts) => {
+                let snapshot = wasmlet_snapshotter::snapshot(&wasm, opts)?;
+                self.compile(&snapshot)
+            }
+            _ => self.compile(&wasm),
+        }
     }
 
     fn serialize(&self, module: &Module) -> Result<Vec<u8>, Error> {
@@ -172,53 +385,38 @@ impl Runtime {
             .map_err(|e| Error::Compile(format!("cannot serialize compiled module: {e:#}")))
     }
 
-    /// Turns input bytes into a compiled module.
-    pub(crate) fn module(&self, bytes: &[u8]) -> Result<Module, Error> {
-        if artifact::is_artifact(bytes) || bytes.starts_with(b"\x7fELF") {
-            let payload = artifact::decode(bytes, &self.inner.fingerprint)?;
-            return self.deserialize(payload).map_err(Error::Artifact);
-        }
-        let wasm = to_wasm(bytes)?;
-        self.compile_cached(&wasm)
+    /// Maps an artifact file whose trailer was checked.
+    fn map_artifact(&self, file: File) -> Result<Module, Error> {
+        // SAFETY: `file` is an artifact for this engine (its trailer was
+        // checked) that is trusted: either an entry of our own cache
+        // (owned by us, writable by nobody else, recorded for the key we
+        // asked for; entries are replaced by rename, never changed in
+        // place, so the mapped inode stays as written) or a file the caller
+        // opted in to with `allow_precompiled`, whose documented contract
+        // is that it is wasmtime output and is not modified while mapped.
+        unsafe { Module::deserialize_open_file(&self.inner.engine, file) }
+            .map_err(|e| self.deserialize_error(e))
     }
 
-    fn deserialize(&self, payload: &[u8]) -> Result<Module, ArtifactError> {
-        // SAFETY: `payload` comes out of `artifact::decode`, which checked
-        // that it was written by `Module::serialize` of an engine with this
-        // engine's fingerprint and that its sha256 matches, so it is the
-        // trusted wasmtime output that `deserialize` requires.
-        unsafe { Module::deserialize(&self.inner.engine, payload) }
-            .map_err(|e| ArtifactError::Deserialize(format!("{e:#}")))
-    }
-
-    fn compile_cached(&self, wasm: &[u8]) -> Result<Module, Error> {
-        let Some(cache) = &self.inner.cache else {
-            return self.compile(wasm);
-        };
-        let key = Cache::key(wasm, &self.inner.fingerprint, "cwasm");
-        match cache.get(&key, &self.inner.fingerprint) {
-            Lookup::Hit(payload) => match self.deserialize(&payload) {
-                Ok(m) => return Ok(m),
-                Err(e) => tracing::warn!(key, "unusable cache entry ({e}); recompiling"),
-            },
-            Lookup::Bad(e) => tracing::warn!(key, "unusable cache entry ({e}); recompiling"),
-            Lookup::Miss => {}
+    fn deserialize_error(&self, e: wasmtime::Error) -> Error {
+        match explain_pool_error(&e, &self.inner.config) {
+            Some(msg) => Error::Pool(msg),
+            None => ArtifactError::Deserialize(one_line(&format!("{e:#}"))).into(),
         }
-        let module = self.compile(wasm)?;
-        let encoded = artifact::encode(&self.inner.fingerprint, &self.serialize(&module)?);
-        if let Err(e) = cache.put(&key, &encoded) {
-            // A read-only or full cache slows the next start; it is not an error.
-            tracing::warn!("cannot write compilation cache: {e}");
-        }
-        Ok(module)
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Module, Error> {
-        Module::from_binary(&self.inner.engine, wasm).map_err(|e| Error::Compile(format!("{e:#}")))
+        Module::from_binary(&self.inner.engine, wasm).map_err(|e| {
+            match explain_pool_error(&e, &self.inner.config) {
+                Some(msg) => Error::Pool(msg),
+                None => Error::Compile(one_line(&format!("{e:#}"))),
+            }
+        })
     }
 
     /// Links a compiled module into a [`Function`].
-    pub(crate) fn link(&self, module: Module, opts: &LoadOptions) -> Result<Function, Error> {
+    fn link(&self, compiled: Compiled, opts: &LoadOptions) -> Result<Function, Error> {
+        let Compiled { module, artifact } = compiled;
         let mut linker = self.inner.linker.clone();
         if opts.trap_unknown_imports {
             linker
@@ -241,8 +439,17 @@ impl Runtime {
             .limits
             .clone()
             .unwrap_or_else(|| self.inner.config.limits.clone());
-        Ok(Function::new(self.clone(), module, pre, limits))
+        Ok(Function::new(self.clone(), module, pre, limits, artifact))
     }
+}
+
+/// Joins a multi-line message into one line.
+fn one_line(msg: &str) -> String {
+    msg.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Accepts wasm binaries and WAT text; refuses anything else clearly.

@@ -21,9 +21,11 @@ pub struct CompileArgs {
 }
 
 pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
-    let runtime = args.cache.runtime(args.fuel)?;
-    let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let mut config = args.cache.runtime_config(args.fuel);
+    config.pool.instances = 1;
+    let max = config.max_module_size;
+    let runtime = wasmlet_runtime::Runtime::new(config)?;
+    let bytes = super::read_module(&args.module, max)?;
     let message = format!(
         "compiling {} ({} bytes)",
         args.module.display(),

@@ -1,15 +1,17 @@
 //! Command-line interface: flag definitions and dispatch.
 
+mod cache;
 mod compile;
 mod parse;
 mod progress;
 mod run;
 mod snapshot;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wasmlet_runtime::{Runtime, RuntimeConfig};
+use wasmlet_runtime::RuntimeConfig;
 
 /// Exit code when wasmlet itself fails (bad flags, unreadable or invalid module).
 pub const EXIT_HOST_ERROR: u8 = 1;
@@ -37,6 +39,9 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Pre-initialize a module: run its init once and snapshot the result.
     Snapshot(snapshot::SnapshotArgs),
+    /// Look after the compilation cache: list, verify, clean, prune.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// (internal) Serve a sandbox's supervisor on fd 3.
     #[command(hide = true)]
     SandboxWorker,
@@ -64,10 +69,6 @@ impl CacheArgs {
         config.cache.dir = self.cache_dir.clone();
         config
     }
-
-    pub fn runtime(&self, fuel_metering: bool) -> anyhow::Result<Runtime> {
-        Ok(Runtime::new(self.runtime_config(fuel_metering))?)
-    }
 }
 
 pub fn main() -> anyhow::Result<ExitCode> {
@@ -75,9 +76,50 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
+        Command::Cache(cmd) => cache::cache(cmd),
         Command::SandboxWorker => {
             wasmlet_runtime::sandbox::worker_main().map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Reads a module file the way the runtime does: a regular file (no FIFO,
+/// device or directory, which could block or never end) of at most `max`
+/// bytes.
+pub fn read_module(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("cannot read {}: not a regular file", path.display());
+    }
+    if meta.len() > max {
+        anyhow::bail!(
+            "cannot read {}: {} bytes is more than the largest module accepted ({max} bytes)",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(meta.len())
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// A load error as one line: errors that already name the file stand
+/// alone, others get "cannot load FILE: " in front.
+pub fn load_error(e: wasmlet_runtime::Error, path: &std::path::Path) -> anyhow::Error {
+    match e {
+        e @ (wasmlet_runtime::Error::Input(_) | wasmlet_runtime::Error::Io { .. }) => e.into(),
+        e => anyhow::Error::from(e).context(format!("cannot load {}", path.display())),
     }
 }

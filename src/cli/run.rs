@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Link imports the host does not provide as functions that trap when called.
     #[arg(long)]
     trap_unknown_imports: bool,
+    /// Accept a precompiled .cwasm (native code, run as is: only for files you trust).
+    #[arg(long)]
+    allow_precompiled: bool,
     /// Run the invocation in a fresh sandbox: a hardened worker process in cgroups of its own.
     #[arg(long)]
     sandbox: bool,
@@ -59,7 +62,7 @@ pub struct RunArgs {
     sandbox_without_cgroups: bool,
     #[command(flatten)]
     cache: CacheArgs,
-    /// The module: .wasm, .wat, or a .cwasm made by `wasmlet compile`.
+    /// The module: .wasm, .wat, or (with --allow-precompiled) a .cwasm made by `wasmlet compile`.
     module: PathBuf,
     /// Arguments for the guest (or for the export named by --invoke).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -67,7 +70,13 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let runtime = args.cache.runtime(args.fuel.is_some())?;
+    let mut config = args.cache.runtime_config(args.fuel.is_some());
+    if !args.sandbox {
+        // One invocation: one pool slot, so the process reserves address
+        // space for one instance, not a server's worth.
+        config.pool.instances = 1;
+    }
+    let runtime = wasmlet_runtime::Runtime::new(config)?;
     let mut limits = Limits::default();
     if let Some(m) = args.memory_limit {
         limits.max_memory = m;
@@ -76,22 +85,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     limits.timeout = args.timeout;
     limits.fuel = args.fuel;
 
-    let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read {}", args.module.display()))?;
     let opts = LoadOptions {
         trap_unknown_imports: args.trap_unknown_imports,
         limits: Some(limits),
         snapshot: None,
+        allow_precompiled: args.allow_precompiled,
     };
-    let message = format!(
-        "compiling {} ({} bytes)",
-        args.module.display(),
-        bytes.len()
-    );
+    let size = std::fs::metadata(&args.module).map_or(0, |m| m.len());
+    let message = format!("compiling {} ({size} bytes)", args.module.display());
     // Compiled here either way: in-process it is the function; for a
     // sandbox it checks the module and fills the cache the worker loads from.
-    let loaded = with_spinner(message, || runtime.load_bytes(&bytes, &opts))
-        .with_context(|| format!("cannot load {}", args.module.display()))?;
+    let loaded = with_spinner(message, || runtime.load_file(&args.module, &opts))
+        .map_err(|e| super::load_error(e, &args.module))?;
     let module = loaded.module().clone();
     let (function, sandbox) = if args.sandbox {
         let config = SandboxConfig {
@@ -102,6 +107,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..SandboxConfig::default()
         };
         drop(loaded);
+        let bytes = std::fs::read(&args.module)
+            .with_context(|| format!("cannot read {}", args.module.display()))?;
         let sb = Sandbox::start(runtime.config(), &config, WorkerCommand::current_exe()?)?;
         sb.load(&bytes, &opts)?;
         (None, Some(sb))

@@ -43,8 +43,10 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     if !args.allow_wasi && (!args.dirs.is_empty() || !args.env.is_empty()) {
         anyhow::bail!("--dir and --env are for init's WASI: add --allow-wasi");
     }
-    let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let bytes = super::read_module(
+        &args.module,
+        wasmlet_runtime::config::DEFAULT_MAX_MODULE_SIZE,
+    )?;
     let wasm = if bytes.starts_with(b"\0asm") {
         bytes
     } else {

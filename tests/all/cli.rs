@@ -145,14 +145,23 @@ fn compile_then_run_cwasm() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stderr, "", "piped output stays quiet");
-    let r = run_cli(wasmlet().args(["run", "--no-cache"]).arg(&cwasm).arg("x"));
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--no-cache", "--allow-precompiled"])
+            .arg(&cwasm)
+            .arg("x"),
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("arg[1]=x"));
 
     // WAT compiles too, and the default output name is MODULE.cwasm.
     let wat = wat_file(dir.path(), "hello.wat", HELLO_WAT);
     assert_eq!(run_cli(wasmlet().arg("compile").arg(&wat)).code, 0);
-    let r = run_cli(wasmlet().arg("run").arg(dir.path().join("hello.cwasm")));
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--allow-precompiled"])
+            .arg(dir.path().join("hello.cwasm")),
+    );
     assert_eq!(r.stdout, "hello\n");
 }
 
@@ -169,11 +178,15 @@ fn cwasm_from_another_engine_is_refused() {
             .arg(&cwasm),
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = run_cli(wasmlet().arg("run").arg(&cwasm));
+    let r = run_cli(wasmlet().args(["run", "--allow-precompiled"]).arg(&cwasm));
     assert_eq!(r.code, 1);
     r.assert_one_line_error("compiled for a different engine");
     // And the matching engine runs it.
-    let r = run_cli(wasmlet().args(["run", "--fuel", "1000000000"]).arg(&cwasm));
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--allow-precompiled", "--fuel", "1000000000"])
+            .arg(&cwasm),
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 

@@ -144,6 +144,14 @@ fn load_errors_are_typed() {
     ));
     // Artifacts from this runtime load; from a differently configured one, not.
     let artifact = rt.precompile(HELLO_WAT.as_bytes()).unwrap();
+    assert!(matches!(
+        rt.load_bytes(&artifact, &opts),
+        Err(Error::Artifact(wasmlet_runtime::ArtifactError::NotAllowed))
+    ));
+    let opts = LoadOptions {
+        allow_precompiled: true,
+        ..LoadOptions::default()
+    };
     let f = rt.load_bytes(&artifact, &opts).unwrap();
     assert_eq!(
         stdout_of(&f.invoke(Invocation::default()).unwrap()),

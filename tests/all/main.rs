@@ -4,6 +4,7 @@
 
 mod cache;
 mod cli;
+mod coldstart;
 mod concurrency;
 mod fs;
 mod helpers;

@@ -6,7 +6,12 @@ fn run_file(bytes: &[u8], name: &str) -> Run {
     let dir = tempdir();
     let p = dir.path().join(name);
     std::fs::write(&p, bytes).unwrap();
-    run_cli(wasmlet().arg("run").arg(&p))
+    let mut cmd = wasmlet();
+    cmd.arg("run");
+    if name.ends_with(".cwasm") {
+        cmd.arg("--allow-precompiled");
+    }
+    run_cli(cmd.arg(&p))
 }
 
 #[test]
@@ -45,7 +50,7 @@ fn garbage_truncated_and_foreign_inputs() {
         (
             b"WASMLET\x01\x01\0\0\0".to_vec(),
             "short.cwasm",
-            "truncated",
+            "format version 1 is not supported",
         ),
     ];
     for (bytes, name, needle) in cases {
@@ -68,13 +73,24 @@ fn corrupt_cwasm_is_detected() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let good = std::fs::read(&cwasm).unwrap();
-    let mut flipped = good.clone();
-    let mid = good.len() / 2;
-    flipped[mid] ^= 0xff;
-    let r = run_file(&flipped, "flipped.cwasm");
-    r.assert_one_line_error("checksum mismatch");
+    // Checked on every load, in O(1): the trailer and the exact length.
     let r = run_file(&good[..good.len() - 100], "cut.cwasm");
-    r.assert_one_line_error("truncated");
+    r.assert_one_line_error("wasmtime .cwasm");
+    let r = run_file(&[&good[..], b"x"].concat(), "long.cwasm");
+    r.assert_one_line_error("truncated or extended");
+    let mut engine = good.clone();
+    let at = good.len() - 100;
+    engine[at] ^= 0xff;
+    let r = run_file(&engine, "engine.cwasm");
+    r.assert_one_line_error("compiled for a different engine");
+    let mut magic = good.clone();
+    *magic.last_mut().unwrap() ^= 0xff;
+    let r = run_file(&magic, "magic.cwasm");
+    r.assert_one_line_error("wasmtime .cwasm");
+    // Precompiled code is refused without the opt-in.
+    let r = run_cli(wasmlet().arg("run").arg(&cwasm));
+    assert_eq!(r.code, 1);
+    r.assert_one_line_error("--allow-precompiled");
 }
 
 #[test]
@@ -85,7 +101,7 @@ fn missing_file_and_directory() {
     let dir = tempdir();
     let r = run_cli(wasmlet().arg("run").arg(dir.path()));
     assert_eq!(r.code, 1);
-    r.assert_one_line_error("cannot read");
+    r.assert_one_line_error("is a directory");
     let r = run_cli(wasmlet().args(["compile", "/no/such/module.wasm"]));
     assert_eq!(r.code, 1);
     r.assert_one_line_error("cannot read");

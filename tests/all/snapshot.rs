@@ -447,12 +447,15 @@ fn runtime_snapshots_on_load_and_caches() {
     };
     // The snapshot has no init left to run: init ran once, at load.
     assert_eq!(call(&f, "init_runs"), 1);
-    let snapshots: Vec<_> = std::fs::read_dir(cache.path().join("modules-v1"))
+    // The compiled snapshot is one cache entry, under a key that includes
+    // the snapshot options.
+    let snapshots: Vec<_> = std::fs::read_dir(cache.path().join("modules-v2"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(snapshots.len(), 1);
+    assert_eq!(f.artifact_path(), Some(snapshots[0].as_path()));
     // A second runtime takes it from the cache; a corrupt entry is redone.
     std::fs::write(&snapshots[0], b"corrupt").unwrap();
     let f = Runtime::new(config(true))

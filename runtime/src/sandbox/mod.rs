@@ -97,6 +97,7 @@ impl WorkerCommand {
 struct LoadSpec {
     module: Vec<u8>,
     trap_unknown_imports: bool,
+    allow_precompiled: bool,
     limits: Option<crate::Limits>,
 }
 
@@ -194,6 +195,7 @@ impl Sandbox {
         let spec = Arc::new(LoadSpec {
             module: module.to_vec(),
             trap_unknown_imports: opts.trap_unknown_imports,
+            allow_precompiled: opts.allow_precompiled,
             limits: opts.limits.clone(),
         });
         let worker = self.current_worker()?;
@@ -207,6 +209,7 @@ impl Sandbox {
             config: Box::new(self.runtime_config.clone()),
             module: spec.module.clone(),
             trap_unknown_imports: spec.trap_unknown_imports,
+            allow_precompiled: spec.allow_precompiled,
             limits: spec.limits.clone(),
         };
         match worker.call(req) {

@@ -21,6 +21,7 @@ pub(crate) enum Request {
         config: Box<RuntimeConfig>,
         module: Vec<u8>,
         trap_unknown_imports: bool,
+        allow_precompiled: bool,
         limits: Option<Limits>,
     },
     Invoke(WireInvocation),

@@ -53,6 +53,7 @@ pub fn worker_main() -> Result<(), String> {
                             config,
                             module,
                             trap_unknown_imports,
+                            allow_precompiled,
                             limits,
                         } => {
                             let loaded = function.get_or_init(|| {
@@ -61,6 +62,7 @@ pub fn worker_main() -> Result<(), String> {
                                     trap_unknown_imports,
                                     limits,
                                     snapshot: None,
+                                    allow_precompiled,
                                 };
                                 rt.load_bytes(&module, &opts).map_err(|e| e.to_string())
                             });
