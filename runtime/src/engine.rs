@@ -36,7 +36,9 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
     }
     let mut pool = PoolingAllocationConfig::default();
     pool.total_core_instances(pool_cfg.instances)
-        .total_memories(pool_cfg.instances * pool_cfg.memories_per_module)
+        // Each instance's GC heap (where thrown exceptions and GC objects
+        // live, made on first use) is a memory from the same pool.
+        .total_memories(pool_cfg.instances * (pool_cfg.memories_per_module + 1))
         .total_tables(pool_cfg.instances * pool_cfg.tables_per_module)
         .max_memories_per_module(pool_cfg.memories_per_module)
         .max_tables_per_module(pool_cfg.tables_per_module)

@@ -126,14 +126,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let Some(ExternType::Func(ty)) = module.get_export(name) else {
                 anyhow::bail!("module has no exported function `{name}`");
             };
+            // As wasmtime does: the arguments are the export's parameters
+            // when it takes any, and the guest's argv either way (an
+            // interpreter's `run` export reads its script from argv).
             let types: Vec<_> = ty.params().collect();
-            let params = parse::invoke_args(name, &types, &args.args)?;
+            let params = if types.is_empty() {
+                Vec::new()
+            } else {
+                parse::invoke_args(name, &types, &args.args)?
+            };
             (
                 Entry::Export {
                     name: name.clone(),
                     params,
                 },
-                vec![module_name],
+                std::iter::once(module_name).chain(args.args).collect(),
             )
         }
     };

@@ -154,6 +154,8 @@ fn cache_dir_flag_and_unwritable_cache() {
         "{}",
         r.stderr
     );
+    // The cause is said once (it used to be repeated: "...: X: X").
+    assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
 }
 
 fn run_wat(cache: &Path, wat: &Path) -> Run {

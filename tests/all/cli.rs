@@ -234,3 +234,47 @@ fn bad_flags_are_clear() {
     assert_eq!(r.code, 1);
     r.assert_one_line_error("above the runtime's pool slot size");
 }
+
+#[test]
+fn thrown_exceptions_work_in_a_one_slot_pool() {
+    // The GC heap that holds exception objects comes from the memory pool;
+    // `wasmlet run` has one slot, and this used to say "pool is full".
+    let dir = tempdir();
+    let wat = wat_file(
+        dir.path(),
+        "exn.wat",
+        r#"(module
+          (tag $e (param i32))
+          (memory 1)
+          (func (export "probe") (param i32) (result i32)
+            (block $h (result i32)
+              (try_table (catch $e $h) (throw $e (local.get 0)))
+              unreachable)))"#,
+    );
+    let r = run_cli(wasmlet().args(["run", "--invoke", "probe"]).arg(&wat).arg("5"));
+    assert_eq!((r.code, r.stdout.as_str()), (0, "5\n"), "{}", r.stderr);
+}
+
+#[test]
+fn invoke_passes_arguments_to_argv() {
+    // An export without parameters (an interpreter's `run`) gets the
+    // arguments as its argv, as with wasmtime.
+    let dir = tempdir();
+    let wat = wat_file(
+        dir.path(),
+        "argc.wat",
+        r#"(module
+          (import "wasi_snapshot_preview1" "args_sizes_get" (func $s (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "argc") (result i32)
+            (drop (call $s (i32.const 0) (i32.const 4)))
+            (i32.load (i32.const 0))))"#,
+    );
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--invoke", "argc"])
+            .arg(&wat)
+            .args(["-c", "print(1)"]),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "3\n"), "{}", r.stderr);
+}
