@@ -251,7 +251,12 @@ fn thrown_exceptions_work_in_a_one_slot_pool() {
               (try_table (catch $e $h) (throw $e (local.get 0)))
               unreachable)))"#,
     );
-    let r = run_cli(wasmlet().args(["run", "--invoke", "probe"]).arg(&wat).arg("5"));
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--invoke", "probe"])
+            .arg(&wat)
+            .arg("5"),
+    );
     assert_eq!((r.code, r.stdout.as_str()), (0, "5\n"), "{}", r.stderr);
 }
 

@@ -90,7 +90,11 @@ pub(super) fn open_entry(path: &Path) -> Result<Option<(File, Metadata)>, String
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        // Missing, or the cache directory is not a directory: a miss (a
+        // write will warn).
+        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Ok(None);
+        }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(format!("{} is a symbolic link", path.display()));
         }
