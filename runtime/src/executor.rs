@@ -9,6 +9,7 @@ use crate::error::Error;
 use std::cell::OnceCell;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 
@@ -88,6 +89,7 @@ where
 }
 
 fn block_on_here<F: Future>(fut: F) -> Result<F::Output, Error> {
+    let mut fut = std::pin::pin!(fut);
     LOCAL.with(|local| {
         let rt = match local.0.get() {
             Some(rt) => rt,
@@ -101,6 +103,24 @@ fn block_on_here<F: Future>(fut: F) -> Result<F::Output, Error> {
                 local.0.get_or_init(|| rt)
             }
         };
+        // Most invocations never wait: poll once in the runtime's context
+        // (its timer, reactor and blocking pool are then the ones in use),
+        // which costs less than entering its scheduler. One that is
+        // pending is handed to the scheduler, whose first poll registers its
+        // waker (the no-op one here never wakes anything).
+        {
+            let _context = rt.enter();
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                drop(_context);
+                // Tasks it spawned (wasmtime-wasi's stream writers) were
+                // aborted when it dropped them; let the scheduler free them.
+                if rt.metrics().num_alive_tasks() > 0 {
+                    rt.block_on(tokio::task::yield_now());
+                }
+                return Ok(out);
+            }
+        }
         Ok(rt.block_on(fut))
     })
 }

@@ -55,6 +55,14 @@ struct FunctionInner {
     artifact: Option<PathBuf>,
 }
 
+/// An invocation about to run.
+struct Start<'a> {
+    limits: &'a Limits,
+    wall_start: Instant,
+    meter: Option<Arc<CpuMeter>>,
+    budget: Option<TimeBudget>,
+}
+
 /// What the metered part of an invocation hands back for the usage record.
 struct Finished {
     status: Status,
@@ -65,6 +73,26 @@ struct Finished {
     /// Dropped after the usage is taken: resetting the slot is the
     /// runtime's cost, not the guest's.
     store: Store<StoreState>,
+}
+
+impl Finished {
+    /// The outcome, with the usage record (also for an invocation stopped
+    /// by a limit).
+    fn outcome(self, wall_start: Instant, cpu_time: std::time::Duration) -> Outcome {
+        let usage = Usage::new(
+            wall_start.elapsed(),
+            cpu_time,
+            self.fuel_consumed,
+            self.peak_memory,
+        );
+        drop(self.store);
+        Outcome {
+            status: self.status,
+            usage,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
 }
 
 impl Function {
@@ -126,7 +154,14 @@ impl Function {
     /// tokio runtime, it runs on a helper thread instead (tokio forbids
     /// blocking there): use `invoke_async` in async code.
     pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
-        executor::block_on(self.invocation(inv))?
+        let start = self.start(&inv)?;
+        // Pinned here, once: the future is a few KiB, not worth moving.
+        let run = std::pin::pin!(Metered::new(
+            self.run(&inv, start.limits, start.wall_start, start.budget),
+            start.meter,
+        ));
+        let (finished, cpu_time) = executor::block_on(run)?;
+        Ok(finished?.outcome(start.wall_start, cpu_time))
     }
 
     /// One invocation as a future, for async servers: polled by the
@@ -145,38 +180,32 @@ impl Function {
             .acquire()
             .await
             .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
-        self.invocation(inv).await
+        let start = self.start(&inv)?;
+        let (finished, cpu_time) = Metered::new(
+            self.run(&inv, start.limits, start.wall_start, start.budget),
+            start.meter,
+        )
+        .await;
+        Ok(finished?.outcome(start.wall_start, cpu_time))
     }
 
-    /// Checks, then runs the invocation under its CPU meter, then builds the
-    /// usage record (also for an invocation stopped by a limit).
-    async fn invocation(&self, inv: Invocation) -> Result<Outcome, Error> {
+    /// Checks the invocation, and starts its clock and (with time limits)
+    /// its budget, which reads the CPU used so far from the meter.
+    fn start<'a>(&'a self, inv: &'a Invocation) -> Result<Start<'a>, Error> {
         let limits = inv.limits.as_ref().unwrap_or(&self.inner.limits);
         self.check_limits(limits)?;
         self.check_entry(&inv.entry)?;
-
         let wall_start = Instant::now();
-        // A time budget reads the CPU used so far from the meter.
         let meter = (limits.cpu_time.is_some() || limits.timeout.is_some())
             .then(|| Arc::new(CpuMeter::default()));
         let budget = meter
             .clone()
             .map(|m| TimeBudget::new(limits, wall_start, m));
-        let (finished, cpu_time) =
-            Metered::new(self.run(&inv, limits, wall_start, budget), meter).await;
-        let finished = finished?;
-        let usage = Usage::new(
-            wall_start.elapsed(),
-            cpu_time,
-            finished.fuel_consumed,
-            finished.peak_memory,
-        );
-        drop(finished.store);
-        Ok(Outcome {
-            status: finished.status,
-            usage,
-            stdout: finished.stdout,
-            stderr: finished.stderr,
+        Ok(Start {
+            limits,
+            wall_start,
+            meter,
+            budget,
         })
     }
 
@@ -200,14 +229,15 @@ impl Function {
         let result = {
             // Only invocations with a time budget need the epoch to advance.
             let _ticking = budgeted.then(|| executor.ticker.enter());
-            let call = self.call(&mut store, &inv.entry);
             // The epoch callback stops a guest that runs past the deadline;
             // the timer also stops one that waits past it (in a host call).
             match limits.timeout.and_then(|t| deadline(wall_start, t)) {
-                Some((at, timeout)) => tokio::time::timeout_at(at.into(), call)
-                    .await
-                    .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into())),
-                None => call.await,
+                Some((at, timeout)) => {
+                    tokio::time::timeout_at(at.into(), self.call(&mut store, &inv.entry))
+                        .await
+                        .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into()))
+                }
+                None => self.call(&mut store, &inv.entry).await,
             }
         };
         let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
