@@ -79,7 +79,7 @@ impl Fd {
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Fd::Inline(f) => (&*f).read(buf),
-            Fd::Async { fd, socket: false } => (&*fd.get_ref()).read(buf),
+            Fd::Async { fd, socket: false } => fd.get_ref().read(buf),
             Fd::Async { fd, socket: true } => {
                 // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and
                 // the descriptor stays open for the call (borrowed from `fd`).
@@ -99,7 +99,7 @@ impl Fd {
     fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Fd::Inline(f) => (&*f).write(buf),
-            Fd::Async { fd, socket: false } => (&*fd.get_ref()).write(buf),
+            Fd::Async { fd, socket: false } => fd.get_ref().write(buf),
             Fd::Async { fd, socket: true } => {
                 // SAFETY: `buf` is valid for reads of `buf.len()` bytes, and
                 // the descriptor stays open for the call (borrowed from `fd`).
