@@ -1,5 +1,5 @@
 // Blocks in WASI, in the way argv[1] names:
-//   sleep-loop  sleeps 100 ms at a time, forever (poll_oneoff);
+//   sleep-loop  sleeps 100 s at a time, forever (poll_oneoff);
 //   read-stdin  reads stdin to its end, then prints how many bytes it read;
 //   write-out   writes 64 KiB at a time to stdout, forever.
 #include <stdio.h>
@@ -9,7 +9,7 @@
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "sleep-loop")) {
-        for (;;) usleep(100 * 1000);
+        for (;;) sleep(100);
     }
     if (!strcmp(mode, "read-stdin")) {
         static char buf[4096];
