@@ -37,6 +37,12 @@ pub const DEFAULT_POOL_MAX_CORE_INSTANCE_SIZE: u64 = 32 << 20;
 /// Default bytes of a freed memory slot kept resident (zeroed with memset
 /// instead of `madvise`): 1 MiB keeps small functions' restarts syscall-free.
 pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 1 << 20;
+/// Default size of each fiber stack an invocation runs on: 2 MiB (wasmtime's
+/// default). Must be larger than `max_wasm_stack`; the rest is for host calls.
+pub const DEFAULT_POOL_STACK_SIZE: usize = 2 << 20;
+/// Default bytes of a freed fiber stack reset with `memset` (instead of
+/// `madvise`) when `stack_zeroing` is on: 64 KiB, what small functions touch.
+pub const DEFAULT_POOL_STACK_KEEP_RESIDENT: u64 = 64 << 10;
 /// Default epoch tick: how often a running guest is checked against its
 /// CPU-time and wall-clock budgets.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -99,7 +105,8 @@ impl Default for RuntimeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
-    /// Instances that can be alive at once; one more is an error, not a wait.
+    /// Instances that can be alive at once. One more is an error for
+    /// `Function::invoke`; `Function::invoke_async` waits for a free slot.
     /// Each reserves address space (not memory) for its largest linear
     /// memory and tables up front, so a one-shot process such as
     /// `wasmlet run` uses one.
@@ -122,6 +129,16 @@ pub struct PoolConfig {
     /// Use Linux's `PAGEMAP_SCAN` (6.7+), where present, to find the pages an
     /// instance dirtied, so a freed slot costs what the guest touched.
     pub pagemap_scan: bool,
+    /// Size of the fiber stack each running invocation has (one per pool
+    /// slot: guests run as futures, on their own stacks), in bytes.
+    pub stack_size: usize,
+    /// Zero a fiber stack before it is reused by another invocation. Off by
+    /// default, as in wasmtime: compiled wasm never reads a stack slot it
+    /// did not write, so this is defence in depth, at a cost per invocation.
+    pub stack_zeroing: bool,
+    /// With `stack_zeroing`, bytes of each freed stack reset with `memset`
+    /// (kept resident) rather than returned to the kernel.
+    pub stack_keep_resident: u64,
 }
 
 impl Default for PoolConfig {
@@ -135,6 +152,9 @@ impl Default for PoolConfig {
             max_core_instance_size: DEFAULT_POOL_MAX_CORE_INSTANCE_SIZE,
             keep_resident: DEFAULT_POOL_KEEP_RESIDENT,
             pagemap_scan: true,
+            stack_size: DEFAULT_POOL_STACK_SIZE,
+            stack_zeroing: false,
+            stack_keep_resident: DEFAULT_POOL_STACK_KEEP_RESIDENT,
         }
     }
 }
@@ -160,12 +180,34 @@ impl Default for CacheConfig {
 }
 
 /// Per-invocation limits. Exceeding one ends the invocation with
-/// [`crate::LimitExceeded`], which names the limit and its value.
+/// [`crate::LimitExceeded`], which names the limit and its value. A stopped
+/// invocation still gets its usage record: the wall time, CPU time, fuel and
+/// peak memory it used up to the stop.
 ///
-/// What these do *not* limit: host memory used by WASI (open files, captured
-/// output beyond `max_captured_output`), time spent blocked in a host call
-/// that never returns to wasm (such as reading an inherited stdin), and
-/// anything a whole sandbox does (that is the cgroup layer's job).
+/// The time limits hold whatever the guest is doing. Computing, it is
+/// checked every epoch tick (and yields to the executor). Waiting in WASI (a
+/// sleep, a read of a stdin that stays open, a write into a full pipe), the
+/// invocation is a pending future that its timer drops at the timeout; the
+/// guest's wait ends with it.
+///
+/// What these do *not* limit or charge:
+/// - host memory used by WASI (open files, captured output beyond
+///   `max_captured_output`);
+/// - filesystem calls: wasmtime-wasi runs each on tokio's blocking pool.
+///   The invocation waits for it without holding its thread, and a timeout
+///   ends the invocation on time, but a call already handed to the pool is
+///   not interrupted: it runs to its end (the read or write of the buffer
+///   the guest passed, an open, a rename, an unlink, a directory made or
+///   removed, so its effects on the granted directories can appear after
+///   the [`crate::Outcome`] is returned), and its result is dropped. The CPU
+///   time these calls take on pool threads is neither charged nor counted
+///   against `cpu_time` (their wall time is). [`crate::Function::invoke`]
+///   bounds them to 4 threads per calling thread; for
+///   [`crate::Function::invoke_async`] the caller's runtime bounds them
+///   (`max_blocking_threads`);
+/// - stdio on a pipe that cannot be reopened non-blocking (no `/proc`):
+///   reading or writing it blocks the thread;
+/// - anything a whole sandbox does (that is the cgroup layer's job).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -175,12 +217,15 @@ pub struct Limits {
     pub max_memory: u64,
     /// Elements per table.
     pub max_table_elements: u64,
-    /// CPU time of the invocation's thread. Checked on every epoch tick, so
-    /// a spinning guest stops within about one tick of its budget, and time
-    /// the thread spends descheduled is not charged.
+    /// CPU time spent running the invocation, measured with the thread CPU
+    /// clock around every poll of its future (so it is exact even when the
+    /// future moves between a runtime's threads). Checked on every epoch
+    /// tick, so a spinning guest stops within about one tick of its budget;
+    /// time descheduled or waiting is not charged.
     #[serde(with = "humantime_serde")]
     pub cpu_time: Option<Duration>,
-    /// Wall-clock time from the start of the invocation.
+    /// Wall-clock time from the start of the invocation, whatever the guest
+    /// is doing (computing, or waiting in a host call).
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
     /// Fuel budget (roughly, wasm instructions); needs

@@ -8,6 +8,8 @@
 //!   not copied, and a freed slot keeps the image for the next instance;
 //! - epoch interruption, driven by [`EpochTicker`], for CPU-time and
 //!   wall-clock limits at the cost of one load and compare per loop header;
+//! - fiber stacks in the pool, one per slot: an invocation is a future whose
+//!   guest runs on its own stack and can be suspended and dropped;
 //! - the wasm features current toolchains emit.
 
 use crate::config::RuntimeConfig;
@@ -60,7 +62,13 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         // Components are not served yet; keep their slots from reserving memory.
         .total_component_instances(0)
         .total_gc_heaps(pool_cfg.instances)
-        .total_stacks(0);
+        // Every invocation runs on a fiber stack (guests are futures): one
+        // per slot, taken from the pool like the slot itself.
+        .total_stacks(pool_cfg.instances)
+        .async_stack_keep_resident(to_usize(
+            pool_cfg.stack_keep_resident,
+            "pool.stack_keep_resident",
+        )?);
 
     let mut c = Config::new();
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -69,7 +77,12 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         .consume_fuel(config.fuel_metering)
         .parallel_compilation(config.parallel_compilation)
         .cranelift_opt_level(OptLevel::Speed)
-        .max_wasm_stack(config.max_wasm_stack);
+        .max_wasm_stack(config.max_wasm_stack)
+        .async_stack_size(pool_cfg.stack_size)
+        .async_stack_zeroing(pool_cfg.stack_zeroing);
+    // No `async_support(true)`: in wasmtime 48 it is a deprecated no-op;
+    // a store is async because it is driven with `instantiate_async` and
+    // `call_async`, and the WASI linker's functions are async.
     wasmlet_snapshotter::enable_wasm_features(&mut c);
     Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))
 }

@@ -1,41 +1,29 @@
 //! [`Function`]: a compiled, linked module, and running one invocation of it
 //! in a fresh store and instance.
+//!
+//! An invocation is a future: WASI set-up, the store, instantiation and the
+//! call (`instantiate_async`, `call_async`: the guest runs on a fiber stack
+//! from the pool), under its time limits, and the usage record. The
+//! synchronous [`Function::invoke`] drives that future on the calling
+//! thread; [`Function::invoke_async`] returns it to the caller's runtime.
 
 use crate::config::Limits;
 use crate::error::{Error, LimitExceeded};
-use crate::invocation::{Entry, Input, Invocation, Outcome, Output, Status};
-use crate::limiter::{StoreLimiter, TimeBudget};
-use crate::runtime::Runtime;
-use crate::usage::{Usage, thread_cpu_time};
+use crate::executor::{self, Executor};
+use crate::invocation::{Entry, Invocation, Outcome, Status};
+use crate::limiter::{StoreLimiter, TimeBudget, deadline};
+use crate::store::{StoreState, new_store};
+use crate::usage::{CpuMeter, Metered, Usage};
+use crate::wasi;
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{
-    ExternType, InstancePre, Module, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline, Val,
-    ValType, WasmBacktrace,
+    ExternType, InstancePre, Module, PoolConcurrencyLimitError, Store, Trap, Val, ValType,
+    WasmBacktrace,
 };
-use wasmtime_wasi::cli::{InputFile, OutputFile};
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
-
-/// What a store holds for one invocation.
-pub(crate) struct StoreState {
-    pub(crate) wasi: WasiP1Ctx,
-    limiter: StoreLimiter,
-    budget: Option<TimeBudget>,
-}
-
-impl StoreState {
-    /// A state with an empty WASI context (for introspecting the linker).
-    pub(crate) fn empty(limits: &Limits) -> Self {
-        StoreState {
-            wasi: WasiCtxBuilder::new().build_p1(),
-            limiter: StoreLimiter::new(limits),
-            budget: None,
-        }
-    }
-}
+use wasmtime_wasi::I32Exit;
 
 /// A module ready to run: compiled, its imports resolved once into an
 /// `InstancePre`. Cheap to clone and safe to invoke from many threads at
@@ -56,7 +44,7 @@ impl std::fmt::Debug for Function {
 }
 
 struct FunctionInner {
-    runtime: Runtime,
+    executor: Arc<Executor>,
     module: Module,
     pre: InstancePre<StoreState>,
     limits: Limits,
@@ -67,9 +55,49 @@ struct FunctionInner {
     artifact: Option<PathBuf>,
 }
 
+/// An invocation about to run.
+struct Start<'a> {
+    limits: &'a Limits,
+    wall_start: Instant,
+    meter: Option<Arc<CpuMeter>>,
+    budget: Option<TimeBudget>,
+}
+
+/// What the metered part of an invocation hands back for the usage record.
+struct Finished {
+    status: Status,
+    fuel_consumed: Option<u64>,
+    peak_memory: u64,
+    stdout: Option<Bytes>,
+    stderr: Option<Bytes>,
+    /// Dropped after the usage is taken: resetting the slot is the
+    /// runtime's cost, not the guest's.
+    store: Store<StoreState>,
+}
+
+impl Finished {
+    /// The outcome, with the usage record (also for an invocation stopped
+    /// by a limit).
+    fn outcome(self, wall_start: Instant, cpu_time: std::time::Duration) -> Outcome {
+        let usage = Usage::new(
+            wall_start.elapsed(),
+            cpu_time,
+            self.fuel_consumed,
+            self.peak_memory,
+        );
+        drop(self.store);
+        Outcome {
+            status: self.status,
+            usage,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
 impl Function {
     pub(crate) fn new(
-        runtime: Runtime,
+        executor: Arc<Executor>,
         module: Module,
         pre: InstancePre<StoreState>,
         limits: Limits,
@@ -80,7 +108,7 @@ impl Function {
         let has_initialize = is_func("_initialize");
         Function {
             inner: Arc::new(FunctionInner {
-                runtime,
+                executor,
                 pre,
                 limits,
                 has_start,
@@ -117,100 +145,119 @@ impl Function {
     /// Runs one invocation on the calling thread and waits for it.
     ///
     /// A guest that traps, exits or exceeds a limit gives `Ok` with that
-    /// [`Status`]; `Err` means the invocation could not be set up.
+    /// [`Status`]; `Err` means the invocation could not be set up. When
+    /// every pool slot is busy this reports `PoolFull` at once.
+    ///
+    /// The invocation is the future [`Function::invoke_async`] awaits, driven
+    /// here by a current-thread tokio runtime that each calling thread keeps
+    /// (so the invocation never leaves the thread). Called from inside a
+    /// tokio runtime, it runs on a helper thread instead (tokio forbids
+    /// blocking there): use `invoke_async` in async code.
     pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
-        let inner = &*self.inner;
-        let limits = inv.limits.as_ref().unwrap_or(&inner.limits);
+        let start = self.start(&inv)?;
+        // Pinned here, once: the future is a few KiB, not worth moving.
+        let run = std::pin::pin!(Metered::new(
+            self.run(&inv, start.limits, start.wall_start, start.budget),
+            start.meter,
+        ));
+        let (finished, cpu_time) = executor::block_on(run)?;
+        Ok(finished?.outcome(start.wall_start, cpu_time))
+    }
+
+    /// One invocation as a future, for async servers: polled by the
+    /// caller's tokio runtime (which must have time and IO enabled, as
+    /// `Builder::enable_all` does), it never blocks a thread or parks one
+    /// of the blocking pool; a guest waiting on WASI (a sleep, stdin, a full
+    /// pipe) is a pending future, and one with a time budget yields every
+    /// epoch tick. Dropping the future cancels the invocation. When every
+    /// pool slot is busy with async invocations this waits for one to free
+    /// up, where [`Function::invoke`] reports `PoolFull`.
+    pub async fn invoke_async(&self, inv: Invocation) -> Result<Outcome, Error> {
+        let _slot = self
+            .inner
+            .executor
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
+        let start = self.start(&inv)?;
+        let (finished, cpu_time) = Metered::new(
+            self.run(&inv, start.limits, start.wall_start, start.budget),
+            start.meter,
+        )
+        .await;
+        Ok(finished?.outcome(start.wall_start, cpu_time))
+    }
+
+    /// Checks the invocation, and starts its clock and (with time limits)
+    /// its budget, which reads the CPU used so far from the meter.
+    fn start<'a>(&'a self, inv: &'a Invocation) -> Result<Start<'a>, Error> {
+        let limits = inv.limits.as_ref().unwrap_or(&self.inner.limits);
         self.check_limits(limits)?;
         self.check_entry(&inv.entry)?;
-
         let wall_start = Instant::now();
-        let cpu_start = thread_cpu_time();
-        let (wasi, stdout, stderr) = build_wasi(&inv, limits)?;
-        let budget = TimeBudget::start(limits, wall_start, cpu_start);
-        let engine = inner.runtime.engine();
-        let mut store = Store::new(
-            engine,
-            StoreState {
-                wasi,
-                limiter: StoreLimiter::new(limits),
-                budget: (!budget.is_unlimited()).then_some(budget),
-            },
-        );
-        store.limiter(|s| &mut s.limiter);
-        let fuel_start = inner
-            .runtime
-            .config()
+        let meter = (limits.cpu_time.is_some() || limits.timeout.is_some())
+            .then(|| Arc::new(CpuMeter::default()));
+        let budget = meter
+            .clone()
+            .map(|m| TimeBudget::new(limits, wall_start, m));
+        Ok(Start {
+            limits,
+            wall_start,
+            meter,
+            budget,
+        })
+    }
+
+    /// The metered part: WASI, store, instance, the call under the wall-clock
+    /// timeout, and the status.
+    async fn run(
+        &self,
+        inv: &Invocation,
+        limits: &Limits,
+        wall_start: Instant,
+        budget: Option<TimeBudget>,
+    ) -> Result<Finished, Error> {
+        let executor = &*self.inner.executor;
+        let wasi = wasi::build(inv, limits)?;
+        let fuel_start = executor
+            .config
             .fuel_metering
             .then(|| limits.fuel.unwrap_or(u64::MAX));
-        if let Some(fuel) = fuel_start {
-            store.set_fuel(fuel).expect("fuel metering is enabled");
-        }
-        if store.data().budget.is_some() {
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|ctx| {
-                let budget = ctx.data().budget.expect("budget set");
-                match budget.check() {
-                    Ok(()) => Ok(UpdateDeadline::Continue(1)),
-                    Err(limit) => Err(limit.into()),
-                }
-            });
-        } else {
-            // No time limit: never interrupt.
-            store.set_epoch_deadline(u64::MAX / 2);
-        }
-
+        let budgeted = budget.is_some();
+        let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
         let result = {
             // Only invocations with a time budget need the epoch to advance.
-            let _ticking = store
-                .data()
-                .budget
-                .is_some()
-                .then(|| inner.runtime.inner.ticker.enter());
-            self.run(&mut store, &inv.entry)
+            let _ticking = budgeted.then(|| executor.ticker.enter());
+            // The epoch callback stops a guest that runs past the deadline;
+            // the timer also stops one that waits past it (in a host call).
+            match limits.timeout.and_then(|t| deadline(wall_start, t)) {
+                Some((at, timeout)) => {
+                    tokio::time::timeout_at(at.into(), self.call(&mut store, &inv.entry))
+                        .await
+                        .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into()))
+                }
+                None => self.call(&mut store, &inv.entry).await,
+            }
         };
         let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
-        let usage = Usage::new(
-            wall_start.elapsed(),
-            thread_cpu_time().saturating_sub(cpu_start),
-            fuel_consumed,
-            store.data().limiter.peak_memory,
-        );
         let status = match result {
             Ok(status) => status,
             Err(e) => classify(
                 e,
                 &store.data().limiter,
                 limits,
-                inner.runtime.config().pool.instances,
+                executor.config.pool.instances,
             ),
         };
-        drop(store);
-        Ok(Outcome {
+        Ok(Finished {
             status,
-            usage,
-            stdout: stdout.map(|p| p.contents()),
-            stderr: stderr.map(|p| p.contents()),
+            fuel_consumed,
+            peak_memory: store.data().limiter.peak_memory,
+            stdout: wasi.stdout.map(|p| p.contents()),
+            stderr: wasi.stderr.map(|p| p.contents()),
+            store,
         })
-    }
-
-    /// Runs [`Function::invoke`] on tokio's blocking pool, so async servers
-    /// can await invocations without stalling their reactor. The invocation
-    /// keeps one thread for its whole run, so its CPU clock is exact. When
-    /// every pool slot is busy with async invocations this waits for one to
-    /// free up, where [`Function::invoke`] reports `PoolFull`.
-    pub async fn invoke_async(&self, inv: Invocation) -> Result<Outcome, Error> {
-        let slot = (self.inner.runtime.inner.slots.clone())
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
-        let f = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            f.invoke(inv)
-        })
-        .await
-        .map_err(|e| Error::Setup(format!("invocation task failed: {e}")))?
     }
 
     /// Checks the entry point exists and the arguments match its parameters.
@@ -251,7 +298,7 @@ impl Function {
     }
 
     fn check_limits(&self, limits: &Limits) -> Result<(), Error> {
-        let config = self.inner.runtime.config();
+        let config = &self.inner.executor.config;
         if limits.max_memory > config.pool.max_memory {
             return Err(Error::Setup(format!(
                 "memory limit {} is above the runtime's pool slot size {}",
@@ -267,24 +314,25 @@ impl Function {
         Ok(())
     }
 
-    fn run(&self, store: &mut Store<StoreState>, entry: &Entry) -> wasmtime::Result<Status> {
-        let instance = self.inner.pre.instantiate(&mut *store)?;
+    /// Instantiates into a pooled slot and calls the entry point.
+    async fn call(&self, store: &mut Store<StoreState>, entry: &Entry) -> wasmtime::Result<Status> {
+        let instance = self.inner.pre.instantiate_async(&mut *store).await?;
         match entry {
             Entry::Start => {
                 let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-                start.call(&mut *store, ())?;
+                start.call_async(&mut *store, ()).await?;
                 Ok(Status::Exited(0))
             }
             Entry::Export { name, params } => {
                 if self.inner.has_initialize && name != "_initialize" {
                     let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
-                    init.call(&mut *store, ())?;
+                    init.call_async(&mut *store, ()).await?;
                 }
                 let func = instance
                     .get_func(&mut *store, name)
                     .expect("export checked before instantiation");
                 let mut results = vec![Val::I32(0); func.ty(&*store).results().len()];
-                func.call(&mut *store, params, &mut results)?;
+                func.call_async(&mut *store, params, &mut results).await?;
                 Ok(Status::Returned(results))
             }
         }
@@ -351,82 +399,4 @@ fn trap_message(err: &wasmtime::Error) -> String {
         Some(func) => format!("{what} (in function `{func}`)"),
         None => what,
     }
-}
-
-type Pipes = (
-    WasiP1Ctx,
-    Option<MemoryOutputPipe>,
-    Option<MemoryOutputPipe>,
-);
-
-/// The WASI context of one invocation: exactly what it was given.
-fn build_wasi(inv: &Invocation, limits: &Limits) -> Result<Pipes, Error> {
-    let mut b = WasiCtxBuilder::new();
-    b.allow_blocking_current_thread(true)
-        .args(&inv.args)
-        .envs(&inv.env);
-    for dir in &inv.dirs {
-        let perms = if dir.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-            Error::Setup(format!(
-                "cannot open directory {}: {e:#}",
-                dir.host.display()
-            ))
-        })?;
-    }
-    match &inv.stdin {
-        Input::Null => {}
-        Input::Bytes(bytes) => {
-            b.stdin(MemoryInputPipe::new(bytes.clone()));
-        }
-        Input::Inherit => {
-            b.inherit_stdin();
-        }
-        Input::File(f) => {
-            let f = f
-                .try_clone()
-                .map_err(|e| Error::Setup(format!("stdin: {e}")))?;
-            b.stdin(InputFile::new(f));
-        }
-    }
-    let capture = |out: &Output| {
-        matches!(out, Output::Capture).then(|| MemoryOutputPipe::new(limits.max_captured_output))
-    };
-    let stdout = capture(&inv.stdout);
-    let stderr = capture(&inv.stderr);
-    match (&inv.stdout, &stdout) {
-        (_, Some(pipe)) => {
-            b.stdout(pipe.clone());
-        }
-        (Output::Inherit, _) => {
-            b.inherit_stdout();
-        }
-        (Output::File(f), _) => {
-            let f = f
-                .try_clone()
-                .map_err(|e| Error::Setup(format!("stdout: {e}")))?;
-            b.stdout(OutputFile::new(f));
-        }
-        _ => {}
-    }
-    match (&inv.stderr, &stderr) {
-        (_, Some(pipe)) => {
-            b.stderr(pipe.clone());
-        }
-        (Output::Inherit, _) => {
-            b.inherit_stderr();
-        }
-        (Output::File(f), _) => {
-            let f = f
-                .try_clone()
-                .map_err(|e| Error::Setup(format!("stderr: {e}")))?;
-            b.stderr(OutputFile::new(f));
-        }
-        _ => {}
-    }
-    Ok((b.build_p1(), stdout, stderr))
 }

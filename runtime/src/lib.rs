@@ -14,7 +14,13 @@
 //!   named defaults;
 //! - `engine`: the wasmtime `Engine` built from it, and the epoch ticker;
 //! - `runtime`: [`Runtime`]: loading, compiling, caching and linking;
-//! - `function`: [`Function`] and the invocation path;
+//! - `executor`: what all invocations of a runtime share (engine, ticker,
+//!   pool slot permits), and driving an invocation on the calling thread;
+//! - `function`: [`Function`] and the invocation, a future: set-up, call
+//!   under the time limits, usage record;
+//! - `store` and `wasi`: an invocation's store (limits, fuel, epoch
+//!   deadline) and its WASI context;
+//! - `stdio`: guest stdio on host descriptors, waited on asynchronously;
 //! - `invocation`: what an invocation gets ([`Invocation`]) and returns
 //!   ([`Outcome`]);
 //! - `limiter`: live enforcement of memory, table, CPU-time and wall limits;
@@ -40,13 +46,17 @@ pub mod cache;
 pub mod config;
 mod engine;
 pub mod error;
+mod executor;
 mod function;
 mod input;
 mod invocation;
 mod limiter;
 mod runtime;
 pub mod sandbox;
+mod stdio;
+mod store;
 mod usage;
+mod wasi;
 
 pub use config::{CacheConfig, Limits, PoolConfig, RuntimeConfig};
 pub use error::{ArtifactError, Error, LimitExceeded};

@@ -8,7 +8,8 @@
 
 use crate::config::Limits;
 use crate::error::LimitExceeded;
-use crate::usage::thread_cpu_time;
+use crate::usage::CpuMeter;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The per-store resource limiter.
@@ -77,19 +78,20 @@ impl wasmtime::ResourceLimiter for StoreLimiter {
 }
 
 /// CPU-time and wall-clock budget of one invocation.
-#[derive(Clone, Copy)]
 pub(crate) struct TimeBudget {
-    cpu_start: Duration,
+    /// CPU time used so far, added up over the polls of the invocation.
+    cpu: Arc<CpuMeter>,
     cpu_limit: Option<Duration>,
     wall_deadline: Option<(Instant, Duration)>,
 }
 
 impl TimeBudget {
-    pub(crate) fn start(limits: &Limits, wall_start: Instant, cpu_start: Duration) -> Self {
+    /// The budget of `limits`, or `None` when they limit no time.
+    pub(crate) fn new(limits: &Limits, wall_start: Instant, cpu: Arc<CpuMeter>) -> Self {
         TimeBudget {
-            cpu_start,
+            cpu,
             cpu_limit: limits.cpu_time,
-            wall_deadline: limits.timeout.map(|t| (wall_start + t, t)),
+            wall_deadline: limits.timeout.and_then(|t| deadline(wall_start, t)),
         }
     }
 
@@ -97,7 +99,7 @@ impl TimeBudget {
     /// on the thread running the guest.
     pub(crate) fn check(&self) -> Result<(), LimitExceeded> {
         if let Some(limit) = self.cpu_limit
-            && thread_cpu_time().saturating_sub(self.cpu_start) >= limit
+            && self.cpu.used() >= limit
         {
             return Err(LimitExceeded::CpuTime(limit));
         }
@@ -108,10 +110,12 @@ impl TimeBudget {
         }
         Ok(())
     }
+}
 
-    pub(crate) fn is_unlimited(&self) -> bool {
-        self.cpu_limit.is_none() && self.wall_deadline.is_none()
-    }
+/// When a timeout that started at `start` expires, with the timeout; `None`
+/// when that instant is beyond what the clock can represent (no deadline).
+pub(crate) fn deadline(start: Instant, timeout: Duration) -> Option<(Instant, Duration)> {
+    start.checked_add(timeout).map(|d| (d, timeout))
 }
 
 #[cfg(test)]
@@ -139,11 +143,21 @@ mod tests {
             timeout: Some(Duration::from_millis(1)),
             ..Limits::default()
         };
-        let b = TimeBudget::start(&limits, Instant::now(), thread_cpu_time());
+        let b = TimeBudget::new(&limits, Instant::now(), Arc::default());
         std::thread::sleep(Duration::from_millis(3));
         assert_eq!(
             b.check(),
             Err(LimitExceeded::Timeout(Duration::from_millis(1)))
         );
+    }
+
+    #[test]
+    fn a_timeout_beyond_the_clock_is_no_deadline() {
+        let limits = Limits {
+            timeout: Some(Duration::MAX),
+            ..Limits::default()
+        };
+        let b = TimeBudget::new(&limits, Instant::now(), Arc::default());
+        assert_eq!(b.check(), Ok(()));
     }
 }

@@ -8,10 +8,12 @@
 use crate::artifact::{self, Sniff};
 use crate::cache::{Cache, Key, Lookup, content_hash};
 use crate::config::{Limits, RuntimeConfig};
-use crate::engine::{EpochTicker, build_engine, engine_fingerprint, explain_pool_error};
+use crate::engine::{build_engine, engine_fingerprint, explain_pool_error};
 use crate::error::{ArtifactError, Error};
-use crate::function::{Function, StoreState};
+use crate::executor::Executor;
+use crate::function::Function;
 use crate::input::InputFile;
+use crate::store::StoreState;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -55,10 +57,9 @@ pub(crate) struct RuntimeInner {
     /// `module::name` of every import the linker provides.
     provided: HashSet<String>,
     cache: Option<Cache>,
-    pub(crate) ticker: EpochTicker,
-    /// One permit per pool slot: `invoke_async` waits for a free slot
-    /// instead of failing when the pool is full.
-    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// What invocations share (engine, epoch ticker, pool slot permits);
+    /// every function holds it.
+    executor: Arc<Executor>,
 }
 
 /// What code is built from an input: a plain compile, or a compile of its
@@ -90,7 +91,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, Error> {
         let engine = build_engine(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
             .map_err(|e| Error::Config(format!("cannot link WASI: {e:#}")))?;
         let provided = {
             let mut store = Store::new(&engine, StoreState::empty(&config.limits));
@@ -104,8 +105,7 @@ impl Runtime {
             (true, Some(dir)) => Some(Cache::open(dir)?),
             (true, None) => Cache::default_root().map(Cache::open).transpose()?,
         };
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
-        let slots = config.pool.instances as usize;
+        let executor = Arc::new(Executor::new(engine.clone(), config.clone())?);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 fingerprint: engine_fingerprint(&engine),
@@ -114,8 +114,7 @@ impl Runtime {
                 linker,
                 provided,
                 cache,
-                ticker,
-                slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+                executor,
             }),
         })
     }
@@ -439,7 +438,13 @@ impl Runtime {
             .limits
             .clone()
             .unwrap_or_else(|| self.inner.config.limits.clone());
-        Ok(Function::new(self.clone(), module, pre, limits, artifact))
+        Ok(Function::new(
+            self.inner.executor.clone(),
+            module,
+            pre,
+            limits,
+            artifact,
+        ))
     }
 }
 

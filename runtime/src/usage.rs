@@ -1,12 +1,26 @@
 //! The usage record of one invocation: the basis of billing.
 //!
 //! Every figure is measured, not estimated: wall time with the monotonic
-//! clock, CPU time with the invocation thread's own CPU clock
-//! (`CLOCK_THREAD_CPUTIME_ID`, so time the thread spends descheduled is not
+//! clock, CPU time with the polling thread's own CPU clock
+//! (`CLOCK_THREAD_CPUTIME_ID`, so time a thread spends descheduled is not
 //! charged), fuel from the store's meter, and peak memory from the resource
 //! limiter that sees every allocation and `memory.grow`.
+//!
+//! An invocation is a future, and on a multi-threaded runtime a future can
+//! move between worker threads whenever it waits, so one thread's clock read
+//! at the start and at the end would charge whatever that thread did for
+//! other tasks meanwhile. [`Metered`] therefore reads the clock at the start
+//! and the end of every poll and adds up the differences: the CPU time spent
+//! running this invocation, on whichever threads ran it. An invocation that
+//! never waits is one poll: two clock reads, as before it was a future.
 
+use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// What one invocation used.
@@ -19,7 +33,9 @@ pub struct Usage {
         deserialize_with = "from_nanos"
     )]
     pub wall_time: Duration,
-    /// CPU time of the invocation's thread over the same span.
+    /// CPU time spent running the invocation over the same span: the thread
+    /// CPU clock around each poll of its future, added up. (Filesystem calls
+    /// run on tokio's blocking pool and are not in it; see `Limits`.)
     #[serde(
         rename = "cpu_time_ns",
         serialize_with = "nanos",
@@ -63,6 +79,75 @@ fn nanos<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 fn from_nanos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_nanos)
+}
+
+/// The CPU time an invocation has used so far, for its time budget: shared
+/// by [`Metered`] (which updates it at the start and end of every poll) and
+/// the epoch callback (which reads it, from inside a poll, on the polling
+/// thread).
+#[derive(Debug, Default)]
+pub(crate) struct CpuMeter {
+    /// CPU time of the finished polls, in nanoseconds.
+    spent: AtomicU64,
+    /// The polling thread's clock when the current poll started, in ns.
+    poll_start: AtomicU64,
+}
+
+impl CpuMeter {
+    /// CPU time used so far. Only meaningful inside a poll of the metered
+    /// future, on the thread polling it (where the epoch callback runs).
+    pub(crate) fn used(&self) -> Duration {
+        let now = nanos_of(thread_cpu_time());
+        let spent = self.spent.load(Ordering::Relaxed);
+        let start = self.poll_start.load(Ordering::Relaxed);
+        Duration::from_nanos(spent.saturating_add(now.saturating_sub(start)))
+    }
+}
+
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+pin_project! {
+    /// Runs a future and adds up the CPU time its polls take on the threads
+    /// that poll it. Resolves to the future's output and that time.
+    pub(crate) struct Metered<F> {
+        #[pin]
+        inner: F,
+        spent: Duration,
+        shared: Option<Arc<CpuMeter>>,
+    }
+}
+
+impl<F> Metered<F> {
+    /// Meters `inner`; `shared`, if given, is kept up to date for a time
+    /// budget to read.
+    pub(crate) fn new(inner: F, shared: Option<Arc<CpuMeter>>) -> Self {
+        Metered {
+            inner,
+            spent: Duration::ZERO,
+            shared,
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let start = thread_cpu_time();
+        if let Some(shared) = this.shared {
+            shared.spent.store(nanos_of(*this.spent), Ordering::Relaxed);
+            shared.poll_start.store(nanos_of(start), Ordering::Relaxed);
+        }
+        let poll = this.inner.poll(cx);
+        *this.spent += thread_cpu_time().saturating_sub(start);
+        match poll {
+            Poll::Ready(out) => Poll::Ready((out, *this.spent)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// CPU time consumed so far by the calling thread.

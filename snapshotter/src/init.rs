@@ -1,9 +1,16 @@
 //! Running init: the instrumented module is instantiated in wasmtime under
 //! limits, `_initialize` and the init function run, and wizer reads the
 //! resulting state through [`InitState`].
+//!
+//! Init runs as a future (async WASI, `instantiate_async`, `call_async`) on a
+//! current-thread tokio runtime, under `tokio::time::timeout`: an init that
+//! waits in WASI (a sleep, a read) is dropped at its timeout, and one that
+//! computes is interrupted by the epoch, which a watchdog advances at the
+//! timeout.
 
 use crate::error::SnapshotError;
 use crate::options::SnapshotOptions;
+use std::future::Future;
 use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 use wasmtime::{
@@ -54,7 +61,9 @@ pub(crate) fn run_and_snapshot(
     let linker = linker(&engine, &module, opts)?;
 
     let mut wasi = WasiCtxBuilder::new();
-    wasi.allow_blocking_current_thread(true).envs(&opts.env);
+    // Not blocking the thread: WASI's sleep then waits on tokio's timer,
+    // which the timeout can cut short.
+    wasi.allow_blocking_current_thread(false).envs(&opts.env);
     for (host, guest) in &opts.dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
             .map_err(|e| SnapshotError::Setup(format!("cannot open {}: {e:#}", host.display())))?;
@@ -83,10 +92,19 @@ pub(crate) fn run_and_snapshot(
         }
     });
 
-    let instance = linker
-        .instantiate(&mut store, &module)
-        .map_err(|e| init_error(e, opts, "instantiation"))?;
-    call_init(&mut store, &instance, init_func).map_err(|e| init_error(e, opts, init_func))?;
+    let init = async {
+        let instance = linker
+            .instantiate_async(&mut store, &module)
+            .await
+            .map_err(|e| init_error(e, opts, "instantiation"))?;
+        call_init(&mut store, &instance, init_func)
+            .await
+            .map_err(|e| init_error(e, opts, init_func))?;
+        Ok(instance)
+    };
+    // (The timer is made inside the runtime, which it needs.)
+    let instance = run_async(async { tokio::time::timeout(timeout, init).await })?
+        .map_err(|_elapsed| time_limit(opts))??;
 
     let mut state = InitState {
         store: &mut store,
@@ -103,7 +121,7 @@ fn linker(
 ) -> Result<Linker<Host>, SnapshotError> {
     let mut linker: Linker<Host> = Linker::new(engine);
     if opts.allow_wasi {
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut Host| &mut h.wasi)
             .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
     }
     let mut unknown = Vec::new();
@@ -137,19 +155,59 @@ fn linker(
 }
 
 /// `_initialize` (if exported), then the init function, as wizer does.
-fn call_init(
+async fn call_init(
     store: &mut Store<Host>,
     instance: &Instance,
     init_func: &str,
 ) -> wasmtime::Result<()> {
     if let Some(Extern::Func(f)) = instance.get_export(&mut *store, "_initialize") {
-        f.typed::<(), ()>(&*store)?.call(&mut *store, ())?;
+        f.typed::<(), ()>(&*store)?
+            .call_async(&mut *store, ())
+            .await?;
         if init_func == "_initialize" {
             return Ok(());
         }
     }
     let f = instance.get_typed_func::<(), ()>(&mut *store, init_func)?;
-    f.call(&mut *store, ())
+    f.call_async(&mut *store, ()).await
+}
+
+fn time_limit(opts: &SnapshotOptions) -> SnapshotError {
+    SnapshotError::LimitExceeded(format!("time limit of {:?}", opts.timeout))
+}
+
+/// Runs `fut` to completion on a current-thread tokio runtime (WASI's timers
+/// and streams need one). tokio refuses to block inside a runtime, so a
+/// caller inside one (an async server snapshotting on load) gets a helper
+/// thread for it.
+fn run_async<F>(fut: F) -> Result<F::Output, SnapshotError>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("wasmlet-snapshot".into())
+                .spawn_scoped(s, || run_async_here(fut))
+                .map_err(|e| SnapshotError::Internal(format!("cannot start a thread: {e}")))?
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    }
+    run_async_here(fut)
+}
+
+fn run_async_here<F: Future>(fut: F) -> Result<F::Output, SnapshotError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SnapshotError::Internal(format!("cannot start an async runtime: {e}")))?;
+    let out = rt.block_on(fut);
+    // A filesystem call init left running (cut off by the timeout) is not
+    // waited for.
+    rt.shutdown_background();
+    Ok(out)
 }
 
 fn init_error(e: wasmtime::Error, opts: &SnapshotOptions, during: &str) -> SnapshotError {
@@ -160,9 +218,7 @@ fn init_error(e: wasmtime::Error, opts: &SnapshotOptions, during: &str) -> Snaps
         return SnapshotError::InitTrapped(format!("init called proc_exit({})", exit.0));
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            SnapshotError::LimitExceeded(format!("time limit of {:?}", opts.timeout))
-        }
+        Some(Trap::Interrupt) => time_limit(opts),
         Some(trap) => SnapshotError::InitTrapped(format!("{trap} (in {during})")),
         None => {
             let msg = format!("{}", e.root_cause());

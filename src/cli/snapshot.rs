@@ -34,7 +34,7 @@ pub struct SnapshotArgs {
     /// Maximum linear memory of init, e.g. 1GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     memory_limit: Option<u64>,
-    /// Maximum wall-clock time of init, e.g. 30s.
+    /// Maximum wall-clock time of init, e.g. 30s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     timeout: Option<Duration>,
 }

@@ -1,9 +1,11 @@
 //! Shared helpers: building guests, running the CLI, making runtimes.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use wasmlet_runtime::{Function, Invocation, LoadOptions, Outcome, Runtime, RuntimeConfig};
 
 /// Scratch space shared by the tests of this run.
@@ -76,6 +78,37 @@ pub fn wasmlet() -> Command {
         .env_remove("WASMLET_LOG")
         .stdin(std::process::Stdio::null());
     c
+}
+
+/// Runs `f` on a thread; fails the test (instead of hanging it) if it has
+/// not finished within `limit`.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still running after {limit:?}"))
+}
+
+/// Waits for `child`, killing it and failing the test if it outlives `limit`;
+/// gives its exit code, how long it ran, and its stderr.
+pub fn wait_at_most(mut child: Child, limit: Duration) -> (i32, Duration, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("wasmlet still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut stderr).unwrap();
+    }
+    (status.code().expect("exited"), start.elapsed(), stderr)
 }
 
 /// Result of a CLI run, with decoded streams.

@@ -5,6 +5,8 @@
 
 use crate::helpers::*;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 use wasmlet_runtime::{
     Entry, Invocation, LoadOptions, Runtime, RuntimeConfig, SnapshotOptions, Status, Val,
 };
@@ -483,4 +485,45 @@ fn runtime_snapshots_on_load_and_caches() {
         )
         .unwrap();
     assert_eq!(call(&f, "init_runs"), 1);
+}
+
+#[test]
+fn snapshot_init_that_sleeps_stops_at_its_timeout() {
+    // Init blocked in WASI (sleeping, forever) is cut off at its timeout.
+    let dir = tempdir();
+    let out = dir.path().join("out.wasm");
+    let child = wasmlet()
+        .args(["snapshot", "--allow-wasi", "--timeout", "500ms", "-o"])
+        .arg(&out)
+        .arg(c_reactor("snap_sleep"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, took, stderr) = wait_at_most(child, Duration::from_secs(15));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert!(stderr.contains("init exceeded its time limit"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn snapshot_init_that_loops_forever_stops_by_default() {
+    // Without --timeout, init still has one.
+    assert_eq!(
+        SnapshotOptions::default().timeout,
+        wasmlet_snapshotter::DEFAULT_TIMEOUT
+    );
+    assert!(wasmlet_snapshotter::DEFAULT_TIMEOUT <= Duration::from_secs(60));
+    // And it holds for init that waits in WASI as for init that computes
+    // (the CLI case above): here a library snapshot with a short timeout.
+    let wasm = std::fs::read(c_reactor("snap_sleep")).unwrap();
+    let opts = SnapshotOptions {
+        allow_wasi: true,
+        timeout: Duration::from_millis(300),
+        ..SnapshotOptions::default()
+    };
+    let e = within(Duration::from_secs(10), move || {
+        wasmlet_snapshotter::snapshot(&wasm, &opts).unwrap_err()
+    });
+    assert!(e.to_string().contains("time limit"), "{e}");
 }

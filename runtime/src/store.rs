@@ -1,0 +1,71 @@
+//! The store of one invocation: what it holds ([`StoreState`]) and how it is
+//! set up for the invocation's limits (memory and tables through the
+//! limiter, fuel, and the epoch deadline that checks the time budget).
+
+use crate::config::Limits;
+use crate::limiter::{StoreLimiter, TimeBudget};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+/// What a store holds for one invocation.
+pub(crate) struct StoreState {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) limiter: StoreLimiter,
+    budget: Option<TimeBudget>,
+}
+
+impl StoreState {
+    /// A state with an empty WASI context (for introspecting the linker).
+    pub(crate) fn empty(limits: &Limits) -> Self {
+        StoreState {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            limiter: StoreLimiter::new(limits),
+            budget: None,
+        }
+    }
+}
+
+/// A store for one invocation under `limits`. `fuel` is the fuel to start
+/// with when the engine meters it.
+///
+/// With a time budget, the epoch deadline is one tick away and the callback
+/// checks the budget on every tick: over it, the guest stops with the limit
+/// as its error; within it, the guest yields to the executor (so other
+/// tasks run, and a `tokio::time::timeout` around the invocation can fire)
+/// and goes on for another tick. Without one, the guest is never
+/// interrupted (and the ticker does not run for it).
+pub(crate) fn new_store(
+    engine: &Engine,
+    wasi: WasiP1Ctx,
+    limits: &Limits,
+    fuel: Option<u64>,
+    budget: Option<TimeBudget>,
+) -> Store<StoreState> {
+    let budgeted = budget.is_some();
+    let mut store = Store::new(
+        engine,
+        StoreState {
+            wasi,
+            limiter: StoreLimiter::new(limits),
+            budget,
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    if let Some(fuel) = fuel {
+        store.set_fuel(fuel).expect("fuel metering is enabled");
+    }
+    if budgeted {
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let budget = ctx.data().budget.as_ref().expect("budget set");
+            match budget.check() {
+                Ok(()) => Ok(UpdateDeadline::Yield(1)),
+                Err(limit) => Err(limit.into()),
+            }
+        });
+    } else {
+        store.set_epoch_deadline(u64::MAX / 2);
+    }
+    store
+}
