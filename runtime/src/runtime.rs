@@ -210,9 +210,28 @@ impl Runtime {
         if let Some(hit) = self.cache_hit(cache, &key) {
             return self.link(hit, opts);
         }
-        let bytes = match bytes.take() {
-            Some(b) => b,
-            None => input.read()?,
+        // A miss: compile what the file holds now, stored under the hash of
+        // exactly these bytes. (After an index hit the bytes are hashed
+        // again: the index only says what the file held when it was
+        // recorded, and code must never be stored under a hash its source
+        // was not checked against.)
+        let (bytes, key) = match bytes.take() {
+            Some(b) => (b, key),
+            None => {
+                let b = input.read()?;
+                let hash = content_hash(&b);
+                if hash == content {
+                    (b, key)
+                } else {
+                    tracing::debug!(path = %input.path.display(), "file changed behind the index");
+                    cache.index(&input.meta, &hash);
+                    let key = Key::new(&self.inner.fingerprint, &build.key_tag(), &hash);
+                    if let Some(hit) = self.cache_hit(cache, &key) {
+                        return self.link(hit, opts);
+                    }
+                    (b, key)
+                }
+            }
         };
         let compiled = self.build_and_store(cache, &key, &bytes, &build)?;
         self.link(compiled, opts)

@@ -318,3 +318,68 @@ fn library_loads_a_precompiled_artifact_from_an_open_file() {
     let out = f.invoke(Invocation::default()).unwrap();
     assert_eq!(stdout_of(&out), "hello\n");
 }
+
+/// Calls the export `v` and returns its i32.
+fn value(f: &wasmlet_runtime::Function) -> i32 {
+    match call(f, "v", vec![]).status {
+        wasmlet_runtime::Status::Returned(v) => v[0].unwrap_i32(),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
+fn code_is_never_cached_under_a_hash_its_source_was_not_checked_against() {
+    // A write through a shared mapping to a page that is already dirty
+    // changes neither mtime nor ctime, so the file index can be stale. A
+    // later miss (here: another engine, with fuel) must compile and store
+    // what the file holds under *its* hash, not under the indexed one;
+    // otherwise every file holding the old content would run the new code.
+    let dir = tempdir();
+    let cache = dir.path().join("cache");
+    let module = dir.path().join("t.wat");
+    let source = "(module (func (export \"v\") (result i32) (i32.const 65)))";
+    std::fs::write(&module, source).unwrap();
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&module)
+        .unwrap();
+    let len = source.len();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of `len` bytes of a file we hold open;
+    // it is only accessed within `len` and unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    } as *mut u8;
+    assert_ne!(map as *mut libc::c_void, libc::MAP_FAILED);
+    let digit = source.find("65").unwrap() + 1;
+    // SAFETY: `digit` < `len`, within the mapping.
+    unsafe { map.add(digit).write_volatile(b'5') }; // dirty the page (sets ctime)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let cached = |fuel: bool| {
+        runtime_with(|c| {
+            c.cache.enabled = true;
+            c.cache.dir = Some(cache.clone());
+            c.fuel_metering = fuel;
+        })
+    };
+    let opts = LoadOptions::default();
+    assert_eq!(value(&cached(false).load_file(&module, &opts).unwrap()), 65);
+    // SAFETY: as above.
+    unsafe { map.add(digit).write_volatile(b'6') }; // now 66, same ctime
+    // SAFETY: the mapping made above, of `len` bytes, no longer used.
+    unsafe { libc::munmap(map.cast(), len) };
+    let fuel = cached(true);
+    assert_eq!(value(&fuel.load_file(&module, &opts).unwrap()), 66);
+    // A file that holds the old content runs the old content.
+    let copy = dir.path().join("copy.wat");
+    std::fs::write(&copy, source).unwrap();
+    assert_eq!(value(&fuel.load_file(&copy, &opts).unwrap()), 65);
+}

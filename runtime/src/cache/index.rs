@@ -4,8 +4,16 @@
 //! One small record per input file, named after its device and inode,
 //! holding the size, mtime and ctime it had when it was hashed. A lookup
 //! matches all five against `fstat` of the open file; anything different
-//! (a rewrite, even one that keeps size and mtime, changes the ctime) is a
-//! miss and the file is hashed again. A file whose ctime is within
+//! (a rewrite with `write`, even one that puts size and mtime back, changes
+//! the ctime) is a miss and the file is hashed again.
+//!
+//! What the index cannot see: writes through a shared `mmap` to a page that
+//! is already dirty do not update mtime or ctime, so a process that can
+//! write the file can make a later start run what the file held when it was
+//! recorded (as `make` and git would also miss). It can never make code be
+//! stored under the wrong key: whenever the input is read to be compiled,
+//! its bytes are hashed again and the key follows them (see
+//! `Runtime::load_file`). A file whose ctime is within
 //! [`RACY_WINDOW`] of the moment it is recorded is not recorded: a second
 //! write within the file system's timestamp granularity could otherwise go
 //! unnoticed (git's "racy clean" problem).
@@ -76,6 +84,7 @@ pub(super) fn record(dir: &Path, meta: &Metadata, content: &[u8; 32]) {
         rec.extend_from_slice(&v.to_le_bytes());
     }
     rec.extend_from_slice(content);
+    super::remove_stale_temps(dir);
     let Ok(mut tmp) = tempfile::Builder::new()
         .prefix(super::TEMP_PREFIX)
         .tempfile_in(dir)

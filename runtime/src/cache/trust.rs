@@ -52,9 +52,16 @@ pub(super) fn check_dir(path: &Path) -> Result<(), Error> {
         }
         Err(e) => return Err(Error::io(path, e)),
     };
-    // The root may be a symlink its owner made (to another disk); what it
-    // points to must pass the same checks.
+    // The root may be a symlink (to another disk) made by this user or by
+    // root; what it points to must pass the same checks.
     let meta = if meta.file_type().is_symlink() {
+        if meta.uid() != euid() && meta.uid() != 0 {
+            return Err(Error::Cache(format!(
+                "cache directory {} is a symbolic link owned by uid {}: use a directory of your own as --cache-dir",
+                path.display(),
+                meta.uid()
+            )));
+        }
         std::fs::metadata(path).map_err(|e| Error::io(path, e))?
     } else {
         meta
