@@ -9,9 +9,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use wasmlet_runtime::{
-    Invocation, LoadOptions, Runtime, RuntimeConfig, Sandbox, SandboxConfig, WorkerCommand,
-};
+use wasmlet_runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
+use wasmlet_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 
 const HELLO: &str = include_str!("../examples/guests/hello.wat");
 

@@ -3,12 +3,12 @@
 //! invocations can be in flight at once; the worker answers each with the
 //! same id, in whatever order they finish.
 
-use crate::config::{Limits, RuntimeConfig};
-use crate::error::LimitExceeded;
-use crate::invocation::{Entry, Input, Invocation, Output, Preopen, Status};
-use crate::usage::Usage;
+use crate::jail::JailSpec;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
+use wasmlet_runtime::{
+    Entry, Input, Invocation, LimitExceeded, Limits, Output, Preopen, RuntimeConfig, Status, Usage,
+};
 use wasmtime::Val;
 
 /// Largest message accepted: 1 GiB (a module or captured output).
@@ -16,6 +16,8 @@ const MAX_MESSAGE: u32 = 1 << 30;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
+    /// The first message: build this jail, then answer `Ready`.
+    Init(JailSpec),
     /// Load the sandbox's function (once, before any invocation).
     Load {
         config: Box<RuntimeConfig>,
@@ -25,19 +27,31 @@ pub(crate) enum Request {
         limits: Option<Limits>,
     },
     Invoke(WireInvocation),
+    /// Make one escape attempt (see `escape.rs`) and report the result.
+    #[cfg(feature = "escape-tests")]
+    Escape(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {
+    /// The jail is built and the seccomp filter installed.
+    Ready,
     Loaded,
     Outcome(WireOutcome),
     /// The request failed on the host side (a load error, a bad invocation).
     Error(String),
+    /// What an escape attempt got back.
+    #[cfg(feature = "escape-tests")]
+    Escape(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Envelope<T> {
     pub id: u64,
+    /// In replies: the worker's process CPU clock when it sent the reply,
+    /// in ns (what a call that later dies was not responsible for). 0 in
+    /// requests.
+    pub cpu_ns: u64,
     pub body: T,
 }
 
@@ -61,7 +75,8 @@ pub(crate) enum WireVal {
 pub(crate) struct WireInvocation {
     args: Vec<String>,
     env: Vec<(String, String)>,
-    dirs: Vec<(std::path::PathBuf, String, bool)>,
+    /// (path in the worker, guest name, read-only)
+    pub dirs: Vec<(std::path::PathBuf, String, bool)>,
     stdin: Option<Vec<u8>>,
     stdin_inherit: bool,
     stdout: WireOutput,
@@ -76,6 +91,7 @@ pub(crate) enum WireStatus {
     Returned(Vec<WireVal>),
     Trapped(String),
     LimitExceeded(LimitExceeded),
+    SandboxFailed(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -195,6 +211,7 @@ impl WireStatus {
             },
             Status::Trapped(m) => WireStatus::Trapped(m.clone()),
             Status::LimitExceeded(l) => WireStatus::LimitExceeded(*l),
+            Status::SandboxFailed(m) => WireStatus::SandboxFailed(m.clone()),
         }
     }
 
@@ -204,6 +221,7 @@ impl WireStatus {
             WireStatus::Returned(v) => Status::Returned(v.into_iter().map(from_wire).collect()),
             WireStatus::Trapped(m) => Status::Trapped(m),
             WireStatus::LimitExceeded(l) => Status::LimitExceeded(l),
+            WireStatus::SandboxFailed(m) => Status::SandboxFailed(m),
         }
     }
 }
@@ -241,17 +259,21 @@ pub(crate) fn spin_until_readable(stream: &std::os::unix::net::UnixStream) {
     }
 }
 
-/// Writes one message.
-pub(crate) fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
-    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let len = u32::try_from(bytes.len())
+/// One message as a frame (length, then JSON).
+pub(crate) fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, msg).map_err(io::Error::other)?;
+    let len = u32::try_from(frame.len() - 4)
         .ok()
         .filter(|l| *l <= MAX_MESSAGE)
         .ok_or_else(|| io::Error::other("message too large"))?;
-    let mut frame = Vec::with_capacity(4 + bytes.len());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&bytes);
-    w.write_all(&frame)
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// Writes one message.
+pub(crate) fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    w.write_all(&encode(msg)?)
 }
 
 /// Reads one message; `Ok(None)` at a clean end of stream.
