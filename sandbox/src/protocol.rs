@@ -18,12 +18,15 @@ const MAX_MESSAGE: u32 = 1 << 30;
 pub(crate) enum Request {
     /// The first message: build this jail, then answer `Ready`.
     Init(JailSpec),
-    /// Load the sandbox's function (once, before any invocation).
+    /// Load the sandbox's function (once, before any invocation): from
+    /// `module` (wasm or WAT, compiled by the worker), or, with `artifact`,
+    /// from the compiled artifact whose read-only fd follows the message
+    /// (SCM_RIGHTS), which the supervisor compiled or took from its cache.
     Load {
         config: Box<RuntimeConfig>,
         module: Vec<u8>,
+        artifact: bool,
         trap_unknown_imports: bool,
-        allow_precompiled: bool,
         limits: Option<Limits>,
     },
     Invoke(WireInvocation),
@@ -293,4 +296,68 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Resul
     serde_json::from_slice(&buf)
         .map(Some)
         .map_err(io::Error::other)
+}
+
+/// Sends one fd (with one byte of data) over a Unix socket.
+pub(crate) fn send_fd(
+    stream: &std::os::unix::net::UnixStream,
+    fd: std::os::fd::RawFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u64; 8]; // aligned room for one cmsg with one int
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid start, and
+    // every pointer set below points to a local that outlives sendmsg.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        if libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one fd sent by [`send_fd`].
+pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u64; 8];
+    // SAFETY: as in send_fd; the kernel writes at most msg_controllen bytes
+    // of control data into `space`, and the fd it installs is ours to own.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&space) as _;
+        if libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::other("expected a file descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
 }

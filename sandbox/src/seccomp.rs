@@ -198,6 +198,11 @@ fn allowed() -> Vec<(libc::c_long, Rule, &'static str)> {
             "peeking at the supervisor socket (MSG_PEEK)",
         ),
         (
+            libc::SYS_recvmsg,
+            Any,
+            "receiving the compiled artifact's fd (SCM_RIGHTS)",
+        ),
+        (
             libc::SYS_sendto,
             // std writes to sockets with send(MSG_NOSIGNAL): no address.
             Only(vec![vec![(4, Op::Eq, 0)]]),

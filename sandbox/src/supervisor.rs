@@ -20,7 +20,7 @@ use crate::config::SandboxConfig;
 use crate::harden;
 use crate::jail::{Grant, JailSpec};
 use crate::protocol::{
-    Envelope, Request, Response, WireInvocation, encode, recv, spin_until_readable,
+    Envelope, Request, Response, WireInvocation, encode, recv, send_fd, spin_until_readable,
 };
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 use wasmlet_runtime::{
-    Invocation, LimitExceeded, Limits, LoadOptions, Outcome, RuntimeConfig, SandboxUsage, Status,
-    Usage,
+    Function, Invocation, LimitExceeded, Limits, LoadOptions, Outcome, RuntimeConfig, SandboxUsage,
+    Status, Usage,
 };
 
 /// How long a reply frame may stall half-written before the worker is
@@ -69,11 +69,31 @@ impl WorkerCommand {
 }
 
 /// What the sandbox was told to load, kept to reload a replacement worker.
-#[derive(PartialEq)]
 struct LoadSpec {
-    module: Vec<u8>,
+    source: Source,
     trap_unknown_imports: bool,
     limits: Option<Limits>,
+}
+
+/// Where a worker's function comes from.
+enum Source {
+    /// Wasm or WAT: the worker compiles it (it has no cache).
+    Module(Vec<u8>),
+    /// The supervisor's compiled artifact, opened read-only; every worker
+    /// gets the fd and maps it (the same page-cache pages for all).
+    Artifact(PathBuf, std::fs::File),
+}
+
+impl PartialEq for LoadSpec {
+    fn eq(&self, other: &Self) -> bool {
+        let same = match (&self.source, &other.source) {
+            (Source::Module(a), Source::Module(b)) => a == b,
+            (Source::Artifact(a, _), Source::Artifact(b, _)) => a == b,
+            _ => false,
+        };
+        same && self.trap_unknown_imports == other.trap_unknown_imports
+            && self.limits == other.limits
+    }
 }
 
 /// A sandbox: a worker process in its own cgroups. Dropping it (or
@@ -89,7 +109,7 @@ pub struct Sandbox {
     /// death start one replacement, not several.
     spawning: Mutex<()>,
     /// The cgroup totals last read, and when.
-    cgroup_usage: Mutex<(Instant, SandboxUsage)>,
+    cgroup_usage: Mutex<(Option<Instant>, SandboxUsage)>,
 }
 
 /// Why and how a worker ended.
@@ -180,10 +200,8 @@ impl Sandbox {
             config: config.clone(),
             runtime_config: runtime_config.clone(),
             command,
-            cgroup_usage: Mutex::new((
-                Instant::now(),
-                cgroup.as_deref().map(Cgroup::usage).unwrap_or_default(),
-            )),
+            // Never read yet: the first invocation reads it.
+            cgroup_usage: Mutex::new((None, SandboxUsage::default())),
             cgroup,
             load: Mutex::new(None),
             worker: Mutex::new(None),
@@ -197,11 +215,41 @@ impl Sandbox {
     /// shared cache). A sandbox runs one function: loading the same module
     /// again is a no-op, loading another one is refused.
     pub fn load(&self, module: &[u8], opts: &LoadOptions) -> Result<(), Error> {
-        let spec = Arc::new(LoadSpec {
-            module: module.to_vec(),
+        self.load_spec(LoadSpec {
+            source: Source::Module(module.to_vec()),
             trap_unknown_imports: opts.trap_unknown_imports,
             limits: opts.limits.clone(),
-        });
+        })
+    }
+
+    /// Loads `function`, already compiled by the supervisor's runtime (the
+    /// same `RuntimeConfig` as the sandbox's), from its artifact: each
+    /// worker is handed the file read-only and maps it, so no worker
+    /// compiles, and none ever writes the cache (it is not in the jail).
+    /// A function without an artifact (no cache, not from a `.cwasm`) is
+    /// refused: load its module with [`Sandbox::load`].
+    pub fn load_function(&self, function: &Function, opts: &LoadOptions) -> Result<(), Error> {
+        let path = function.artifact_path().ok_or_else(|| {
+            Error::Worker(
+                "the function has no compiled artifact on disk (enable the cache, or load its module instead)"
+                    .into(),
+            )
+        })?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::Worker(format!("{}: {e}", path.display())))?;
+        self.load_spec(LoadSpec {
+            source: Source::Artifact(path.to_path_buf(), file),
+            trap_unknown_imports: opts.trap_unknown_imports,
+            limits: opts.limits.clone(),
+        })
+    }
+
+    fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
+        let spec = Arc::new(spec);
         if let Some(loaded) = self.load.lock().expect("load lock").as_ref() {
             return if **loaded == *spec {
                 Ok(())
@@ -226,14 +274,19 @@ impl Sandbox {
         // The jail has no cache directory, and a worker must never write
         // code that the supervisor or other sandboxes would run.
         config.cache.enabled = false;
+        let (module, fd) = match &spec.source {
+            Source::Module(m) => (m.clone(), None),
+            Source::Artifact(_, f) => (Vec::new(), Some(f.as_raw_fd())),
+        };
         let req = Request::Load {
             config: Box::new(config),
-            module: spec.module.clone(),
+            module,
+            artifact: fd.is_some(),
             trap_unknown_imports: spec.trap_unknown_imports,
             limits: spec.limits.clone(),
         };
         let deadline = Instant::now() + self.config.max_call;
-        match worker.call(&req, deadline) {
+        match worker.call_with_fd(&req, fd, deadline) {
             Ok(Response::Loaded) => Ok(()),
             Ok(Response::Error(e)) => Err(Error::Worker(e)),
             Ok(other) => Err(Error::Worker(format!("unexpected reply {other:?}"))),
@@ -399,9 +452,9 @@ impl Sandbox {
     fn cgroup_usage(&self, fresh: bool) -> SandboxUsage {
         let mut cached = self.cgroup_usage.lock().expect("usage lock");
         if let Some(cg) = &self.cgroup
-            && (fresh || cached.0.elapsed() >= CGROUP_REFRESH)
+            && (fresh || cached.0.is_none_or(|t| t.elapsed() >= CGROUP_REFRESH))
         {
-            *cached = (Instant::now(), cg.usage());
+            *cached = (Some(Instant::now()), cg.usage());
         }
         cached.1
     }
@@ -595,6 +648,16 @@ impl Worker {
     /// Sends a request and waits for its reply, the worker's death, or the
     /// deadline (which kills the worker).
     fn call(&self, req: &Request, deadline: Instant) -> Result<Response, CallError> {
+        self.call_with_fd(req, None, deadline)
+    }
+
+    /// [`Worker::call`], passing `fd` right after the request.
+    fn call_with_fd(
+        &self,
+        req: &Request,
+        fd: Option<std::os::fd::RawFd>,
+        deadline: Instant,
+    ) -> Result<Response, CallError> {
         if self.death.get().is_some() {
             return Err(CallError::NotSent);
         }
@@ -610,7 +673,13 @@ impl Worker {
             Some(p) => p.insert(id, tx),
             None => return Err(CallError::NotSent),
         };
-        let sent = self.writer.lock().expect("writer lock").write_all(&frame);
+        let sent = {
+            let mut w = self.writer.lock().expect("writer lock");
+            w.write_all(&frame).and_then(|()| match fd {
+                Some(fd) => send_fd(&w, fd),
+                None => Ok(()),
+            })
+        };
         if let Err(e) = sent {
             self.forget(id);
             if matches!(

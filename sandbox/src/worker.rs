@@ -6,7 +6,7 @@
 
 use crate::harden::WORKER_SOCKET_FD;
 use crate::protocol::{
-    Envelope, Request, Response, WireOutcome, WireStatus, recv, send, spin_until_readable,
+    Envelope, Request, Response, WireOutcome, WireStatus, recv, recv_fd, send, spin_until_readable,
 };
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
@@ -29,9 +29,18 @@ pub const WORKER_TASKS: u64 = 1 + WORKER_THREADS as u64 + 1 + 2 + 1 + 1;
 /// What was loaded: the function, and what it was loaded from (to tell a
 /// repeated `Load` from one of another module).
 struct Loaded {
-    key: (Vec<u8>, bool, Option<Limits>),
+    key: LoadKey,
     function: Result<Function, String>,
 }
+
+/// What a function was loaded from: the module's bytes, or the artifact
+/// (identified by its inode), and the options.
+#[derive(PartialEq)]
+enum Source {
+    Module(Vec<u8>),
+    Artifact(u64, u64),
+}
+type LoadKey = (Source, bool, Option<Limits>);
 
 /// Entry point of a worker process (`wasmlet sandbox-worker`). Returns
 /// when the supervisor closes the socket.
@@ -107,16 +116,26 @@ fn serve(
     writer: &Mutex<UnixStream>,
 ) -> Result<(), String> {
     loop {
-        let msg = {
+        let (msg, fd) = {
             let mut reader = reader.lock().unwrap_or_else(|p| p.into_inner());
             spin_until_readable(&reader);
-            recv::<Envelope<Request>>(&mut *reader)
-                .map_err(|e| format!("supervisor socket: {e}"))?
+            let msg = recv::<Envelope<Request>>(&mut *reader)
+                .map_err(|e| format!("supervisor socket: {e}"))?;
+            // The artifact's fd follows its Load message: take it while
+            // the socket is still ours.
+            let fd = match &msg {
+                Some(Envelope {
+                    body: Request::Load { artifact: true, .. },
+                    ..
+                }) => Some(recv_fd(&reader).map_err(|e| format!("artifact fd: {e}"))?),
+                _ => None,
+            };
+            (msg, fd)
         };
         let Some(Envelope { id, body, .. }) = msg else {
             return Ok(());
         };
-        let body = std::panic::catch_unwind(AssertUnwindSafe(|| handle(body, loaded)))
+        let body = std::panic::catch_unwind(AssertUnwindSafe(|| handle(body, fd, loaded)))
             .unwrap_or_else(|panic| {
                 let msg = panic
                     .downcast_ref::<&str>()
@@ -136,7 +155,11 @@ fn serve(
     }
 }
 
-fn handle(req: Request, loaded: &Mutex<Option<Arc<Loaded>>>) -> Response {
+fn handle(
+    req: Request,
+    fd: Option<std::os::fd::OwnedFd>,
+    loaded: &Mutex<Option<Arc<Loaded>>>,
+) -> Response {
     match req {
         Request::Init(_) => Response::Error("the worker is already jailed".into()),
         #[cfg(feature = "escape-tests")]
@@ -144,11 +167,23 @@ fn handle(req: Request, loaded: &Mutex<Option<Arc<Loaded>>>) -> Response {
         Request::Load {
             config,
             module,
+            artifact: _,
             trap_unknown_imports,
             limits,
         } => {
             let mut slot = loaded.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (module, trap_unknown_imports, limits);
+            let file = fd.map(std::fs::File::from);
+            let source = match &file {
+                Some(f) => {
+                    use std::os::unix::fs::MetadataExt;
+                    match f.metadata() {
+                        Ok(m) => Source::Artifact(m.dev(), m.ino()),
+                        Err(e) => return Response::Error(format!("artifact: {e}")),
+                    }
+                }
+                None => Source::Module(module),
+            };
+            let key = (source, trap_unknown_imports, limits);
             if let Some(l) = slot.as_ref() {
                 return if l.key == key {
                     match &l.function {
@@ -159,7 +194,7 @@ fn handle(req: Request, loaded: &Mutex<Option<Arc<Loaded>>>) -> Response {
                     Response::Error("this sandbox worker already runs another module".into())
                 };
             }
-            let function = load(*config, &key);
+            let function = load(*config, &key, file);
             let reply = match &function {
                 Ok(_) => Response::Loaded,
                 Err(e) => Response::Error(e.clone()),
@@ -186,15 +221,29 @@ fn handle(req: Request, loaded: &Mutex<Option<Arc<Loaded>>>) -> Response {
     }
 }
 
-fn load(config: RuntimeConfig, key: &(Vec<u8>, bool, Option<Limits>)) -> Result<Function, String> {
+fn load(
+    config: RuntimeConfig,
+    key: &LoadKey,
+    artifact: Option<std::fs::File>,
+) -> Result<Function, String> {
     let rt = Runtime::new(config).map_err(|e| e.to_string())?;
-    let opts = LoadOptions {
+    let mut opts = LoadOptions {
         trap_unknown_imports: key.1,
         limits: key.2.clone(),
         snapshot: None,
         ..LoadOptions::default()
     };
-    rt.load_bytes(&key.0, &opts).map_err(|e| e.to_string())
+    match (&key.0, artifact) {
+        // Compiled by the supervisor (trusted: it is the more privileged
+        // side), mapped from the same page-cache pages in every worker.
+        (Source::Artifact(..), Some(file)) => {
+            opts.allow_precompiled = true;
+            rt.load_open_file(file, "sandbox artifact", &opts)
+        }
+        (Source::Module(bytes), _) => rt.load_bytes(bytes, &opts),
+        (Source::Artifact(..), None) => return Err("artifact fd missing".into()),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// CPU time of this whole process so far, in ns.

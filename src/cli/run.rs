@@ -99,7 +99,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let size = std::fs::metadata(&args.module).map_or(0, |m| m.len());
     let message = format!("compiling {} ({size} bytes)", args.module.display());
     // Compiled here either way: in-process it is the function; for a
-    // sandbox it checks the module and fills the cache the worker loads from.
+    // sandbox its artifact is what the workers map.
     let loaded = with_spinner(message, || runtime.load_file(&args.module, &opts))
         .map_err(|e| super::load_error(e, &args.module))?;
     let module = loaded.module().clone();
@@ -125,9 +125,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             require_cgroups: !args.sandbox_without_cgroups,
             ..SandboxConfig::default()
         };
-        drop(loaded);
-        let bytes = std::fs::read(&args.module)
-            .with_context(|| format!("cannot read {}", args.module.display()))?;
         let sb = Arc::new(Sandbox::start(
             runtime.config(),
             &config,
@@ -141,7 +138,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             })?;
         }
-        sb.load(&bytes, &opts)?;
+        // Workers map what was compiled here (they never see the cache);
+        // without a cache, a worker compiles the module itself.
+        if loaded.artifact_path().is_some() {
+            sb.load_function(&loaded, &opts)?;
+        } else {
+            let bytes = std::fs::read(&args.module)
+                .with_context(|| format!("cannot read {}", args.module.display()))?;
+            sb.load(&bytes, &opts)?;
+        }
+        drop(loaded);
         (None, Some(sb))
     } else {
         (Some(loaded), None)

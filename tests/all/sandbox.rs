@@ -598,3 +598,47 @@ fn a_live_owner_in_another_pid_namespace_keeps_its_cgroup() {
     assert!(!dir.exists(), "a dead owner's cgroup was kept");
     assert!(!PathBuf::from(&lock_path).exists());
 }
+
+#[test]
+fn workers_map_the_supervisors_artifact() {
+    // Compiled (or taken from the cache) by the supervisor's runtime; the
+    // worker is handed the file read-only and maps it: it compiles nothing
+    // and never sees the cache.
+    let rt = wasmlet_runtime::Runtime::new(runtime_config()).unwrap();
+    let f = rt
+        .load_bytes(TOOLS_WAT.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let artifact = f.artifact_path().expect("cached artifact").to_path_buf();
+    let sb = Sandbox::start(&runtime_config(), &SandboxConfig::default(), worker()).unwrap();
+    sb.load_function(&f, &LoadOptions::default()).unwrap();
+    let o = sb
+        .invoke(Invocation {
+            entry: Entry::Export {
+                name: "add".into(),
+                params: vec![wasmlet_runtime::Val::I32(2), wasmlet_runtime::Val::I32(3)],
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        matches!(&o.status, Status::Returned(v) if v.len() == 1 && v[0].unwrap_i32() == 5),
+        "{:?}",
+        o.status
+    );
+    let pid = jailed_worker(sb.worker_pid().unwrap());
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let name = artifact.file_name().unwrap().to_str().unwrap();
+    let mapped: Vec<&str> = maps.lines().filter(|l| l.contains(name)).collect();
+    assert!(!mapped.is_empty(), "artifact not mapped:\n{maps}");
+    assert!(
+        mapped
+            .iter()
+            .all(|l| !l.split_whitespace().nth(1).unwrap().contains('w')),
+        "{mapped:?}"
+    );
+    // A replacement worker gets it too.
+    // SAFETY: kill(2) on our own sandbox worker.
+    unsafe { libc::kill(sb.worker_pid().unwrap() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(sb.invoke(export("initialized", None)).unwrap().success());
+}
