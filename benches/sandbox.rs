@@ -1,8 +1,11 @@
 //! What a sandbox costs, side by side:
 //! - `sandbox/start`: create the cgroups, start a worker, let it build its
-//!   full jail (namespaces, empty root, no capabilities, seccomp), load the
-//!   hello module in it, until it is ready. Workers never use the compile
-//!   cache (it is not in their jail): this includes compiling hello.
+//!   full jail (namespaces, empty root, no capabilities, seccomp), and load
+//!   the hello function the supervisor compiled once (the worker is handed
+//!   the artifact's fd and maps it), until it is ready. Workers never see a
+//!   cache.
+//! - `sandbox/start_compiling`: the same, but the worker is given the
+//!   module and compiles it itself.
 //! - `invoke/in_process` vs `invoke/sandbox`: one hello invocation run by
 //!   `Function::invoke` in this process, and the same handed to a sandbox
 //!   worker over its socket (the difference is the per-invocation overhead).
@@ -33,7 +36,23 @@ fn bench(c: &mut Criterion) {
         cpus: Some(1.0),
         ..SandboxConfig::default()
     };
+    // The supervisor's runtime and its own cache (a fresh directory, never
+    // a worker's): it compiles hello once, as a server would.
+    let cache = tempfile::tempdir().unwrap();
+    let mut supervisor = config.clone();
+    supervisor.cache.dir = Some(cache.path().to_path_buf());
+    let supervisor_rt = Runtime::new(supervisor).unwrap();
+    let compiled = supervisor_rt
+        .load_bytes(HELLO.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    assert!(compiled.artifact_path().is_some());
     let start = || {
+        let sb = Sandbox::start(&config, &sandbox_config, worker.clone()).unwrap();
+        sb.load_function(&compiled, &LoadOptions::default())
+            .unwrap();
+        sb
+    };
+    let start_compiling = || {
         let sb = Sandbox::start(&config, &sandbox_config, worker.clone()).unwrap();
         sb.load(HELLO.as_bytes(), &LoadOptions::default()).unwrap();
         sb
@@ -42,6 +61,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("sandbox");
     group.sample_size(20);
     group.bench_function("start", |b| b.iter(|| drop(black_box(start()))));
+    group.bench_function("start_compiling", |b| {
+        b.iter(|| drop(black_box(start_compiling())))
+    });
     group.finish();
 
     let mut in_process = config.clone();
