@@ -399,36 +399,55 @@ fn without_root_the_error_says_what_is_missing() {
 }
 
 #[test]
-fn a_host_call_past_the_deadline_kills_and_replaces_the_worker() {
+fn a_call_past_its_deadline_kills_and_replaces_the_worker() {
     let sleeper = std::fs::read(c_guest("sleeper")).unwrap();
-    let sb = sandbox(SandboxConfig::default(), &sleeper);
+    // No timeout of its own: the call's deadline is max_call. The guest
+    // sleeps in a host call far longer, so only the supervisor ends it.
+    let sb = sandbox(
+        SandboxConfig {
+            max_call: Duration::from_millis(500),
+            ..Default::default()
+        },
+        &sleeper,
+    );
     let pid = sb.worker_pid().unwrap();
     let start = Instant::now();
-    // Asleep in poll_oneoff (a host call): the worker's own epoch check
-    // never runs, so only the supervisor's deadline can end it.
     let o = sb
         .invoke(Invocation {
             args: vec!["sleeper".into(), "60000".into()],
-            limits: Some(Limits {
-                timeout: Some(Duration::from_millis(300)),
-                ..Limits::default()
-            }),
             ..Default::default()
         })
         .unwrap();
     let took = start.elapsed();
     assert!(
-        matches!(o.status, Status::LimitExceeded(LimitExceeded::Timeout(t)) if t == Duration::from_millis(300)),
+        matches!(o.status, Status::LimitExceeded(LimitExceeded::Timeout(t)) if t == Duration::from_millis(500)),
         "{:?}",
         o.status
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(
-        o.usage.wall_time >= Duration::from_millis(300),
+        o.usage.wall_time >= Duration::from_millis(500),
         "{:?}",
         o.usage
     );
     assert_ne!(sb.worker_pid().unwrap(), pid, "worker not replaced");
+    // With a timeout, the invocation ends as that timeout, however it is
+    // enforced (by the worker, or by the supervisor a grace period later).
+    let o = sb
+        .invoke(Invocation {
+            args: vec!["sleeper".into(), "60000".into()],
+            limits: Some(Limits {
+                timeout: Some(Duration::from_millis(200)),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        matches!(o.status, Status::LimitExceeded(LimitExceeded::Timeout(t)) if t == Duration::from_millis(200)),
+        "{:?}",
+        o.status
+    );
     let o = sb
         .invoke(Invocation {
             args: vec!["sleeper".into(), "10".into()],
