@@ -217,10 +217,15 @@ fn cpu_quota_throttles_several_spinning_invocations() {
         cpu < wall.mul_f64(0.5) + Duration::from_millis(300),
         "used {cpu:?} in {wall:?}"
     );
-    assert!(
-        after.throttled_periods > before.throttled_periods,
-        "{after:?}"
-    );
+    // Throttling shows only when the spinners could have run past the
+    // quota: on a machine this busy (the whole suite runs at once on two
+    // cores) they may get less than half a CPU without any throttling.
+    if cpu >= wall.mul_f64(0.45) {
+        assert!(
+            after.throttled_periods > before.throttled_periods,
+            "{after:?}"
+        );
+    }
 }
 
 #[test]
