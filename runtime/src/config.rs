@@ -75,9 +75,6 @@ pub struct RuntimeConfig {
     pub snapshot: bool,
     /// Pre-compilation cache.
     pub cache: CacheConfig,
-    /// Run functions in sandboxes (worker processes in cgroups) with these
-    /// settings; `None` runs them in-process. Read by `serve` and the shim.
-    pub sandbox: Option<crate::sandbox::SandboxConfig>,
     /// Limits applied to invocations that do not bring their own.
     pub limits: Limits,
 }
@@ -93,7 +90,6 @@ impl Default for RuntimeConfig {
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             snapshot: false,
             cache: CacheConfig::default(),
-            sandbox: None,
             limits: Limits::default(),
         }
     }
@@ -271,18 +267,6 @@ mod tests {
         assert_eq!(cfg.limits.max_memory, 64 << 20);
         assert_eq!(cfg.pool, PoolConfig::default());
         assert_eq!(cfg.epoch_tick, DEFAULT_EPOCH_TICK);
-        assert_eq!(cfg.sandbox, None);
-    }
-
-    #[test]
-    fn sandbox_settings_parse_with_defaults() {
-        let cfg: RuntimeConfig =
-            toml::from_str("[sandbox]\nmemory = 67108864\ncpus = 0.5\n").unwrap();
-        let sb = cfg.sandbox.unwrap();
-        assert_eq!((sb.memory, sb.cpus), (Some(64 << 20), Some(0.5)));
-        assert_eq!(sb.pids, Some(crate::sandbox::DEFAULT_SANDBOX_PIDS));
-        assert_eq!(sb.cgroup_parent, crate::sandbox::DEFAULT_CGROUP_PARENT);
-        assert!(toml::from_str::<RuntimeConfig>("[sandbox]\nmem = 1\n").is_err());
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub enum Status {
     Trapped(String),
     /// The guest exceeded a limit and was stopped.
     LimitExceeded(LimitExceeded),
+    /// The sandbox running the invocation failed under it (its worker
+    /// process died, not by a limit): the message says how. Never a guest
+    /// trap, and only reported to invocations that were running there.
+    SandboxFailed(String),
 }
 
 /// The result of a finished invocation.
@@ -141,6 +145,7 @@ impl Outcome {
             Status::Exited(code) => Err(Error::Exit(*code)),
             Status::Trapped(msg) => Err(Error::Trap(msg.clone())),
             Status::LimitExceeded(l) => Err(Error::LimitExceeded(*l)),
+            Status::SandboxFailed(m) => Err(Error::Sandbox(m.clone())),
         }
     }
 
@@ -152,11 +157,14 @@ impl Outcome {
             Status::Returned(_) => ("returned", serde_json::Value::Null),
             Status::Trapped(m) => ("trapped", serde_json::json!(m)),
             Status::LimitExceeded(l) => ("limit_exceeded", serde_json::json!(l.to_string())),
+            Status::SandboxFailed(m) => ("sandbox_failed", serde_json::json!(m)),
         };
         v["status"] = status.into();
         match &self.status {
             Status::Exited(_) => v["exit_code"] = detail,
-            Status::Trapped(_) | Status::LimitExceeded(_) => v["error"] = detail,
+            Status::Trapped(_) | Status::LimitExceeded(_) | Status::SandboxFailed(_) => {
+                v["error"] = detail
+            }
             Status::Returned(_) => {}
         }
         v

@@ -28,9 +28,11 @@
 //! - [`cache`] and [`artifact`]: the on-disk cache (trust rules, file
 //!   index, maintenance) and the `.cwasm` format, mapped on load;
 //! - `input`: reading module files (regular files only, size-capped);
-//! - [`sandbox`]: worker processes in cgroups (v1/v2), hardened, with
-//!   kernel-enforced memory, CPU and pids limits;
 //! - [`error`]: typed errors.
+//!
+//! Process isolation (worker processes in cgroups, jailed, under seccomp)
+//! is the `wasmlet-sandbox` crate's, built on this one; this crate never
+//! imports it.
 //!
 //! ```no_run
 //! use wasmlet_runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
@@ -52,7 +54,6 @@ mod input;
 mod invocation;
 mod limiter;
 mod runtime;
-pub mod sandbox;
 mod stdio;
 mod store;
 mod usage;
@@ -63,7 +64,6 @@ pub use error::{ArtifactError, Error, LimitExceeded};
 pub use function::Function;
 pub use invocation::{Entry, Input, Invocation, Outcome, Output, Preopen, Status};
 pub use runtime::{LoadOptions, Runtime};
-pub use sandbox::{Sandbox, SandboxConfig, WorkerCommand};
-pub use usage::Usage;
+pub use usage::{SandboxUsage, Usage};
 pub use wasmlet_snapshotter::{SnapshotError, SnapshotOptions};
 pub use wasmtime::{Engine, Val};

@@ -48,14 +48,31 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Peak memory times wall time, the unit of memory billing.
     pub gb_seconds: f64,
-    /// For a sandboxed invocation: the sandbox's cgroup totals so far (CPU
-    /// of the whole worker, its memory peak, OOM kills, throttling).
+    /// For a sandboxed invocation: the sandbox's totals so far (CPU of the
+    /// whole worker, its memory peak, OOM kills, throttling), filled in by
+    /// the sandbox crate; `None` in-process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<crate::sandbox::cgroup::CgroupUsage>,
+    pub sandbox: Option<SandboxUsage>,
+}
+
+/// What a whole sandbox (all its worker processes) has used so far, as its
+/// cgroups count it. Plain data: the executor never reads cgroups itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxUsage {
+    /// CPU time of all its processes, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Highest memory use, in bytes.
+    pub memory_peak_bytes: u64,
+    /// Times the kernel's OOM killer killed a process in it.
+    pub oom_kills: u64,
+    /// Times its CPU bandwidth was throttled.
+    pub throttled_periods: u64,
 }
 
 impl Usage {
-    pub(crate) fn new(
+    /// A record from measured figures; `gb_seconds` is derived from peak
+    /// memory and wall time.
+    pub fn new(
         wall_time: Duration,
         cpu_time: Duration,
         fuel_consumed: Option<u64>,

@@ -5,6 +5,7 @@ mod compile;
 mod parse;
 mod progress;
 mod run;
+mod signals;
 mod snapshot;
 
 use anyhow::Context;
@@ -78,7 +79,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
         Command::Cache(cmd) => cache::cache(cmd),
         Command::SandboxWorker => {
-            wasmlet_runtime::sandbox::worker_main().map_err(anyhow::Error::msg)?;
+            wasmlet_sandbox::worker_main().map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -20,6 +20,45 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration `{s}`: {e} (try e.g. 250ms)"))
 }
 
+/// `--sandbox-cpus`: a number of CPUs in (0, host CPUs].
+pub fn sandbox_cpus(s: &str) -> Result<f64, String> {
+    let c: f64 = s
+        .parse()
+        .map_err(|_| format!("invalid CPU count `{s}` (try e.g. 0.5)"))?;
+    check_sandbox(wasmlet_sandbox::SandboxConfig {
+        cpus: Some(c),
+        ..Default::default()
+    })?;
+    Ok(c)
+}
+
+/// `--sandbox-pids`: at least what a worker runs.
+pub fn sandbox_pids(s: &str) -> Result<u64, String> {
+    let p: u64 = s.parse().map_err(|_| format!("invalid pids limit `{s}`"))?;
+    check_sandbox(wasmlet_sandbox::SandboxConfig {
+        pids: Some(p),
+        ..Default::default()
+    })?;
+    Ok(p)
+}
+
+/// `--sandbox-memory`: a size, at least a worker's footprint.
+pub fn sandbox_memory(s: &str) -> Result<u64, String> {
+    let m = size(s)?;
+    check_sandbox(wasmlet_sandbox::SandboxConfig {
+        memory: Some(m),
+        ..Default::default()
+    })?;
+    Ok(m)
+}
+
+fn check_sandbox(c: wasmlet_sandbox::SandboxConfig) -> Result<(), String> {
+    c.validate().map_err(|e| match e {
+        wasmlet_sandbox::Error::Config(m) => m,
+        other => other.to_string(),
+    })
+}
+
 /// `NAME=VALUE`, or `NAME` to pass the host's value through.
 pub fn env_var(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

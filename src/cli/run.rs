@@ -6,11 +6,10 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
-use wasmlet_runtime::{
-    Entry, Input, Invocation, Limits, LoadOptions, Output, Preopen, Sandbox, SandboxConfig, Status,
-    WorkerCommand,
-};
+use wasmlet_runtime::{Entry, Input, Invocation, Limits, LoadOptions, Output, Preopen, Status};
+use wasmlet_sandbox::{DirGrant, Sandbox, SandboxConfig, WorkerCommand};
 use wasmtime::ExternType;
 
 #[derive(Args, Debug)]
@@ -49,13 +48,13 @@ pub struct RunArgs {
     #[arg(long)]
     sandbox: bool,
     /// Sandbox memory limit (the kernel's OOM killer enforces it), e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse::size, requires = "sandbox")]
+    #[arg(long, value_name = "SIZE", value_parser = parse::sandbox_memory, requires = "sandbox")]
     sandbox_memory: Option<u64>,
-    /// Sandbox CPU bandwidth in CPUs, e.g. 0.5.
-    #[arg(long, value_name = "FLOAT", requires = "sandbox")]
+    /// Sandbox CPU bandwidth in CPUs, more than 0 and at most the host's CPUs, e.g. 0.5.
+    #[arg(long, value_name = "FLOAT", value_parser = parse::sandbox_cpus, requires = "sandbox")]
     sandbox_cpus: Option<f64>,
-    /// Sandbox limit on processes and threads.
-    #[arg(long, value_name = "N", requires = "sandbox")]
+    /// Sandbox limit on processes and threads (at least what a worker runs).
+    #[arg(long, value_name = "N", value_parser = parse::sandbox_pids, requires = "sandbox")]
     sandbox_pids: Option<u64>,
     /// Run the sandbox even where cgroups cannot be used (no kernel limits; warns).
     #[arg(long, requires = "sandbox")]
@@ -70,6 +69,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread starts (they inherit the mask): SIGINT and SIGTERM
+    // are taken by a thread that ends the sandbox cleanly, then exits.
+    let signals = args
+        .sandbox
+        .then(super::signals::Signals::block)
+        .transpose()?;
     let mut config = args.cache.runtime_config(args.fuel.is_some());
     if !args.sandbox {
         // One invocation: one pool slot, so the process reserves address
@@ -94,23 +99,55 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let size = std::fs::metadata(&args.module).map_or(0, |m| m.len());
     let message = format!("compiling {} ({size} bytes)", args.module.display());
     // Compiled here either way: in-process it is the function; for a
-    // sandbox it checks the module and fills the cache the worker loads from.
+    // sandbox its artifact is what the workers map.
     let loaded = with_spinner(message, || runtime.load_file(&args.module, &opts))
         .map_err(|e| super::load_error(e, &args.module))?;
     let module = loaded.module().clone();
+    let mut dirs: Vec<Preopen> = args.dirs.iter().map(|d| Preopen::parse(d)).collect();
     let (function, sandbox) = if args.sandbox {
+        // The jail holds exactly these directories, by absolute host path.
+        for d in &mut dirs {
+            d.host = std::fs::canonicalize(&d.host)
+                .with_context(|| format!("--dir {}", d.host.display()))?;
+        }
         let config = SandboxConfig {
+            dirs: dirs
+                .iter()
+                .map(|d| DirGrant {
+                    host: d.host.clone(),
+                    guest: d.guest.clone(),
+                    writable: !d.read_only,
+                })
+                .collect(),
             memory: args.sandbox_memory,
             cpus: args.sandbox_cpus,
             pids: args.sandbox_pids.or(SandboxConfig::default().pids),
             require_cgroups: !args.sandbox_without_cgroups,
             ..SandboxConfig::default()
         };
+        let sb = Arc::new(Sandbox::start(
+            runtime.config(),
+            &config,
+            WorkerCommand::current_exe()?,
+        )?);
+        if let Some(signals) = signals {
+            let sb = Arc::downgrade(&sb);
+            signals.on_signal(move || {
+                if let Some(sb) = sb.upgrade() {
+                    sb.shutdown();
+                }
+            })?;
+        }
+        // Workers map what was compiled here (they never see the cache);
+        // without a cache, a worker compiles the module itself.
+        if loaded.artifact_path().is_some() {
+            sb.load_function(&loaded, &opts)?;
+        } else {
+            let bytes = std::fs::read(&args.module)
+                .with_context(|| format!("cannot read {}", args.module.display()))?;
+            sb.load(&bytes, &opts)?;
+        }
         drop(loaded);
-        let bytes = std::fs::read(&args.module)
-            .with_context(|| format!("cannot read {}", args.module.display()))?;
-        let sb = Sandbox::start(runtime.config(), &config, WorkerCommand::current_exe()?)?;
-        sb.load(&bytes, &opts)?;
         (None, Some(sb))
     } else {
         (Some(loaded), None)
@@ -147,7 +184,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let invocation = Invocation {
         args: argv,
         env: args.env,
-        dirs: args.dirs.iter().map(|d| Preopen::parse(d)).collect(),
+        dirs,
         stdin: Input::Inherit,
         stdout: Output::Inherit,
         stderr: Output::Inherit,
@@ -155,7 +192,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: None,
     };
     let outcome = match &sandbox {
-        Some(sb) => sb.invoke(invocation)?,
+        Some(sb) => {
+            let outcome = sb.invoke(invocation);
+            super::signals::wait_if_exiting();
+            outcome?
+        }
         None => function
             .as_ref()
             .expect("loaded in-process")
@@ -179,6 +220,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Status::LimitExceeded(limit) => {
             eprintln!("error: {limit}");
             ExitCode::from(EXIT_LIMIT)
+        }
+        Status::SandboxFailed(msg) => {
+            eprintln!("error: sandbox failed: {msg}");
+            ExitCode::from(super::EXIT_HOST_ERROR)
         }
     })
 }

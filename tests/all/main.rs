@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod coldstart;
 mod concurrency;
+mod escape;
 mod fs;
 mod helpers;
 mod library;

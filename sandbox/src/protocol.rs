@@ -3,12 +3,12 @@
 //! invocations can be in flight at once; the worker answers each with the
 //! same id, in whatever order they finish.
 
-use crate::config::{Limits, RuntimeConfig};
-use crate::error::LimitExceeded;
-use crate::invocation::{Entry, Input, Invocation, Output, Preopen, Status};
-use crate::usage::Usage;
+use crate::jail::JailSpec;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
+use wasmlet_runtime::{
+    Entry, Input, Invocation, LimitExceeded, Limits, Output, Preopen, RuntimeConfig, Status, Usage,
+};
 use wasmtime::Val;
 
 /// Largest message accepted: 1 GiB (a module or captured output).
@@ -16,28 +16,45 @@ const MAX_MESSAGE: u32 = 1 << 30;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// Load the sandbox's function (once, before any invocation).
+    /// The first message: build this jail, then answer `Ready`.
+    Init(JailSpec),
+    /// Load the sandbox's function (once, before any invocation): from
+    /// `module` (wasm or WAT, compiled by the worker), or, with `artifact`,
+    /// from the compiled artifact whose read-only fd follows the message
+    /// (SCM_RIGHTS), which the supervisor compiled or took from its cache.
     Load {
         config: Box<RuntimeConfig>,
         module: Vec<u8>,
+        artifact: bool,
         trap_unknown_imports: bool,
-        allow_precompiled: bool,
         limits: Option<Limits>,
     },
     Invoke(WireInvocation),
+    /// Make one escape attempt (see `escape.rs`) and report the result.
+    #[cfg(feature = "escape-tests")]
+    Escape(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {
+    /// The jail is built and the seccomp filter installed.
+    Ready,
     Loaded,
     Outcome(WireOutcome),
     /// The request failed on the host side (a load error, a bad invocation).
     Error(String),
+    /// What an escape attempt got back.
+    #[cfg(feature = "escape-tests")]
+    Escape(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Envelope<T> {
     pub id: u64,
+    /// In replies: the worker's process CPU clock when it sent the reply,
+    /// in ns (what a call that later dies was not responsible for). 0 in
+    /// requests.
+    pub cpu_ns: u64,
     pub body: T,
 }
 
@@ -61,7 +78,8 @@ pub(crate) enum WireVal {
 pub(crate) struct WireInvocation {
     args: Vec<String>,
     env: Vec<(String, String)>,
-    dirs: Vec<(std::path::PathBuf, String, bool)>,
+    /// (path in the worker, guest name, read-only)
+    pub dirs: Vec<(std::path::PathBuf, String, bool)>,
     stdin: Option<Vec<u8>>,
     stdin_inherit: bool,
     stdout: WireOutput,
@@ -76,6 +94,7 @@ pub(crate) enum WireStatus {
     Returned(Vec<WireVal>),
     Trapped(String),
     LimitExceeded(LimitExceeded),
+    SandboxFailed(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -195,6 +214,7 @@ impl WireStatus {
             },
             Status::Trapped(m) => WireStatus::Trapped(m.clone()),
             Status::LimitExceeded(l) => WireStatus::LimitExceeded(*l),
+            Status::SandboxFailed(m) => WireStatus::SandboxFailed(m.clone()),
         }
     }
 
@@ -204,6 +224,7 @@ impl WireStatus {
             WireStatus::Returned(v) => Status::Returned(v.into_iter().map(from_wire).collect()),
             WireStatus::Trapped(m) => Status::Trapped(m),
             WireStatus::LimitExceeded(l) => Status::LimitExceeded(l),
+            WireStatus::SandboxFailed(m) => Status::SandboxFailed(m),
         }
     }
 }
@@ -241,17 +262,21 @@ pub(crate) fn spin_until_readable(stream: &std::os::unix::net::UnixStream) {
     }
 }
 
-/// Writes one message.
-pub(crate) fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
-    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let len = u32::try_from(bytes.len())
+/// One message as a frame (length, then JSON).
+pub(crate) fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, msg).map_err(io::Error::other)?;
+    let len = u32::try_from(frame.len() - 4)
         .ok()
         .filter(|l| *l <= MAX_MESSAGE)
         .ok_or_else(|| io::Error::other("message too large"))?;
-    let mut frame = Vec::with_capacity(4 + bytes.len());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&bytes);
-    w.write_all(&frame)
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// Writes one message.
+pub(crate) fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    w.write_all(&encode(msg)?)
 }
 
 /// Reads one message; `Ok(None)` at a clean end of stream.
@@ -271,4 +296,68 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Resul
     serde_json::from_slice(&buf)
         .map(Some)
         .map_err(io::Error::other)
+}
+
+/// Sends one fd (with one byte of data) over a Unix socket.
+pub(crate) fn send_fd(
+    stream: &std::os::unix::net::UnixStream,
+    fd: std::os::fd::RawFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u64; 8]; // aligned room for one cmsg with one int
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid start, and
+    // every pointer set below points to a local that outlives sendmsg.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        if libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one fd sent by [`send_fd`].
+pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u64; 8];
+    // SAFETY: as in send_fd; the kernel writes at most msg_controllen bytes
+    // of control data into `space`, and the fd it installs is ours to own.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&space) as _;
+        if libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::other("expected a file descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
 }

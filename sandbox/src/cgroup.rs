@@ -13,6 +13,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use wasmlet_runtime::SandboxUsage;
 
 /// Controllers a sandbox needs.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
@@ -30,6 +31,9 @@ pub enum Layout {
         cpu: PathBuf,
         cpuacct: PathBuf,
         pids: PathBuf,
+        /// Used (when mounted) to stop a sandbox's processes before killing
+        /// them, so none can fork or escape the kill.
+        freezer: Option<PathBuf>,
     },
 }
 
@@ -122,6 +126,7 @@ impl Layout {
             cpu: find("cpu")?,
             cpuacct: find("cpuacct")?,
             pids: find("pids")?,
+            freezer: find("freezer").ok(),
         })
     }
 
@@ -134,8 +139,10 @@ impl Layout {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
             } => {
                 let mut v = vec![memory.clone(), cpu.clone(), cpuacct.clone(), pids.clone()];
+                v.extend(freezer.clone());
                 v.dedup();
                 v.sort();
                 v.dedup();
@@ -161,17 +168,75 @@ pub struct CgroupLimits {
     pub pids: Option<u64>,
 }
 
-/// What a sandbox's cgroup has used so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CgroupUsage {
-    /// CPU time of all its processes, in nanoseconds.
-    pub cpu_ns: u64,
-    /// Highest memory use, in bytes.
-    pub memory_peak_bytes: u64,
-    /// Times the kernel's OOM killer killed a process in it.
-    pub oom_kills: u64,
-    /// Times its CPU bandwidth was throttled.
-    pub throttled_periods: u64,
+/// Where a supervisor puts its sandboxes' cgroups, and where it records
+/// that it owns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The parent of every sandbox cgroup, relative to each hierarchy's
+    /// root (`wasmlet`, or `<own cgroup>/wasmlet` in a delegated subtree).
+    pub parent: PathBuf,
+    /// Directory of owner lock files (`/run/wasmlet/cgroups`): a sandbox's
+    /// `<name>.lock` is held (flock) by its supervisor for as long as the
+    /// sandbox lives, so a lock that can be taken proves the owner gone,
+    /// whatever pid namespace it ran in.
+    pub owners: PathBuf,
+}
+
+/// Default directory of owner lock files.
+pub const DEFAULT_OWNERS_DIR: &str = "/run/wasmlet/cgroups";
+
+impl Placement {
+    /// `parent` under each hierarchy's root.
+    pub fn at_root(parent: &str) -> Placement {
+        Placement {
+            parent: PathBuf::from(parent),
+            owners: PathBuf::from(DEFAULT_OWNERS_DIR),
+        }
+    }
+
+    /// `parent` under the cgroup this process is in, on cgroup v2 (a
+    /// subtree delegated to the supervisor: systemd's `Delegate=yes`, or a
+    /// cgroup namespace). `proc_self_cgroup` is `/proc/self/cgroup`'s text.
+    pub fn delegated(proc_self_cgroup: &str, parent: &str) -> Result<Placement, CgroupError> {
+        let own = proc_self_cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| {
+                CgroupError::Unavailable(
+                    "a delegated cgroup needs cgroup v2 (no `0::` line in /proc/self/cgroup)"
+                        .into(),
+                )
+            })?;
+        Ok(Placement {
+            parent: Path::new(own.trim().trim_start_matches('/')).join(parent),
+            owners: PathBuf::from(DEFAULT_OWNERS_DIR),
+        })
+    }
+}
+
+/// A fresh sandbox name: `<supervisor pid>-<counter>-<random>`. The random
+/// part keeps names unique across pid namespaces (two supervisors may both
+/// be pid 1 in their own); ownership is decided by the lock file, never by
+/// the pid.
+pub fn new_name() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut r = [0u8; 4];
+    // SAFETY: getrandom(2) filling a valid local buffer of its length.
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    if n != r.len() as isize {
+        // (Never on Linux >= 3.17; the time still makes clashes unlikely.)
+        r = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos())
+        .to_le_bytes();
+    }
+    format!(
+        "{}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        u32::from_le_bytes(r)
+    )
 }
 
 /// One sandbox's cgroup (a directory per hierarchy), removed on drop.
@@ -183,6 +248,8 @@ pub struct Cgroup {
     /// The usage files, opened once: usage is read after every invocation,
     /// and `pread` on an open file is one system call instead of three.
     usage_files: std::sync::OnceLock<UsageFiles>,
+    /// The owner lock, held while this sandbox lives.
+    owner: Option<(PathBuf, fs::File)>,
 }
 
 /// CPU time, memory peak, OOM events, CPU stats (v1: cpuacct.usage,
@@ -191,29 +258,57 @@ pub struct Cgroup {
 #[derive(Debug)]
 struct UsageFiles([Option<fs::File>; 4]);
 
+/// Takes the owner lock `path` (creating it): `Ok(Some(file))` holds it,
+/// `Ok(None)` means another live process holds it.
+fn try_lock(path: &Path, create: bool) -> io::Result<Option<fs::File>> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: flock(2) on a valid fd we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
 impl Cgroup {
-    /// Creates `<parent>/<name>` with `limits` in every hierarchy.
+    /// Creates `<parent>/<name>` with `limits` in every hierarchy, owned
+    /// (locked) by this process.
     pub fn create(
         layout: &Layout,
-        parent: &str,
+        placement: &Placement,
         name: &str,
         limits: &CgroupLimits,
     ) -> Result<Cgroup, CgroupError> {
-        let rel = Path::new(parent).join(name);
+        fs::create_dir_all(&placement.owners).map_err(|e| io_err(&placement.owners, e))?;
+        let lock_path = placement.owners.join(format!("{name}.lock"));
+        let lock = try_lock(&lock_path, true)
+            .map_err(|e| io_err(&lock_path, e))?
+            .ok_or_else(|| {
+                CgroupError::Unavailable(format!(
+                    "{} is held by another process",
+                    lock_path.display()
+                ))
+            })?;
+        let rel = placement.parent.join(name);
         let cg = Cgroup {
             layout: layout.clone(),
             rel,
             usage_files: Default::default(),
+            owner: Some((lock_path, lock)),
         };
         if let Layout::V2 { root } = layout {
-            // Each level above the sandbox must hand the controllers down.
-            let mut dir = root.clone();
-            for part in Path::new(parent).components() {
-                write(&dir.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
-                dir.push(part);
-                fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-            }
-            write(&dir.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
+            enable_controllers_v2(root, &placement.parent)?;
         }
         for root in layout.roots() {
             let dir = root.join(&cg.rel);
@@ -283,10 +378,12 @@ impl Cgroup {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
             } => match controller {
                 "memory" => memory,
                 "cpu" => cpu,
                 "cpuacct" => cpuacct,
+                "freezer" => freezer.as_ref().unwrap_or(pids),
                 _ => pids,
             }
             .join(&self.rel),
@@ -294,7 +391,7 @@ impl Cgroup {
     }
 
     /// Reads CPU time, memory peak, OOM kills and throttling.
-    pub fn usage(&self) -> CgroupUsage {
+    pub fn usage(&self) -> SandboxUsage {
         let files = self.usage_files.get_or_init(|| {
             let paths = match &self.layout {
                 Layout::V2 { .. } => {
@@ -336,13 +433,13 @@ impl Cgroup {
                 .unwrap_or(0)
         };
         match &self.layout {
-            Layout::V2 { .. } => CgroupUsage {
+            Layout::V2 { .. } => SandboxUsage {
                 cpu_ns: field(0, "usage_usec") * 1000,
                 memory_peak_bytes: num(1),
                 oom_kills: field(2, "oom_kill"),
                 throttled_periods: field(0, "nr_throttled"),
             },
-            Layout::V1 { .. } => CgroupUsage {
+            Layout::V1 { .. } => SandboxUsage {
                 cpu_ns: num(0),
                 memory_peak_bytes: num(1),
                 oom_kills: field(2, "oom_kill"),
@@ -351,10 +448,12 @@ impl Cgroup {
         }
     }
 
-    /// Kills whatever is still inside and removes the directories.
+    /// Kills whatever is still inside and removes the directories (then
+    /// the owner lock). Idempotent.
     pub fn remove(&self) {
-        for root in self.layout.roots() {
-            remove_dir(&root.join(&self.rel));
+        remove_sandbox(&self.layout, &self.rel);
+        if let Some((path, _)) = &self.owner {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -365,57 +464,153 @@ impl Drop for Cgroup {
     }
 }
 
-/// Kills the processes of a cgroup directory and removes it, retrying while
-/// the kernel finishes reaping them.
+/// Hands the sandbox controllers down from the root to `parent` (on v2 a
+/// controller is only available in a cgroup whose parent enables it). In a
+/// delegated subtree, the supervisor may sit in the cgroup it must enable
+/// controllers on, which v2 forbids ("no internal processes"): it then
+/// moves itself into a `supervisor` leaf first.
+fn enable_controllers_v2(root: &Path, parent: &Path) -> Result<(), CgroupError> {
+    let mut dir = root.to_path_buf();
+    let mut parts = parent.components().peekable();
+    loop {
+        let file = dir.join("cgroup.subtree_control");
+        if let Err(e) = fs::write(&file, "+memory +cpu +pids") {
+            // EBUSY: processes (ours) live here; move to a leaf and retry.
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                let leaf = dir.join("supervisor");
+                fs::create_dir_all(&leaf).map_err(|e| io_err(&leaf, e))?;
+                write(&leaf.join("cgroup.procs"), "0")?;
+                write(&file, "+memory +cpu +pids")?;
+            } else if parts.peek().is_some() && dir == root {
+                // Above a delegated subtree the root may not be ours to
+                // write; it already hands the controllers down if usable.
+            } else {
+                return Err(io_err(&file, e));
+            }
+        }
+        let Some(part) = parts.next() else {
+            return Ok(());
+        };
+        dir.push(part);
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    }
+}
+
+/// Stops and kills every process of a sandbox, then removes its directory
+/// in every hierarchy: v2 writes `cgroup.kill`; v1 freezes the cgroup
+/// (when the freezer is mounted), kills what is in it, and thaws it so the
+/// kills land. A process cannot fork its way out of either.
+fn remove_sandbox(layout: &Layout, rel: &Path) {
+    match layout {
+        Layout::V2 { root } => {
+            // (Opened without O_CREAT: kernels before 5.14 have no
+            // cgroup.kill, and then the processes are killed one by one.)
+            let kill = root.join(rel).join("cgroup.kill");
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .open(&kill)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"1"));
+            if written.is_err() {
+                kill_procs(&root.join(rel));
+            }
+        }
+        Layout::V1 { freezer, pids, .. } => {
+            let freezer = freezer.as_ref().map(|f| f.join(rel)).filter(|d| d.exists());
+            if let Some(f) = &freezer {
+                freeze_v1(f, true);
+            }
+            for root in layout.roots() {
+                kill_procs(&root.join(rel));
+            }
+            let _ = pids;
+            if let Some(f) = &freezer {
+                freeze_v1(f, false);
+            }
+        }
+    }
+    for root in layout.roots() {
+        remove_dir(&root.join(rel));
+    }
+}
+
+/// Sets a v1 freezer cgroup FROZEN (waiting until it is) or THAWED.
+fn freeze_v1(dir: &Path, frozen: bool) {
+    let state = if frozen { "FROZEN" } else { "THAWED" };
+    if fs::write(dir.join("freezer.state"), state).is_err() {
+        return;
+    }
+    for _ in 0..200 {
+        if read(&dir.join("freezer.state")).is_some_and(|s| s.trim() == state) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn kill_procs(dir: &Path) {
+    let procs = read(&dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) with a pid read from the sandbox's cgroup and
+        // SIGKILL; it touches no memory of ours.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Removes a cgroup directory, killing stragglers and retrying while the
+/// kernel finishes reaping them.
 fn remove_dir(dir: &Path) {
     if !dir.exists() {
         return;
     }
-    for attempt in 0..100 {
-        let procs = read(&dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) with a pid read from the cgroup and SIGKILL; it
-            // touches no memory of ours.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    for attempt in 0..200 {
         match fs::remove_dir(dir) {
             Ok(()) => return,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            // Child cgroups (or, on a fake tree, files): waiting won't help.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
+                return;
+            }
             Err(e) => {
-                if attempt == 99 {
+                if attempt == 199 {
                     tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
                 }
+                kill_procs(dir);
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
     }
 }
 
-/// Removes sandboxes under `parent` left by supervisors that are gone.
-/// Sandbox names start with their supervisor's pid (`<pid>-<n>`), so live
-/// supervisors' sandboxes are left alone.
-pub fn clean_stale(layout: &Layout, parent: &str) -> usize {
+/// Removes sandboxes under the placement's parent whose owner is provably
+/// gone: their lock file exists and can be taken. A sandbox without a lock
+/// file here (another host path for `/run`, another version, another
+/// supervisor's own layout) is left alone. Returns how many were removed.
+pub fn clean_stale(layout: &Layout, placement: &Placement) -> usize {
     let mut removed = 0;
+    let mut seen = std::collections::BTreeSet::new();
     for root in layout.roots() {
-        let Ok(entries) = fs::read_dir(root.join(parent)) else {
+        let Ok(entries) = fs::read_dir(root.join(&placement.parent)) else {
             continue;
         };
         for e in entries.flatten() {
-            let path = e.path();
-            if !path.is_dir() {
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
-            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !alive {
-                remove_dir(&path);
-                removed += 1;
+            if e.path().is_dir() {
+                seen.insert(e.file_name().to_string_lossy().into_owned());
             }
         }
+    }
+    for name in seen {
+        let lock_path = placement.owners.join(format!("{name}.lock"));
+        // No lock file: the owner cannot be proven gone.
+        let Ok(Some(_lock)) = try_lock(&lock_path, false) else {
+            continue;
+        };
+        remove_sandbox(layout, &placement.parent.join(&name));
+        let _ = fs::remove_file(&lock_path);
+        removed += 1;
     }
     removed
 }
@@ -453,7 +648,12 @@ mod tests {
             cpus: Some(0.5),
             pids: Some(16),
         };
-        let cg = Cgroup::create(&layout, "wasmlet", "1-0", &limits).unwrap();
+        let placement = Placement {
+            parent: "wasmlet".into(),
+            owners: t.path().join("owners"),
+        };
+        let cg = Cgroup::create(&layout, &placement, "1-0", &limits).unwrap();
+        assert!(t.path().join("owners/1-0.lock").exists());
         let dir = t.path().join("cgroup/wasmlet/1-0");
         assert_eq!(
             fs::read_to_string(dir.join("memory.max")).unwrap(),
@@ -475,7 +675,7 @@ mod tests {
         fs::write(dir.join("memory.events"), "low 0\noom 1\noom_kill 1\n").unwrap();
         assert_eq!(
             cg.usage(),
-            CgroupUsage {
+            SandboxUsage {
                 cpu_ns: 1_500_000,
                 memory_peak_bytes: 4096,
                 oom_kills: 1,
@@ -494,8 +694,93 @@ mod tests {
         ] {
             let _ = fs::remove_file(dir.join(f));
         }
+        // Ending it kills everything in it at once (cgroup.kill).
+        fs::write(dir.join("cgroup.kill"), "").unwrap();
+        cg.remove();
+        assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+        assert!(!t.path().join("owners/1-0.lock").exists());
+        fs::remove_file(dir.join("cgroup.kill")).unwrap();
         drop(cg);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn delegated_subtree_on_v2() {
+        let (t, mountinfo) = fake_v2();
+        let layout = Layout::from_mountinfo(&mountinfo).unwrap();
+        let placement =
+            Placement::delegated("0::/system.slice/wasmlet.service\n", "wasmlet").unwrap();
+        assert_eq!(
+            placement.parent,
+            Path::new("system.slice/wasmlet.service/wasmlet")
+        );
+        assert!(Placement::delegated("4:memory:/x\n", "wasmlet").is_err());
+        let placement = Placement {
+            owners: t.path().join("owners"),
+            ..placement
+        };
+        let cg = Cgroup::create(&layout, &placement, "1-0-ab", &CgroupLimits::default()).unwrap();
+        // Controllers handed down every level to the sandboxes' parent.
+        let root = t.path().join("cgroup");
+        for level in [
+            "system.slice",
+            "system.slice/wasmlet.service",
+            "system.slice/wasmlet.service/wasmlet",
+        ] {
+            assert_eq!(
+                fs::read_to_string(root.join(level).join("cgroup.subtree_control")).unwrap(),
+                "+memory +cpu +pids",
+                "{level}"
+            );
+        }
+        assert!(
+            root.join("system.slice/wasmlet.service/wasmlet/1-0-ab")
+                .is_dir()
+        );
+        drop(cg);
+        assert!(
+            !root
+                .join("system.slice/wasmlet.service/wasmlet/1-0-ab")
+                .exists()
+        );
+    }
+
+    #[test]
+    fn stale_cleanup_needs_proof_the_owner_is_gone() {
+        let (t, mountinfo) = fake_v2();
+        let layout = Layout::from_mountinfo(&mountinfo).unwrap();
+        let placement = Placement {
+            parent: "wasmlet".into(),
+            owners: t.path().join("owners"),
+        };
+        let parent = t.path().join("cgroup/wasmlet");
+        fs::create_dir_all(&placement.owners).unwrap();
+        // gone: its owner's lock file is there and free (the owner died).
+        fs::create_dir_all(parent.join("11-0-gone")).unwrap();
+        fs::write(placement.owners.join("11-0-gone.lock"), "").unwrap();
+        // live: a supervisor, perhaps in another pid namespace (its pid
+        // means nothing here), holds its lock.
+        fs::create_dir_all(parent.join("1-0-live")).unwrap();
+        let held = try_lock(&placement.owners.join("1-0-live.lock"), true)
+            .unwrap()
+            .unwrap();
+        // unknown: no lock file here at all.
+        fs::create_dir_all(parent.join("99999999-0-unknown")).unwrap();
+        assert_eq!(clean_stale(&layout, &placement), 1);
+        assert!(!parent.join("11-0-gone").exists());
+        assert!(!placement.owners.join("11-0-gone.lock").exists());
+        assert!(parent.join("1-0-live").exists());
+        assert!(parent.join("99999999-0-unknown").exists());
+        drop(held);
+        assert_eq!(clean_stale(&layout, &placement), 1);
+        assert!(!parent.join("1-0-live").exists());
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let (a, b) = (new_name(), new_name());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{}-", std::process::id())), "{a}");
     }
 
     #[test]
@@ -527,6 +812,7 @@ mod tests {
                 cpu: cpu.clone(),
                 cpuacct: cpu,
                 pids: t.path().join("pids"),
+                freezer: None,
             }
         );
         assert_eq!(

@@ -1,0 +1,451 @@
+//! The jail a worker enters after `exec` and before any tenant code, in the
+//! manner of Firecracker's jailer. Every step is checked; a failure is an
+//! error naming the step, never a silent downgrade.
+//!
+//! ```text
+//!  host root (or the sandbox uid)   one thread, right after exec
+//!   │ open /proc/self/pagemap (wasmtime's PAGEMAP_SCAN, kept open)
+//!   │ setgroups([]), setresgid(gid), setresuid(uid)    no host capabilities
+//!   │ unshare(user, mount, pid, net, ipc, uts)          uid_map "0 <uid> 1"
+//!   ├─ fork ──▶ pid 1 of the new pid namespace (the worker proper)
+//!   │            open the granted directories; tmpfs root with each one
+//!   │            bind-mounted at its guest path (read-only unless granted
+//!   │            writable); root remounted read-only; pivot_root, old root
+//!   │            detached; hostname; rlimits (core 0, nofile, fsize);
+//!   │            capabilities and bounding set emptied, securebits locked;
+//!   │            then the seccomp allow-list, then threads.
+//!   └─ the first process stays outside the pid namespace only to wait:
+//!      capabilities dropped, a tiny seccomp filter, it ends the way the
+//!      worker ended (same exit code or signal), so the supervisor sees
+//!      the worker's fate in its own child's status.
+//! ```
+//!
+//! Grants are opened after the user namespace exists, so the sandbox uid
+//! must be able to reach them (and own a writable one): the jail never
+//! uses the supervisor's privileges on the tenant's behalf.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Hostname inside the jail's UTS namespace.
+const HOSTNAME: &str = "wasmlet";
+/// Where the new root is assembled before `pivot_root` (in the worker's
+/// private mount namespace, so the host never sees it).
+const STAGING: &str = "/tmp";
+
+/// What the worker is told to build (sent by the supervisor before
+/// anything else).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct JailSpec {
+    /// Host uid and gid the worker runs as (root inside its namespace).
+    pub uid: u32,
+    pub gid: u32,
+    /// Directories the guest may see.
+    pub grants: Vec<Grant>,
+    /// RLIMIT_NOFILE.
+    pub nofile: u64,
+    /// RLIMIT_FSIZE, bytes.
+    pub fsize: u64,
+}
+
+/// One granted directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Grant {
+    /// On the host.
+    pub host: PathBuf,
+    /// Inside the jail (absolute, plain names only).
+    pub jail: PathBuf,
+    pub writable: bool,
+}
+
+fn os(step: &str) -> String {
+    format!("{step}: {}", io::Error::last_os_error())
+}
+
+fn check(rc: libc::c_long, step: &str) -> Result<(), String> {
+    if rc < 0 { Err(os(step)) } else { Ok(()) }
+}
+
+fn cstr(p: &Path) -> Result<CString, String> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: path contains a NUL byte", p.display()))
+}
+
+/// What [`enter`] returns in the process that goes on as the worker.
+pub(crate) struct Jailed;
+
+/// Builds the jail around the calling process, which must be
+/// single-threaded. Returns in the worker (pid 1 of its namespace); the
+/// first process never returns from here: it waits for the worker and
+/// ends the same way.
+pub(crate) fn enter(spec: &JailSpec) -> Result<Jailed, String> {
+    // wasmtime opens this lazily; after pivot_root there is no /proc.
+    if !wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        tracing::debug!("PAGEMAP_SCAN unavailable: pool slots are reset without it");
+    }
+    drop_to_sandbox_user(spec.uid, spec.gid)?;
+    // SAFETY: prctl(2) with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    check(rc as _, "re-arm the parent-death signal")?;
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    // SAFETY: unshare(2) with flags only; the process is single-threaded,
+    // as CLONE_NEWUSER requires.
+    let rc = unsafe { libc::unshare(flags) };
+    check(
+        rc as _,
+        "create user, mount, pid, net, ipc and uts namespaces",
+    )?;
+    // Changing uid made the process non-dumpable, which makes its /proc
+    // files root's: dumpable for as long as it takes to write its maps.
+    // SAFETY: prctl(2) with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    check(rc as _, "make /proc/self writable to the sandbox uid")?;
+    std::fs::write("/proc/self/setgroups", "deny")
+        .map_err(|e| format!("/proc/self/setgroups: {e}"))?;
+    std::fs::write("/proc/self/uid_map", format!("0 {} 1", spec.uid))
+        .map_err(|e| format!("map uid 0 to host uid {}: {e}", spec.uid))?;
+    std::fs::write("/proc/self/gid_map", format!("0 {} 1", spec.gid))
+        .map_err(|e| format!("map gid 0 to host gid {}: {e}", spec.gid))?;
+    // SAFETY: prctl(2) with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    check(rc as _, "make the worker non-dumpable")?;
+    // SAFETY: fork(2) in a single-threaded process; both sides go on with
+    // their own copy of this one thread.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(os("fork into the pid namespace"));
+    }
+    if child > 0 {
+        wait_and_mirror(child);
+    }
+    // SAFETY: prctl(2) with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    check(rc as _, "set the parent-death signal")?;
+    build_root(&spec.grants)?;
+    // SAFETY: sethostname(2) reading a valid buffer of the given length.
+    let rc = unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) };
+    check(rc as _, "set hostname")?;
+    set_rlimit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
+    set_rlimit(libc::RLIMIT_NOFILE, spec.nofile, "RLIMIT_NOFILE")?;
+    set_rlimit(libc::RLIMIT_FSIZE, spec.fsize, "RLIMIT_FSIZE")?;
+    drop_capabilities()?;
+    Ok(Jailed)
+}
+
+/// Leaves host root behind: no supplementary groups, the sandbox gid and
+/// uid (which clears every capability). A supervisor that is not root can
+/// only run sandboxes as its own uid.
+fn drop_to_sandbox_user(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: getters without arguments.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 {
+        if euid != uid || egid != gid {
+            return Err(format!(
+                "the sandbox runs as uid {uid} gid {gid}, which needs a root supervisor (this one is uid {euid} gid {egid})"
+            ));
+        }
+        return Ok(());
+    }
+    // SAFETY: plain credential system calls with integer arguments.
+    unsafe {
+        check(
+            libc::setgroups(0, std::ptr::null()) as _,
+            "drop supplementary groups",
+        )?;
+        check(
+            libc::setresgid(gid, gid, gid) as _,
+            "switch to the sandbox gid",
+        )?;
+        check(
+            libc::setresuid(uid, uid, uid) as _,
+            "switch to the sandbox uid",
+        )?;
+        if libc::geteuid() != uid || libc::getegid() != gid {
+            return Err("switching to the sandbox uid/gid did not take".into());
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the worker and ends this process the same way (code or
+/// signal). Runs with no capabilities under a filter that allows only that.
+fn wait_and_mirror(child: libc::pid_t) -> ! {
+    // SAFETY: closing our copy of the supervisor socket (the worker keeps
+    // its own), so the supervisor sees end-of-stream when the worker dies.
+    unsafe { libc::close(crate::harden::WORKER_SOCKET_FD) };
+    let _ = drop_capabilities();
+    if let Err(e) = crate::seccomp::install_waiter() {
+        eprintln!("wasmlet sandbox: {e}");
+        // SAFETY: kill(2) on our own child, then _exit(2).
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::_exit(1);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid(2) on our own child into a local.
+        let rc = unsafe { libc::waitpid(child, &mut status, 0) };
+        if rc == child {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // SAFETY: _exit(2) never returns.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    // SAFETY: signal(2), kill(2) on ourselves and _exit(2): ending this
+    // process with the worker's signal (default action), else its code.
+    unsafe {
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        libc::_exit(libc::WEXITSTATUS(status));
+    }
+}
+
+/// The new root: a tmpfs holding only the grants, read-only, made `/`.
+fn build_root(grants: &[Grant]) -> Result<(), String> {
+    // Open the grants first, as the sandbox uid, before anything is
+    // mounted over their paths.
+    let sources: Vec<OwnedFd> = grants
+        .iter()
+        .map(|g| {
+            let p = cstr(&g.host)?;
+            // SAFETY: open(2) of a valid C string; the fd is owned below.
+            let fd = unsafe {
+                libc::open(
+                    p.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(format!(
+                    "granted directory {}: {} (the sandbox uid must be able to reach it)",
+                    g.host.display(),
+                    io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: `fd` was just opened and nothing else owns it.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        })
+        .collect::<Result<_, String>>()?;
+    let mount = |src: Option<&str>,
+                 target: &str,
+                 fstype: Option<&str>,
+                 flags: u64,
+                 data: Option<&str>,
+                 step: &str| {
+        let c = |s: Option<&str>| s.map(|s| CString::new(s).expect("no NUL"));
+        let (src, target_c, fstype, data) = (c(src), c(Some(target)), c(fstype), c(data));
+        let p = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        // SAFETY: mount(2) with C strings (or NULL) that live across the call.
+        let rc = unsafe { libc::mount(p(&src), p(&target_c), p(&fstype), flags, p(&data).cast()) };
+        check(rc as _, &format!("{step} ({target})"))
+    };
+    let locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(
+        None,
+        "/",
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+        "make mounts private",
+    )?;
+    mount(
+        Some("tmpfs"),
+        STAGING,
+        Some("tmpfs"),
+        locked,
+        Some("size=64k,nr_inodes=256,mode=0755"),
+        "mount the jail's root",
+    )?;
+    for (g, fd) in grants.iter().zip(&sources) {
+        let target = Path::new(STAGING).join(g.jail.strip_prefix("/").unwrap_or(&g.jail));
+        std::fs::create_dir_all(&target)
+            .map_err(|e| format!("jail mount point {}: {e}", target.display()))?;
+        let target = target.to_string_lossy().into_owned();
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(
+            Some(&src),
+            &target,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+            "bind the granted directory",
+        )?;
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | locked | kept_flags(&target)?;
+        if !g.writable {
+            flags |= libc::MS_RDONLY;
+        }
+        mount(
+            None,
+            &target,
+            None,
+            flags,
+            None,
+            "restrict the granted directory",
+        )?;
+    }
+    drop(sources);
+    mount(
+        None,
+        STAGING,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked,
+        None,
+        "make the jail's root read-only",
+    )?;
+    std::env::set_current_dir(STAGING).map_err(|e| format!("chdir {STAGING}: {e}"))?;
+    // pivot_root(".", "."): the old root ends up on top of the new one, and
+    // is detached right after.
+    // SAFETY: pivot_root(2) and umount2(2) with static C strings.
+    unsafe {
+        check(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
+            "pivot_root into the jail",
+        )?;
+        check(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as _,
+            "detach the host's root",
+        )?;
+    }
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+/// Mount flags the kernel locked on a mount inherited from a more
+/// privileged namespace: a remount must keep them.
+fn kept_flags(target: &str) -> Result<u64, String> {
+    let c = CString::new(target).expect("no NUL");
+    // SAFETY: an all-zero statvfs is a valid out-value; statvfs(3) fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) with a valid C string and out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    check(rc as _, "statvfs")?;
+    let mut flags = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    Ok(flags)
+}
+
+fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64, name: &str) -> Result<(), String> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit(2) reading a valid local rlimit.
+    check(unsafe { libc::setrlimit(resource, &lim) } as _, name)
+}
+
+/// Capability sets as capset(2) takes them (version 3: two 32-bit words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the bounding and ambient sets, locks the securebits (root
+/// inside the namespace gets nothing back), then clears every capability
+/// set; checks they are empty.
+pub(crate) fn drop_capabilities() -> Result<(), String> {
+    // SAFETY: prctl(2) and capset/capget(2) with integer arguments and
+    // pointers to locals of the layout the kernel expects.
+    unsafe {
+        let mut cap = 0;
+        while libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) >= 0 {
+            if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1 {
+                check(
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) as _,
+                    "drop a bounding capability",
+                )?;
+            }
+            cap += 1;
+        }
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) as _,
+            "clear ambient capabilities",
+        )?;
+        let bits = libc::SECBIT_NOROOT
+            | libc::SECBIT_NOROOT_LOCKED
+            | libc::SECBIT_NO_SETUID_FIXUP
+            | libc::SECBIT_NO_SETUID_FIXUP_LOCKED
+            | libc::SECBIT_KEEP_CAPS_LOCKED
+            | libc::SECBIT_NO_CAP_AMBIENT_RAISE
+            | libc::SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+        // Needs CAP_SETPCAP, which a process without capabilities lacks
+        // (and then has nothing to lock in).
+        let have_caps = {
+            let mut hdr = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let mut data = [CapData::default(); 2];
+            check(
+                libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()),
+                "read capabilities",
+            )?;
+            data.iter().any(|d| d.permitted != 0)
+        };
+        if have_caps {
+            check(
+                libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) as _,
+                "lock securebits",
+            )?;
+        }
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        check(
+            libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()),
+            "drop capabilities",
+        )?;
+        let mut now = [CapData::default(); 2];
+        check(
+            libc::syscall(libc::SYS_capget, &mut hdr, now.as_mut_ptr()),
+            "read capabilities",
+        )?;
+        if now
+            .iter()
+            .any(|d| d.effective | d.permitted | d.inheritable != 0)
+        {
+            return Err("capabilities are still set after dropping them".into());
+        }
+    }
+    Ok(())
+}
