@@ -1,7 +1,8 @@
 //! `wasmlet run`: one invocation of a module, like `wasmtime run`.
 
+use super::output::{eprintln, println};
 use super::progress::with_spinner;
-use super::{CacheArgs, EXIT_LIMIT, EXIT_TRAP, parse};
+use super::{CacheArgs, EXIT_LIMIT, EXIT_TRAP, bounded, parse};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -19,8 +20,8 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
     env: Vec<(String, String)>,
     /// Grant the guest a host directory, seen as GUEST (default: HOST) (repeatable).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse::dir)]
+    dirs: Vec<Preopen>,
     /// Call this export instead of `_start` and print its results.
     #[arg(long, value_name = "NAME")]
     invoke: Option<String>,
@@ -52,7 +53,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse::size, requires = "sandbox")]
     sandbox_memory: Option<u64>,
     /// Sandbox CPU bandwidth in CPUs, e.g. 0.5.
-    #[arg(long, value_name = "FLOAT", requires = "sandbox")]
+    #[arg(long, value_name = "FLOAT", value_parser = parse::cpus, requires = "sandbox")]
     sandbox_cpus: Option<f64>,
     /// Sandbox limit on processes and threads.
     #[arg(long, value_name = "N", requires = "sandbox")]
@@ -70,7 +71,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Second stage of flag parsing: checks across values.
+    parse::unique_guest_paths(&args.dirs)?;
+    let env = parse::env_list(args.env);
     let mut config = args.cache.runtime_config(args.fuel.is_some());
+    // Compiling happens in a child under the compile budget (`bounded`).
+    config.compile.in_process = false;
     if !args.sandbox {
         // One invocation: one pool slot, so the process reserves address
         // space for one instance, not a server's worth.
@@ -93,11 +99,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let size = std::fs::metadata(&args.module).map_or(0, |m| m.len());
     let message = format!("compiling {} ({size} bytes)", args.module.display());
-    // Compiled here either way: in-process it is the function; for a
-    // sandbox it checks the module and fills the cache the worker loads from.
-    let loaded = with_spinner(message, || runtime.load_file(&args.module, &opts))
-        .map_err(|e| super::load_error(e, &args.module))?;
-    let module = loaded.module().clone();
+    // Compiled here either way (in a child, under the compile budget): in
+    // process it is the function; a sandbox's worker maps the same code.
+    let loaded = with_spinner(message, || bounded::load(&runtime, &args.module, &opts))?;
+    let module = loaded.function.module().clone();
     let (function, sandbox) = if args.sandbox {
         let config = SandboxConfig {
             memory: args.sandbox_memory,
@@ -106,9 +111,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             require_cgroups: !args.sandbox_without_cgroups,
             ..SandboxConfig::default()
         };
+        // The worker does not compile: it gets the compiled code (a cache
+        // entry, the child's artifact, or the .cwasm given).
+        let (bytes, opts) = match loaded.function.artifact_path() {
+            Some(path) => (
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                LoadOptions {
+                    allow_precompiled: true,
+                    ..opts
+                },
+            ),
+            None => (
+                std::fs::read(&args.module)
+                    .with_context(|| format!("cannot read {}", args.module.display()))?,
+                opts,
+            ),
+        };
         drop(loaded);
-        let bytes = std::fs::read(&args.module)
-            .with_context(|| format!("cannot read {}", args.module.display()))?;
         let sb = Sandbox::start(runtime.config(), &config, WorkerCommand::current_exe()?)?;
         sb.load(&bytes, &opts)?;
         (None, Some(sb))
@@ -146,8 +165,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let invocation = Invocation {
         args: argv,
-        env: args.env,
-        dirs: args.dirs.iter().map(|d| Preopen::parse(d)).collect(),
+        env,
+        dirs: args.dirs,
         stdin: Input::Inherit,
         stdout: Output::Inherit,
         stderr: Output::Inherit,
@@ -159,25 +178,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => function
             .as_ref()
             .expect("loaded in-process")
+            .function
             .invoke(invocation)?,
     };
     if args.usage {
-        eprintln!("{}", outcome.usage_json());
+        eprintln(&outcome.usage_json().to_string());
     }
     Ok(match &outcome.status {
         Status::Exited(code) => ExitCode::from(*code as u8),
         Status::Returned(vals) => {
             for v in vals {
-                println!("{}", parse::show_val(v));
+                println(&parse::show_val(v))?;
             }
             ExitCode::SUCCESS
         }
         Status::Trapped(msg) => {
-            eprintln!("error: guest trapped: {msg}");
+            eprintln(&format!("error: guest trapped: {msg}"));
             ExitCode::from(EXIT_TRAP)
         }
         Status::LimitExceeded(limit) => {
-            eprintln!("error: {limit}");
+            eprintln(&format!("error: {limit}"));
             ExitCode::from(EXIT_LIMIT)
         }
     })
