@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("WASMLET_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| cli::LogWriter)
         // Colours only for a person at a terminal, never into files or pipes.
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()

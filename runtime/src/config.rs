@@ -6,9 +6,9 @@
 //! (see [`crate::limiter`]).
 
 use serde::{Deserialize, Serialize};
-use wasmlet_snapshotter::CompileCaps;
 use std::path::PathBuf;
 use std::time::Duration;
+use wasmlet_snapshotter::CompileCaps;
 
 /// Default ceiling on one invocation's linear memory: 1 GiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;

@@ -56,7 +56,13 @@ pub struct Loaded {
 /// is; a module that needs compiling is compiled in a child under the
 /// budget, and the child's artifact is mapped.
 pub fn load(runtime: &Runtime, module: &Path, opts: &LoadOptions) -> anyhow::Result<Loaded> {
-    match runtime.load_file(module, opts) {
+    // A cache lookup's warnings (an unusable entry) are held back: when the
+    // module needs compiling, the child looks the same entry up and says
+    // the same, and each should be said once.
+    super::output::hold_log();
+    let first = runtime.load_file(module, opts);
+    super::output::release_log(!matches!(first, Err(Error::NotCompiled)));
+    match first {
         Err(Error::NotCompiled) => {}
         r => {
             return r

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use wasmlet_runtime::{CompileLimits, RuntimeConfig};
 
-pub use output::eprintln;
+pub use output::{LogWriter, eprintln};
 
 /// Exit code when wasmlet itself fails (bad flags, unreadable or invalid module).
 pub const EXIT_HOST_ERROR: u8 = 1;
@@ -97,7 +97,7 @@ pub struct CompileLimitArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     pub compile_timeout: Option<Duration>,
     /// Memory budget of compiling the module [default: 2GiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     pub compile_memory: Option<u64>,
     /// Raise or lower a cap checked before compiling, e.g. max_functions=500000
     /// (caps: max_module_size, max_functions, max_function_size, max_locals, max_data_size).

@@ -16,6 +16,7 @@ use std::fs::Permissions;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 /// Prefix of our temporary files: how stale ones are recognized.
@@ -112,6 +113,48 @@ pub fn println(line: &str) -> anyhow::Result<()> {
     match writeln!(out, "{line}").and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => die_of_sigpipe(),
         r => r.context("cannot write to stdout"),
+    }
+}
+
+/// Log lines held back by [`hold_log`], or `None` when they go straight
+/// to stderr.
+static HELD_LOG: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
+fn held_log() -> std::sync::MutexGuard<'static, Option<Vec<u8>>> {
+    HELD_LOG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where log lines (tracing's output) go: stderr, unless held back.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match held_log().as_mut() {
+            Some(held) => {
+                held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Holds log lines back until [`release_log`]: for a step whose warnings
+/// may be said again by a child doing the same step.
+pub fn hold_log() {
+    *held_log() = Some(Vec::new());
+}
+
+/// Ends [`hold_log`]: the held lines are written to stderr if `emit`, else
+/// dropped.
+pub fn release_log(emit: bool) {
+    let held = held_log().take().unwrap_or_default();
+    if emit {
+        let _ = std::io::stderr().write_all(&held);
     }
 }
 

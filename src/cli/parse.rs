@@ -15,19 +15,23 @@ use wasmtime::ValType;
 /// now + duration, which must not overflow, and no real limit comes near.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
-/// `64MiB`, `1G`, `65536`. Every size flag is a limit, so zero, which no
-/// run could stay within, is refused.
+/// `64MiB`, `1G`, `65536`.
 pub fn size(s: &str) -> Result<u64, String> {
-    let n = parse_size::Config::new()
+    parse_size::Config::new()
         .with_binary()
         .parse_size(s)
-        .map_err(|e| format!("invalid size `{s}`: {e} (try e.g. 64MiB)"))?;
-    if n == 0 {
-        return Err(format!(
+        .map_err(|e| format!("invalid size `{s}`: {e} (try e.g. 64MiB)"))
+}
+
+/// A size that is a limit (`--memory-limit`): zero, which no run could
+/// stay within, is refused.
+pub fn limit_size(s: &str) -> Result<u64, String> {
+    match size(s)? {
+        0 => Err(format!(
             "invalid size `{s}`: a limit must be more than zero"
-        ));
+        )),
+        n => Ok(n),
     }
-    Ok(n)
 }
 
 /// `250ms`, `2s`, `1m 30s`: more than zero, at most [`MAX_DURATION`].
@@ -215,7 +219,8 @@ mod tests {
         assert_eq!(size("1G").unwrap(), 1 << 30);
         assert_eq!(size("4096").unwrap(), 4096);
         assert!(size("lots").is_err());
-        assert!(size("0").is_err());
+        assert_eq!(size("0").unwrap(), 0);
+        assert!(limit_size("0").is_err());
         assert!(size("99999999999999999999").is_err());
         assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(duration("soon").is_err());

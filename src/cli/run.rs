@@ -26,7 +26,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     invoke: Option<String>,
     /// Maximum linear memory, e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     memory_limit: Option<u64>,
     /// Maximum CPU time of the invocation, e.g. 250ms.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
@@ -50,7 +50,7 @@ pub struct RunArgs {
     #[arg(long)]
     sandbox: bool,
     /// Sandbox memory limit (the kernel's OOM killer enforces it), e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse::size, requires = "sandbox")]
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size, requires = "sandbox")]
     sandbox_memory: Option<u64>,
     /// Sandbox CPU bandwidth in CPUs, e.g. 0.5.
     #[arg(long, value_name = "FLOAT", value_parser = parse::cpus, requires = "sandbox")]

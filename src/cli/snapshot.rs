@@ -32,7 +32,7 @@ pub struct SnapshotArgs {
     #[arg(long)]
     trap_unknown_imports: bool,
     /// Maximum linear memory of init, e.g. 1GiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     memory_limit: Option<u64>,
     /// Maximum wall-clock time of init, e.g. 30s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]

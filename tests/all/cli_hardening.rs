@@ -162,7 +162,8 @@ fn output_onto_a_fifo_or_device_writes_through() {
     };
     let r = run_cli(wasmlet().arg("compile").arg(&m).arg("-o").arg(&fifo));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(reader.join().unwrap().starts_with(b"WASMLET"));
+    // A .cwasm is an ELF file (wasmtime's serialized module) with a trailer.
+    assert!(reader.join().unwrap().starts_with(b"\x7fELF"));
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 
     // A character device (a private /dev/null) is written through, not replaced.
