@@ -5,6 +5,7 @@
 
 mod cli;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,7 +14,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("WASMLET_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| cli::LogWriter)
+        // Colours only for a person at a terminal, never into files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .with_target(false)
         .init();
@@ -21,8 +24,14 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line, no backtrace: the chain of causes joined by ": ".
-            eprintln!("error: {e:#}");
-            ExitCode::from(cli::EXIT_HOST_ERROR)
+            cli::eprintln(&format!("error: {e:#}"));
+            // A limit the command itself exceeded (the compile budget) is
+            // reported like a guest's.
+            if e.downcast_ref::<wasmlet_runtime::LimitExceeded>().is_some() {
+                ExitCode::from(cli::EXIT_LIMIT)
+            } else {
+                ExitCode::from(cli::EXIT_HOST_ERROR)
+            }
         }
     }
 }

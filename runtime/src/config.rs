@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
+use wasmlet_snapshotter::CompileCaps;
 
 /// Default ceiling on one invocation's linear memory: 1 GiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
@@ -49,6 +50,11 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Default maximum native stack a guest may use.
 pub const DEFAULT_MAX_WASM_STACK: usize = 512 << 10;
 
+/// Default wall-clock budget of one compilation in a child process: 60 s.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default memory budget (`RLIMIT_DATA`) of a compiling child process: 2 GiB.
+pub const DEFAULT_COMPILE_MAX_MEMORY: u64 = 2 << 30;
+
 /// How a [`crate::Runtime`] is set up. Engine-wide: changing any field other
 /// than `limits` and `cache` gives differently compiled code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +81,8 @@ pub struct RuntimeConfig {
     pub snapshot: bool,
     /// Pre-compilation cache.
     pub cache: CacheConfig,
+    /// Bounds on compiling a module.
+    pub compile: CompileLimits,
     /// Limits applied to invocations that do not bring their own.
     pub limits: Limits,
 }
@@ -90,6 +98,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             snapshot: false,
             cache: CacheConfig::default(),
+            compile: CompileLimits::default(),
             limits: Limits::default(),
         }
     }
@@ -172,6 +181,97 @@ impl Default for CacheConfig {
             enabled: true,
             dir: None,
         }
+    }
+}
+
+/// Bounds on compiling a module: the `[compile]` table.
+///
+/// The caps (`max_*` but `max_memory`) are checked by a scan of the module
+/// before every compilation (see [`crate::prescan`]); a module over one is
+/// refused with [`crate::Error::TooLarge`], naming the cap. `timeout` and
+/// `max_memory` are the budget of a compilation run in a child process:
+/// the `wasmlet` CLI compiles that way; an embedder that compiles untrusted
+/// modules should too (see [`crate::prescan`] for how). In-process
+/// compilation ([`crate::Runtime::load_file`] with `in_process`) applies
+/// only the caps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompileLimits {
+    /// Size of the wasm binary to compile (WAT already converted), in
+    /// bytes. (`max_module_size` bounds the file read, before this.)
+    pub max_wasm_size: u64,
+    /// Functions the module defines (imports not counted).
+    pub max_functions: u32,
+    /// Size of one function body, in bytes.
+    pub max_function_size: u32,
+    /// Locals declared by one function.
+    pub max_locals: u32,
+    /// Bytes of all data segments together.
+    pub max_data_size: u64,
+    /// Wall-clock budget of one compilation in a child process.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Memory budget (`RLIMIT_DATA`: heap and writable private mappings,
+    /// not address space merely reserved) of a compiling child process, in
+    /// bytes.
+    pub max_memory: u64,
+    /// Compile in this process. When false, loading a module that is
+    /// neither in the cache nor precompiled fails with
+    /// [`crate::Error::NotCompiled`] (after the caps are checked), so the
+    /// caller can compile it in a child under the budget and load the
+    /// result (see [`crate::prescan`]).
+    pub in_process: bool,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        let caps = CompileCaps::default();
+        CompileLimits {
+            max_wasm_size: caps.max_wasm_size,
+            max_functions: caps.max_functions,
+            max_function_size: caps.max_function_size,
+            max_locals: caps.max_locals,
+            max_data_size: caps.max_data_size,
+            timeout: DEFAULT_COMPILE_TIMEOUT,
+            max_memory: DEFAULT_COMPILE_MAX_MEMORY,
+            in_process: true,
+        }
+    }
+}
+
+impl CompileLimits {
+    /// The caps the pre-compilation scan checks.
+    pub fn caps(&self) -> CompileCaps {
+        CompileCaps {
+            max_wasm_size: self.max_wasm_size,
+            max_functions: self.max_functions,
+            max_function_size: self.max_function_size,
+            max_locals: self.max_locals,
+            max_data_size: self.max_data_size,
+        }
+    }
+
+    /// Sets the cap named `name` (a field name, as in `--compile-cap
+    /// max_functions=N`). `Err` lists the names if there is no such cap or
+    /// the value does not fit it.
+    pub fn set_cap(&mut self, name: &str, value: u64) -> Result<(), String> {
+        let small = |v: u64| {
+            u32::try_from(v).map_err(|_| format!("compile cap {name} is at most {}", u32::MAX))
+        };
+        match name {
+            "max_wasm_size" => self.max_wasm_size = value,
+            "max_functions" => self.max_functions = small(value)?,
+            "max_function_size" => self.max_function_size = small(value)?,
+            "max_locals" => self.max_locals = small(value)?,
+            "max_data_size" => self.max_data_size = value,
+            _ => {
+                return Err(format!(
+                    "unknown compile cap `{name}` (caps: max_wasm_size, max_functions, \
+                     max_function_size, max_locals, max_data_size)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -267,6 +367,16 @@ mod tests {
         assert_eq!(cfg.limits.max_memory, 64 << 20);
         assert_eq!(cfg.pool, PoolConfig::default());
         assert_eq!(cfg.epoch_tick, DEFAULT_EPOCH_TICK);
+    }
+
+    #[test]
+    fn compile_limits_parse_with_defaults() {
+        let cfg: RuntimeConfig =
+            toml::from_str("[compile]\nmax_functions = 10\ntimeout = \"5s\"\n").unwrap();
+        assert_eq!(cfg.compile.max_functions, 10);
+        assert_eq!(cfg.compile.timeout, Duration::from_secs(5));
+        assert_eq!(cfg.compile.max_memory, DEFAULT_COMPILE_MAX_MEMORY);
+        assert!(toml::from_str::<RuntimeConfig>("[compile]\nfunctions = 1\n").is_err());
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub enum Error {
     /// The module failed to parse, validate or compile.
     #[error("invalid module: {0}")]
     Compile(String),
+    /// The module is over one of the compile caps (`RuntimeConfig::compile`).
+    #[error(transparent)]
+    TooLarge(#[from] wasmlet_snapshotter::CapExceeded),
+    /// The module needs compiling, and this runtime does not compile in
+    /// its own process (`RuntimeConfig::compile.in_process` is false).
+    #[error("module is not compiled yet, and this runtime compiles only in a child process")]
+    NotCompiled,
     /// A precompiled artifact cannot be used.
     ///
     /// (Not a `#[source]`: the message already includes it, and error
@@ -156,6 +163,20 @@ pub enum LimitExceeded {
     /// The sandbox's memory cgroup: the kernel killed its worker.
     #[error("sandbox memory limit of {} exceeded", Bytes(*.0))]
     SandboxMemory(u64),
+    /// Compiling the module took longer than its budget
+    /// (`RuntimeConfig::compile.timeout`).
+    #[error(
+        "compile time budget of {} exceeded (compile.timeout, --compile-timeout)",
+        humantime::format_duration(*.0)
+    )]
+    CompileTime(Duration),
+    /// Compiling the module needed more memory than its budget
+    /// (`RuntimeConfig::compile.max_memory`).
+    #[error(
+        "compile memory budget of {} exceeded (compile.max_memory, --compile-memory)",
+        Bytes(*.0)
+    )]
+    CompileMemory(u64),
     /// The pooling allocator has no free slot.
     #[error("instance pool of {0} slots is full")]
     PoolFull(u32),

@@ -13,6 +13,8 @@
 //! - [`config`]: serde configuration ([`RuntimeConfig`], [`Limits`]) with
 //!   named defaults;
 //! - `engine`: the wasmtime `Engine` built from it, and the epoch ticker;
+//! - [`prescan`]: bounded compiles: caps checked before compiling, and how
+//!   to compile in a child process under a time and memory budget;
 //! - `runtime`: [`Runtime`]: loading, compiling, caching and linking;
 //! - `executor`: what all invocations of a runtime share (engine, ticker,
 //!   pool slot permits), and driving an invocation on the calling thread;
@@ -53,17 +55,18 @@ mod function;
 mod input;
 mod invocation;
 mod limiter;
+pub mod prescan;
 mod runtime;
 mod stdio;
 mod store;
 mod usage;
 mod wasi;
 
-pub use config::{CacheConfig, Limits, PoolConfig, RuntimeConfig};
+pub use config::{CacheConfig, CompileLimits, Limits, PoolConfig, RuntimeConfig};
 pub use error::{ArtifactError, Error, LimitExceeded};
 pub use function::Function;
 pub use invocation::{Entry, Input, Invocation, Outcome, Output, Preopen, Status};
 pub use runtime::{LoadOptions, Runtime};
 pub use usage::{SandboxUsage, Usage};
-pub use wasmlet_snapshotter::{SnapshotError, SnapshotOptions};
+pub use wasmlet_snapshotter::{CapExceeded, CompileCaps, SnapshotError, SnapshotOptions};
 pub use wasmtime::{Engine, Val};

@@ -423,7 +423,13 @@ impl Runtime {
         }
     }
 
+    /// Compiles wasm, after checking it against the compile caps (see
+    /// [`crate::prescan`]): the one place the runtime compiles.
     fn compile(&self, wasm: &[u8]) -> Result<Module, Error> {
+        crate::prescan::check(wasm, &self.inner.config.compile)?;
+        if !self.inner.config.compile.in_process {
+            return Err(Error::NotCompiled);
+        }
         Module::from_binary(&self.inner.engine, wasm).map_err(|e| {
             match explain_pool_error(&e, &self.inner.config) {
                 Some(msg) => Error::Pool(msg),

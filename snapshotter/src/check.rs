@@ -12,6 +12,7 @@ pub(crate) fn check(wasm: &[u8], opts: &SnapshotOptions) -> Result<String, Snaps
     if !wasm.starts_with(b"\0asm") {
         return Err(SnapshotError::Invalid("not a wasm binary".into()));
     }
+    crate::prescan::prescan(wasm, &opts.caps)?;
     Validator::new_with_features(WasmFeatures::all())
         .validate_all(wasm)
         .map_err(|e| SnapshotError::Invalid(e.to_string()))?;

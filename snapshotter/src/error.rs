@@ -6,6 +6,9 @@ pub enum SnapshotError {
     /// The input is not a valid core module.
     #[error("invalid module: {0}")]
     Invalid(String),
+    /// The module is over one of the compile caps.
+    #[error(transparent)]
+    TooLarge(#[from] crate::prescan::CapExceeded),
     /// The module uses something a snapshot cannot reproduce faithfully.
     #[error("cannot snapshot this module: {0}")]
     Unsupported(String),

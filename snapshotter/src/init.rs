@@ -100,7 +100,7 @@ pub(crate) fn run_and_snapshot(
         call_init(&mut store, &instance, init_func)
             .await
             .map_err(|e| init_error(e, opts, init_func))?;
-        Ok(instance)
+        Ok::<_, SnapshotError>(instance)
     };
     // (The timer is made inside the runtime, which it needs.)
     let instance = run_async(async { tokio::time::timeout(timeout, init).await })?

@@ -10,6 +10,8 @@
 //! The pipeline, one pass per module (the heavy lifting of instrumenting,
 //! reading state and rewriting is `wasmtime-wizer`'s, at the same version as
 //! our wasmtime):
+//! 0. [`prescan`]: refuse modules over the [`CompileCaps`] before anything
+//!    expensive reads them;
 //! 1. [`check`]: validate, refuse what cannot be snapshotted faithfully, and
 //!    pick the init function;
 //! 2. instrument (wizer): export every memory and global so they can be read;
@@ -23,9 +25,11 @@ mod check;
 mod error;
 mod init;
 mod options;
+pub mod prescan;
 
 pub use error::SnapshotError;
 pub use options::{DEFAULT_INIT_FUNCS, DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, SnapshotOptions};
+pub use prescan::{CapExceeded, CompileCaps, prescan};
 
 /// Runs `wasm`'s initialization and returns the pre-initialized module.
 ///

@@ -1,5 +1,6 @@
 //! What a snapshot run may do.
 
+use crate::prescan::CompileCaps;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,10 @@ pub struct SnapshotOptions {
     pub max_memory: u64,
     /// Wall-clock limit on init.
     pub timeout: Duration,
+    /// Caps on the module, checked before it is instrumented and compiled.
+    /// (They refuse inputs; they do not change a snapshot, so they are not
+    /// part of [`SnapshotOptions::digest`].)
+    pub caps: CompileCaps,
 }
 
 impl Default for SnapshotOptions {
@@ -43,6 +48,7 @@ impl Default for SnapshotOptions {
             trap_unknown_imports: false,
             max_memory: DEFAULT_MAX_MEMORY,
             timeout: DEFAULT_TIMEOUT,
+            caps: CompileCaps::default(),
         }
     }
 }

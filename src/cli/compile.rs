@@ -1,7 +1,7 @@
 //! `wasmlet compile`: ahead-of-time compilation into a `.cwasm` artifact.
 
-use super::CacheArgs;
 use super::progress::with_spinner;
+use super::{CacheArgs, bounded};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -23,18 +23,15 @@ pub struct CompileArgs {
 pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let mut config = args.cache.runtime_config(args.fuel);
     config.pool.instances = 1;
-    let max = config.max_module_size;
-    let runtime = wasmlet_runtime::Runtime::new(config)?;
-    let bytes = super::read_module(&args.module, max)?;
-    let message = format!(
-        "compiling {} ({} bytes)",
-        args.module.display(),
-        bytes.len()
-    );
-    let artifact = with_spinner(message, || runtime.precompile(&bytes))
+    // Checked here, so that a file that cannot be a module is refused
+    // without starting the compiler process.
+    let size = super::read_module(&args.module, config.max_module_size)?.len();
+    let message = format!("compiling {} ({size} bytes)", args.module.display());
+    // In a child, under the compile budget (`bounded`).
+    let artifact = with_spinner(message, || bounded::precompile(&config, &args.module))
         .with_context(|| format!("cannot compile {}", args.module.display()))?;
     let out = args
         .output
         .unwrap_or_else(|| args.module.with_extension("cwasm"));
-    super::snapshot::write_atomically(&out, &artifact)
+    super::output::write_output(&out, &artifact)
 }

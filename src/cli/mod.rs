@@ -1,7 +1,9 @@
 //! Command-line interface: flag definitions and dispatch.
 
+mod bounded;
 mod cache;
 mod compile;
+mod output;
 mod parse;
 mod progress;
 mod run;
@@ -12,7 +14,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wasmlet_runtime::RuntimeConfig;
+use std::time::Duration;
+use wasmlet_runtime::{CompileLimits, RuntimeConfig};
+
+pub use output::{LogWriter, eprintln};
 
 /// Exit code when wasmlet itself fails (bad flags, unreadable or invalid module).
 pub const EXIT_HOST_ERROR: u8 = 1;
@@ -46,6 +51,16 @@ enum Command {
     /// (internal) Serve a sandbox's supervisor on fd 3.
     #[command(hide = true)]
     SandboxWorker,
+    /// (internal) Compile a module under a budget (see `bounded`).
+    #[command(hide = true, name = bounded::WORKER_SUBCOMMAND)]
+    CompileWorker {
+        /// The runtime configuration, as JSON.
+        config: String,
+        /// The module.
+        module: PathBuf,
+        /// Where to write the artifact.
+        output: PathBuf,
+    },
 }
 
 /// Flags every command that compiles shares.
@@ -57,6 +72,8 @@ pub struct CacheArgs {
     /// Do not read or write the compilation cache.
     #[arg(long)]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub compile: CompileLimitArgs,
 }
 
 impl CacheArgs {
@@ -68,18 +85,72 @@ impl CacheArgs {
         };
         config.cache.enabled = !self.no_cache;
         config.cache.dir = self.cache_dir.clone();
+        config.compile = self.compile.limits();
         config
     }
 }
 
+/// Bounds on compiling (`RuntimeConfig::compile`).
+#[derive(Args, Debug, Clone)]
+pub struct CompileLimitArgs {
+    /// Wall-clock budget of compiling the module [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
+    pub compile_timeout: Option<Duration>,
+    /// Memory budget of compiling the module [default: 2GiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
+    pub compile_memory: Option<u64>,
+    /// Raise or lower a cap checked before compiling, e.g. max_functions=500000
+    /// (caps: max_module_size, max_functions, max_function_size, max_locals, max_data_size).
+    #[arg(long, value_name = "CAP=N", value_parser = parse::compile_cap)]
+    pub compile_cap: Vec<(String, u64)>,
+}
+
+impl CompileLimitArgs {
+    /// The limits these flags describe (caps already checked by the parser).
+    pub fn limits(&self) -> CompileLimits {
+        let mut limits = CompileLimits::default();
+        if let Some(t) = self.compile_timeout {
+            limits.timeout = t;
+        }
+        if let Some(m) = self.compile_memory {
+            limits.max_memory = m;
+        }
+        for (name, value) in &self.compile_cap {
+            limits
+                .set_cap(name, *value)
+                .expect("checked by parse::compile_cap");
+        }
+        limits
+    }
+}
+
 pub fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return Ok(usage_error(e)),
+    };
+    // Workers keep the default dispositions: their parent cleans up.
+    if !matches!(
+        cli.command,
+        Command::SandboxWorker | Command::CompileWorker { .. }
+    ) {
+        signals::install()?;
+    }
+    match cli.command {
         Command::Run(args) => run::run(args),
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
         Command::Cache(cmd) => cache::cache(cmd),
         Command::SandboxWorker => {
             wasmlet_sandbox::worker_main().map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CompileWorker {
+            config,
+            module,
+            output,
+        } => {
+            bounded::worker_main(&config, &module, &output)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -122,5 +193,60 @@ pub fn load_error(e: wasmlet_runtime::Error, path: &std::path::Path) -> anyhow::
     match e {
         e @ (wasmlet_runtime::Error::Input(_) | wasmlet_runtime::Error::Io { .. }) => e.into(),
         e => anyhow::Error::from(e).context(format!("cannot load {}", path.display())),
+    }
+}
+
+/// Reports a flag error as every other failure is reported: one line on
+/// stderr, exit 1. (`--help` and `--version` print as usual and exit 0.)
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        "no command given: wasmlet run, compile or snapshot (see --help)".to_string()
+    } else {
+        one_line(&e.render().to_string())
+    };
+    eprintln(&format!("error: {message}"));
+    ExitCode::from(EXIT_HOST_ERROR)
+}
+
+/// clap's message without the usage block, on one line: `error: X:\n  A\n`
+/// becomes `X: A (see --help)`, and `error: X\n\n  tip: Y\n\nUsage: ...`
+/// becomes `X (tip: Y; see --help)`.
+fn one_line(rendered: &str) -> String {
+    let mut parts = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let first = parts.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let rest: Vec<&str> = parts.collect();
+    if rest.is_empty() {
+        format!("{first} (see --help)")
+    } else if first.ends_with(':') {
+        format!("{first} {} (see --help)", rest.join(", "))
+    } else {
+        format!("{first} ({}; see --help)", rest.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["wasmlet", "run"]).err().unwrap();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n') && line.contains("<MODULE>"), "{line}");
+        let e = Cli::try_parse_from(["wasmlet", "run", "--bogus", "m.wasm"])
+            .err()
+            .unwrap();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n') && line.contains("--bogus"), "{line}");
     }
 }

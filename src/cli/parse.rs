@@ -1,10 +1,19 @@
-//! Parsers for flag values: sizes, durations, `NAME=VALUE`, and `--invoke`
-//! arguments.
+//! Flag values, in two stages: parsers clap calls for each value (sizes,
+//! durations, `NAME=VALUE`, `HOST::GUEST`), which refuse what cannot be a
+//! valid value, and checks across values (repeated names, clashing guest
+//! paths) run on the parsed flags before any work starts. `--invoke`
+//! arguments are parsed last, against the export's types.
 
 use anyhow::{Context, bail};
+use std::collections::HashMap;
+use std::path::{Component, Path};
 use std::time::Duration;
-use wasmlet_runtime::Val;
+use wasmlet_runtime::{Preopen, Val};
 use wasmtime::ValType;
+
+/// Longest duration a flag takes (ten years): deadlines are computed as
+/// now + duration, which must not overflow, and no real limit comes near.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 /// `64MiB`, `1G`, `65536`.
 pub fn size(s: &str) -> Result<u64, String> {
@@ -14,10 +23,45 @@ pub fn size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("invalid size `{s}`: {e} (try e.g. 64MiB)"))
 }
 
-/// `250ms`, `2s`, `1m 30s`.
+/// A size that is a limit (`--memory-limit`): zero, which no run could
+/// stay within, is refused.
+pub fn limit_size(s: &str) -> Result<u64, String> {
+    match size(s)? {
+        0 => Err(format!(
+            "invalid size `{s}`: a limit must be more than zero"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// `250ms`, `2s`, `1m 30s`: more than zero, at most [`MAX_DURATION`].
 pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration `{s}`: {e} (try e.g. 250ms)"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration `{s}`: {e} (try e.g. 250ms)"))?;
+    if d.is_zero() {
+        return Err(format!(
+            "invalid duration `{s}`: a limit must be more than zero"
+        ));
+    }
+    if d > MAX_DURATION {
+        return Err(format!("invalid duration `{s}`: at most 3650days"));
+    }
+    Ok(d)
+}
+
+/// `CAP=N` for `--compile-cap`: a cap of `CompileLimits` and its value.
+pub fn compile_cap(s: &str) -> Result<(String, u64), String> {
+    let Some((name, value)) = s.split_once('=') else {
+        return Err(format!(
+            "invalid --compile-cap `{s}` (try e.g. max_functions=500000)"
+        ));
+    };
+    let value = parse_size::Config::new()
+        .with_binary()
+        .parse_size(value)
+        .map_err(|e| format!("invalid --compile-cap `{s}`: {e}"))?;
+    wasmlet_runtime::CompileLimits::default().set_cap(name, value)?;
+    Ok((name.to_string(), value))
 }
 
 /// `--sandbox-cpus`: a number of CPUs in (0, host CPUs].
@@ -64,10 +108,67 @@ pub fn env_var(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some(("", _)) => Err(format!("invalid --env `{s}`: empty name")),
         Some((k, v)) => Ok((k.to_string(), v.to_string())),
-        None => std::env::var(s)
-            .map(|v| (s.to_string(), v))
-            .map_err(|_| format!("--env {s}: not set in the host environment (use NAME=VALUE)")),
+        None if s.is_empty() => Err("invalid --env ``: empty name".into()),
+        None => match std::env::var(s) {
+            Ok(v) => Ok((s.to_string(), v)),
+            Err(std::env::VarError::NotPresent) => Err(format!(
+                "--env {s}: not set in the host environment (use NAME=VALUE)"
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "--env {s}: the host's value is not valid UTF-8 (use NAME=VALUE)"
+            )),
+        },
     }
+}
+
+/// The environment the guest gets: one variable per name, the last
+/// `--env` for a name winning (as in a shell), in order of first mention.
+pub fn env_list(vars: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(vars.len());
+    let mut index = HashMap::new();
+    for (k, v) in vars {
+        match index.get(&k) {
+            Some(&i) => out[i] = (k, v),
+            None => {
+                index.insert(k.clone(), out.len());
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}
+
+/// `HOST[::GUEST]`, with neither part empty.
+pub fn dir(s: &str) -> Result<Preopen, String> {
+    let p = Preopen::parse(s);
+    if p.host.as_os_str().is_empty() {
+        return Err(format!("invalid --dir `{s}`: empty host directory"));
+    }
+    if p.guest.is_empty() {
+        return Err(format!(
+            "invalid --dir `{s}`: empty guest path (use HOST::GUEST, or HOST alone)"
+        ));
+    }
+    Ok(p)
+}
+
+/// Refuses two `--dir` that give the guest the same path (one would
+/// silently hide the other). Paths are compared as paths: `/data/` and
+/// `/data/.` are `/data`.
+pub fn unique_guest_paths(dirs: &[Preopen]) -> anyhow::Result<()> {
+    let mut seen: HashMap<Vec<Component<'_>>, &Preopen> = HashMap::new();
+    for d in dirs {
+        let key: Vec<_> = Path::new(&d.guest).components().collect();
+        if let Some(first) = seen.insert(key, d) {
+            bail!(
+                "--dir: two directories for the guest path `{}` ({} and {}); give each its own",
+                d.guest,
+                first.host.display(),
+                d.host.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `--invoke` arguments against the export's parameter types.
@@ -149,14 +250,44 @@ mod tests {
         assert_eq!(size("1G").unwrap(), 1 << 30);
         assert_eq!(size("4096").unwrap(), 4096);
         assert!(size("lots").is_err());
+        assert_eq!(size("0").unwrap(), 0);
+        assert!(limit_size("0").is_err());
+        assert!(size("99999999999999999999").is_err());
         assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(duration("soon").is_err());
+        assert!(duration("0s").is_err());
+        assert!(duration("18446744073709551615s").is_err());
+        assert!(duration("3651days").is_err());
+        assert!(
+            sandbox_cpus("inf").is_err()
+                && sandbox_cpus("NaN").is_err()
+                && sandbox_cpus("-1").is_err()
+        );
     }
 
     #[test]
     fn env_vars() {
         assert_eq!(env_var("A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(env_var("=x").is_err());
+        let vars = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            env_list(vars(&[("A", "1"), ("B", "x"), ("A", "2")])),
+            vars(&[("A", "2"), ("B", "x")])
+        );
+    }
+
+    #[test]
+    fn dirs() {
+        assert_eq!(dir("/tmp::/t").unwrap().guest, "/t");
+        assert!(dir("/tmp::").is_err());
+        assert!(dir("::/t").is_err());
+        let two = [dir("/a::/data").unwrap(), dir("/b::/data/").unwrap()];
+        assert!(unique_guest_paths(&two).is_err());
+        unique_guest_paths(&[dir("/a").unwrap(), dir("/b").unwrap()]).unwrap();
     }
 
     #[test]

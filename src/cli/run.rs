@@ -1,7 +1,8 @@
 //! `wasmlet run`: one invocation of a module, like `wasmtime run`.
 
+use super::output::{eprintln, println};
 use super::progress::with_spinner;
-use super::{CacheArgs, EXIT_LIMIT, EXIT_TRAP, parse};
+use super::{CacheArgs, EXIT_LIMIT, EXIT_TRAP, bounded, parse};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -18,13 +19,13 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
     env: Vec<(String, String)>,
     /// Grant the guest a host directory, seen as GUEST (default: HOST) (repeatable).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse::dir)]
+    dirs: Vec<Preopen>,
     /// Call this export instead of `_start` and print its results.
     #[arg(long, value_name = "NAME")]
     invoke: Option<String>,
     /// Maximum linear memory, e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     memory_limit: Option<u64>,
     /// Maximum CPU time of the invocation, e.g. 250ms.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
@@ -75,7 +76,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .sandbox
         .then(super::signals::Signals::block)
         .transpose()?;
+    // Second stage of flag parsing: checks across values.
+    parse::unique_guest_paths(&args.dirs)?;
+    let env = parse::env_list(args.env);
     let mut config = args.cache.runtime_config(args.fuel.is_some());
+    // Compiling happens in a child under the compile budget (`bounded`).
+    config.compile.in_process = false;
     if !args.sandbox {
         // One invocation: one pool slot, so the process reserves address
         // space for one instance, not a server's worth.
@@ -98,12 +104,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let size = std::fs::metadata(&args.module).map_or(0, |m| m.len());
     let message = format!("compiling {} ({size} bytes)", args.module.display());
-    // Compiled here either way: in-process it is the function; for a
-    // sandbox its artifact is what the workers map.
-    let loaded = with_spinner(message, || runtime.load_file(&args.module, &opts))
-        .map_err(|e| super::load_error(e, &args.module))?;
-    let module = loaded.module().clone();
-    let mut dirs: Vec<Preopen> = args.dirs.iter().map(|d| Preopen::parse(d)).collect();
+    // Compiled here either way (in a child, under the compile budget): in
+    // process it is the function; a sandbox's worker maps the same code.
+    let loaded = with_spinner(message, || bounded::load(&runtime, &args.module, &opts))?;
+    let module = loaded.function.module().clone();
+    let mut dirs: Vec<Preopen> = args.dirs.clone();
     let (function, sandbox) = if args.sandbox {
         // The jail holds exactly these directories, by absolute host path.
         for d in &mut dirs {
@@ -140,8 +145,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         // Workers map what was compiled here (they never see the cache);
         // without a cache, a worker compiles the module itself.
-        if loaded.artifact_path().is_some() {
-            sb.load_function(&loaded, &opts)?;
+        if loaded.function.artifact_path().is_some() {
+            sb.load_function(&loaded.function, &opts)?;
         } else {
             let bytes = std::fs::read(&args.module)
                 .with_context(|| format!("cannot read {}", args.module.display()))?;
@@ -183,7 +188,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let invocation = Invocation {
         args: argv,
-        env: args.env,
+        env,
         dirs,
         stdin: Input::Inherit,
         stdout: Output::Inherit,
@@ -200,29 +205,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => function
             .as_ref()
             .expect("loaded in-process")
+            .function
             .invoke(invocation)?,
     };
     if args.usage {
-        eprintln!("{}", outcome.usage_json());
+        eprintln(&outcome.usage_json().to_string());
     }
     Ok(match &outcome.status {
         Status::Exited(code) => ExitCode::from(*code as u8),
         Status::Returned(vals) => {
             for v in vals {
-                println!("{}", parse::show_val(v));
+                println(&parse::show_val(v))?;
             }
             ExitCode::SUCCESS
         }
         Status::Trapped(msg) => {
-            eprintln!("error: guest trapped: {msg}");
+            eprintln(&format!("error: guest trapped: {msg}"));
             ExitCode::from(EXIT_TRAP)
         }
         Status::LimitExceeded(limit) => {
-            eprintln!("error: {limit}");
+            eprintln(&format!("error: {limit}"));
             ExitCode::from(EXIT_LIMIT)
         }
         Status::SandboxFailed(msg) => {
-            eprintln!("error: sandbox failed: {msg}");
+            eprintln(&format!("error: sandbox failed: {msg}"));
             ExitCode::from(super::EXIT_HOST_ERROR)
         }
     })

@@ -4,9 +4,9 @@ use super::parse;
 use super::progress::with_spinner;
 use anyhow::Context;
 use clap::Args;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use wasmlet_runtime::{CompileLimits, Preopen};
 use wasmlet_snapshotter::SnapshotOptions;
 
 #[derive(Args, Debug)]
@@ -23,8 +23,8 @@ pub struct SnapshotArgs {
     #[arg(long)]
     allow_wasi: bool,
     /// Grant init a host directory, seen as GUEST (repeatable; needs --allow-wasi).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse::dir)]
+    dirs: Vec<Preopen>,
     /// Environment variable for init (repeatable; needs --allow-wasi).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
     env: Vec<(String, String)>,
@@ -32,16 +32,24 @@ pub struct SnapshotArgs {
     #[arg(long)]
     trap_unknown_imports: bool,
     /// Maximum linear memory of init, e.g. 1GiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     memory_limit: Option<u64>,
     /// Maximum wall-clock time of init, e.g. 30s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     timeout: Option<Duration>,
+    /// Raise or lower a cap checked before instrumenting, e.g. max_functions=500000.
+    #[arg(long, value_name = "CAP=N", value_parser = parse::compile_cap)]
+    compile_cap: Vec<(String, u64)>,
 }
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     if !args.allow_wasi && (!args.dirs.is_empty() || !args.env.is_empty()) {
         anyhow::bail!("--dir and --env are for init's WASI: add --allow-wasi");
+    }
+    parse::unique_guest_paths(&args.dirs)?;
+    let mut limits = CompileLimits::default();
+    for (name, value) in &args.compile_cap {
+        limits.set_cap(name, *value).map_err(anyhow::Error::msg)?;
     }
     let bytes = super::read_module(
         &args.module,
@@ -58,15 +66,9 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let mut opts = SnapshotOptions {
         init_func: args.init_func,
         allow_wasi: args.allow_wasi,
-        dirs: args
-            .dirs
-            .iter()
-            .map(|d| {
-                let p = wasmlet_runtime::Preopen::parse(d);
-                (p.host, p.guest)
-            })
-            .collect(),
-        env: args.env,
+        dirs: args.dirs.into_iter().map(|p| (p.host, p.guest)).collect(),
+        env: parse::env_list(args.env),
+        caps: limits.caps(),
         trap_unknown_imports: args.trap_unknown_imports,
         ..SnapshotOptions::default()
     };
@@ -80,25 +82,9 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let out_bytes = with_spinner(message, || wasmlet_snapshotter::snapshot(&wasm, &opts))
         .with_context(|| format!("cannot snapshot {}", args.module.display()))?;
     let out = args.output.unwrap_or_else(|| default_output(&args.module));
-    write_atomically(&out, &out_bytes)
+    super::output::write_output(&out, &out_bytes)
 }
 
 fn default_output(module: &Path) -> PathBuf {
     module.with_extension("snapshot.wasm")
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// failure leaves nothing behind and readers never see half a file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(".".as_ref());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write into {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

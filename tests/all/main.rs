@@ -4,6 +4,7 @@
 
 mod cache;
 mod cli;
+mod cli_hardening;
 mod coldstart;
 mod concurrency;
 mod escape;

@@ -1,0 +1,446 @@
+//! The CLI under hostile or careless input (issue 8): bounded compiles, no
+//! panics, output paths, signals, and the details of flags and errors. Each
+//! test is named after what used to go wrong.
+
+use crate::helpers::*;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+use wasmlet_runtime::{Error, LoadOptions};
+
+/// A module of `n` empty functions, written directly in the binary format
+/// (4 MB for a million: 1 byte each in the function section, 3 in code).
+fn many_functions(n: u32) -> Vec<u8> {
+    fn leb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend_from_slice(body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut m); // one type: [] -> []
+    let mut funcs = Vec::new();
+    leb(n, &mut funcs);
+    funcs.resize(funcs.len() + n as usize, 0); // every function has type 0
+    section(3, &funcs, &mut m);
+    let mut code = Vec::new();
+    leb(n, &mut code);
+    for _ in 0..n {
+        code.extend_from_slice(&[2, 0, 0x0b]); // size 2: no locals, `end`
+    }
+    section(10, &code, &mut m);
+    m
+}
+
+fn million_function_module(dir: &Path) -> PathBuf {
+    let p = dir.join("million.wasm");
+    std::fs::write(&p, many_functions(1_000_000)).unwrap();
+    p
+}
+
+#[test]
+fn million_function_module_is_refused_by_the_compile_caps() {
+    let dir = tempdir();
+    let m = million_function_module(dir.path());
+    let start = Instant::now();
+    let r = run_cli(wasmlet().args(["run", "--no-cache"]).arg(&m));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("compile.max_functions");
+    let r = run_cli(wasmlet().args(["compile", "--no-cache"]).arg(&m));
+    r.assert_one_line_error("compile.max_functions");
+    let r = run_cli(wasmlet().arg("snapshot").arg(&m));
+    r.assert_one_line_error("compile.max_functions");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // The library refuses it the same way, with a typed error.
+    let wasm = std::fs::read(&m).unwrap();
+    match runtime().load_bytes(&wasm, &LoadOptions::default()) {
+        Err(Error::TooLarge(e)) => assert_eq!(e.cap, "max_functions"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("compiled"),
+    }
+    // Modules the size of real interpreters pass the default caps.
+    let interpreter_sized = many_functions(50_000);
+    runtime()
+        .load_bytes(&interpreter_sized, &LoadOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn million_function_module_is_stopped_by_the_compile_budget() {
+    let dir = tempdir();
+    let m = million_function_module(dir.path());
+    let raised = ["--compile-cap", "max_functions=2000000"];
+    let start = Instant::now();
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--no-cache", "--compile-timeout", "2s"])
+            .args(raised)
+            .arg(&m),
+    );
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    r.assert_one_line_error("compile time budget of 2s exceeded");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+
+    let r = run_cli(
+        wasmlet()
+            .args(["compile", "--no-cache", "--compile-memory", "300MiB"])
+            .args(raised)
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("out.cwasm")),
+    );
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    r.assert_one_line_error("compile memory budget of 300 MiB exceeded");
+    assert!(!dir.path().join("out.cwasm").exists());
+}
+
+#[test]
+fn huge_timeout_is_a_usage_error_not_a_panic() {
+    for flag in ["--timeout", "--cpu-time", "--compile-timeout"] {
+        let r = run_cli(
+            wasmlet()
+                .args(["run", flag, "18446744073709551615s"])
+                .arg(c_guest("hello")),
+        );
+        assert_eq!(r.code, 1, "{flag}: {}", r.stderr);
+        r.assert_one_line_error("invalid duration");
+    }
+}
+
+#[test]
+fn invoke_output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = wasmlet()
+        .args(["run", "--invoke", "add"])
+        .arg(&m)
+        .args(["1", "2"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    // As `yes | head -c0`: ended by SIGPIPE.
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
+#[test]
+fn output_onto_a_fifo_or_device_writes_through() {
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let r = run_cli(wasmlet().arg("compile").arg(&m).arg("-o").arg(&fifo));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A .cwasm is an ELF file (wasmtime's serialized module) with a trailer.
+    assert!(reader.join().unwrap().starts_with(b"\x7fELF"));
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // A character device (a private /dev/null) is written through, not replaced.
+    let null = dir.path().join("null");
+    let c = std::ffi::CString::new(null.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; makedev takes plain integers.
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0 {
+        let r = run_cli(wasmlet().arg("compile").arg(&m).arg("-o").arg(&null));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = run_cli(wasmlet().arg("snapshot").arg(&m).arg("-o").arg(&null));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            std::fs::metadata(&null)
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
+
+    // A directory is refused in one line.
+    let r = run_cli(wasmlet().arg("compile").arg(&m).arg("-o").arg(dir.path()));
+    assert_eq!(r.code, 1);
+    r.assert_one_line_error("not a regular file");
+}
+
+#[test]
+fn output_files_respect_the_umask() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    for (umask, mode) in [(0o022, 0o644), (0o077, 0o600)] {
+        for command in ["compile", "snapshot"] {
+            let out = dir.path().join(format!("{command}-{umask:o}.out"));
+            let mut cmd = wasmlet();
+            cmd.arg(command).arg(&m).arg("-o").arg(&out);
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(umask);
+                    Ok(())
+                })
+            };
+            let r = run_cli(&mut cmd);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            let got = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, mode, "{command} under umask {umask:o}");
+        }
+    }
+}
+
+#[test]
+fn stale_temp_files_are_removed_by_the_next_write() {
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    let old = dir.path().join(".wasmlet-tmp-left-by-a-kill");
+    let fresh = dir.path().join(".wasmlet-tmp-being-written");
+    let other = dir.path().join(".tmp-not-ours");
+    for f in [&old, &fresh, &other] {
+        std::fs::write(f, b"x").unwrap();
+    }
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 60 * 60);
+    for f in [&old, &other] {
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    let r = run_cli(
+        wasmlet()
+            .arg("compile")
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("t.cwasm")),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!old.exists());
+    assert!(fresh.exists() && other.exists());
+}
+
+/// Starts `wasmlet` with `args`, waits until `ready` holds, sends `signal`
+/// and returns the exit status.
+fn signal_when(
+    cmd: &mut Command,
+    ready: impl Fn() -> bool,
+    signal: i32,
+) -> std::process::ExitStatus {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What made it ready (a temporary file) is registered for cleanup a
+    // moment after it appears.
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill takes plain integers; the child is ours and not reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    child.wait().unwrap()
+}
+
+fn wasmlet_temp_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .as_bytes()
+                .starts_with(b".wasmlet-tmp-")
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_during_compile_removes_temp_files_and_exits_143() {
+    let dir = tempdir();
+    let tmp = tempdir();
+    let m = million_function_module(dir.path());
+    let status = signal_when(
+        wasmlet()
+            .env("TMPDIR", tmp.path())
+            .args([
+                "compile",
+                "--no-cache",
+                "--compile-cap",
+                "max_functions=2000000",
+            ])
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("out.cwasm")),
+        || !wasmlet_temp_files(tmp.path()).is_empty(),
+        libc::SIGTERM,
+    );
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(wasmlet_temp_files(tmp.path()).is_empty());
+    assert!(wasmlet_temp_files(dir.path()).is_empty());
+    assert!(!dir.path().join("out.cwasm").exists());
+}
+
+#[test]
+fn sigint_during_run_exits_130() {
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    // The guest spins forever; half a second in, it is spinning (or, on a
+    // slow machine, still compiling: the signal must end either cleanly).
+    let start = Instant::now();
+    let status = signal_when(
+        wasmlet().args(["run", "--invoke", "spin"]).arg(&m),
+        || start.elapsed() > Duration::from_millis(500),
+        libc::SIGINT,
+    );
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+#[test]
+fn warn_lines_have_no_colours_in_a_file() {
+    let dir = tempdir();
+    // A cache directory that cannot be created: a warning, not an error.
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--cache-dir"])
+            .arg(&not_a_dir)
+            .arg(c_guest("hello")),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("WARN"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
+}
+
+#[test]
+fn non_utf8_argument_is_a_one_line_usage_error() {
+    use std::ffi::OsStr;
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--invoke"])
+            .arg(OsStr::from_bytes(b"\xff"))
+            .arg(c_guest("hello")),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("UTF-8");
+    let r = run_cli(wasmlet().arg("run"));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("<MODULE>");
+    let r = run_cli(&mut wasmlet());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("no command given");
+    // --help is not an error.
+    assert_eq!(run_cli(wasmlet().args(["run", "--help"])).code, 0);
+}
+
+#[test]
+fn env_passthrough_of_a_non_utf8_value_says_so() {
+    use std::ffi::OsStr;
+    let r = run_cli(
+        wasmlet()
+            .env("WASMLET_TEST_BYTES", OsStr::from_bytes(b"\xff\xfe"))
+            .args(["run", "--env", "WASMLET_TEST_BYTES"])
+            .arg(c_guest("hello")),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("not valid UTF-8");
+    assert!(!r.stderr.contains("not set"), "{}", r.stderr);
+}
+
+/// Exports `env`: how many variables the guest has, times 1000, plus the
+/// first byte of the first variable's value (after `A=`).
+const ENV_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "env") (result i32)
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    (drop (call $get (i32.const 100) (i32.const 1000)))
+    (i32.add (i32.mul (i32.load (i32.const 0)) (i32.const 1000))
+             (i32.load8_u (i32.const 1002)))))
+"#;
+
+#[test]
+fn repeated_env_name_last_wins() {
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "env.wat", ENV_WAT);
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--env", "A=1", "--env", "A=2", "--invoke", "env"])
+            .arg(&m),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), (1000 + b'2' as i32).to_string());
+}
+
+#[test]
+fn memory_limit_zero_is_a_usage_error() {
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--memory-limit", "0"])
+            .arg(c_guest("hello")),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("more than zero");
+}
+
+#[test]
+fn dir_with_empty_guest_path_is_refused() {
+    let dir = tempdir();
+    let spec = format!("{}::", dir.path().display());
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--dir", &spec])
+            .arg(c_guest("hello")),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("empty guest path");
+}
+
+#[test]
+fn two_dirs_with_one_guest_path_are_refused() {
+    let a = tempdir();
+    let b = tempdir();
+    let r = run_cli(
+        wasmlet()
+            .arg("run")
+            .arg("--dir")
+            .arg(format!("{}::/data", a.path().display()))
+            .arg("--dir")
+            .arg(format!("{}::/data/", b.path().display()))
+            .arg(c_guest("hello")),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("two directories for the guest path");
+}
