@@ -8,7 +8,6 @@
 //! reset by `exec`, so worker and compile processes start with the default
 //! ones.
 
-use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals as HookSignals;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,10 @@ struct Pending {
     files: Vec<PathBuf>,
     children: Vec<u32>,
 }
+
+/// Run first when a signal ends the process (a sandbox's shutdown).
+type OnExit = Box<dyn FnOnce() + Send>;
+static ON_EXIT: Mutex<Option<OnExit>> = Mutex::new(None);
 
 static PENDING: Mutex<Pending> = Mutex::new(Pending {
     files: Vec::new(),
@@ -38,6 +41,11 @@ pub fn install() -> anyhow::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                EXITING.store(true, Ordering::Release);
+                let shutdown = ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(shutdown) = shutdown {
+                    shutdown();
+                }
                 cleanup();
                 std::process::exit(128 + signal);
             }
@@ -99,10 +107,10 @@ impl Drop for ChildGuard {
     }
 }
 
-// A sandboxed `wasmlet run` takes SIGINT and SIGTERM differently: they are
-// blocked in every thread before any starts and taken by one thread with
-// sigwait, which ends the sandbox (kills its worker, removes its cgroups),
-// runs the cleanup above, then exits 128 + the signal.
+// A sandboxed `wasmlet run` blocks SIGINT and SIGTERM in every thread it
+// starts (so no worker-facing thread is interrupted) and registers the
+// sandbox's shutdown (kill its worker, remove its cgroups), which the signal
+// thread runs before the cleanup above.
 
 /// Set once a signal is being handled: the process is about to exit.
 static EXITING: AtomicBool = AtomicBool::new(false);
@@ -145,24 +153,13 @@ impl Signals {
         Ok(Signals { set })
     }
 
-    /// Starts the thread that waits for either signal, runs `cleanup`, and
-    /// exits with 128 + the signal's number.
+    /// Registers `cleanup` to run when either signal arrives, before the
+    /// process exits with 128 + the signal's number.
     pub fn on_signal(self, cleanup: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
-        std::thread::Builder::new()
-            .name("wasmlet-signals".into())
-            .spawn(move || {
-                let mut sig = 0;
-                // SAFETY: sigwait(3) on a sigset initialised in `block`,
-                // writing the signal number into a local.
-                let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
-                if rc == 0 {
-                    EXITING.store(true, Ordering::Release);
-                    cleanup();
-                    self::cleanup();
-                    std::process::exit(128 + sig);
-                }
-            })
-            .map(drop)
-            .context("cannot start the signal-handling thread")
+        // The signal thread `install` started (before the mask, so it
+        // still receives both signals) runs this before its own cleanup.
+        let _ = &self.set;
+        *ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(cleanup));
+        Ok(())
     }
 }

@@ -550,7 +550,7 @@ fn bad_limits_are_usage_errors() {
                 .args(["run", "--sandbox", &format!("{flag}={value}")])
                 .arg(&hello),
         );
-        assert_eq!(r.code, 2, "{flag} {value}: {}", r.stderr);
+        assert_eq!(r.code, 1, "{flag} {value}: {}", r.stderr);
         assert!(r.stderr.contains(says), "{flag} {value}: {}", r.stderr);
     }
     // The smallest pids limit accepted is enough for a worker.
