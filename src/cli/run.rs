@@ -148,8 +148,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if loaded.function.artifact_path().is_some() {
             sb.load_function(&loaded.function, &opts)?;
         } else {
-            let bytes = std::fs::read(&args.module)
-                .with_context(|| format!("cannot read {}", args.module.display()))?;
+            // Read as the runtime reads: a regular file, size-capped, never
+            // blocking on a FIFO swapped in since it was loaded.
+            let bytes = super::read_module(&args.module, runtime.config().max_module_size)?;
             sb.load(&bytes, &opts)?;
         }
         drop(loaded);
