@@ -161,26 +161,17 @@ impl Runtime {
     }
 
     fn load_input(&self, input: InputFile, opts: &LoadOptions) -> Result<Function, Error> {
-        match input.sniff() {
-            Sniff::Precompiled => {
-                if !opts.allow_precompiled {
-                    return Err(ArtifactError::NotAllowed.into());
-                }
-                let len = input.meta.len();
-                artifact::read_trailer(&input.file, len, &self.inner.fingerprint)?;
-                let module = self.map_artifact(input.file)?;
-                return self.link(
-                    Compiled {
-                        module,
-                        artifact: Some(input.path),
-                    },
-                    opts,
-                );
-            }
-            Sniff::OldArtifact => {
-                return Err(ArtifactError::Version(1, artifact::FORMAT_VERSION).into());
-            }
-            Sniff::Source => {}
+        if is_precompiled(input.sniff(), opts)? {
+            let len = input.meta.len();
+            artifact::read_trailer(&input.file, len, &self.inner.fingerprint)?;
+            let module = self.map_artifact(input.file)?;
+            return self.link(
+                Compiled {
+                    module,
+                    artifact: Some(input.path),
+                },
+                opts,
+            );
         }
         let build = self.build_for(opts);
         let Some(cache) = &self.inner.cache else {
@@ -241,29 +232,20 @@ impl Runtime {
     /// [`LoadOptions::allow_precompiled`] a wasmlet artifact): compiles it
     /// (or takes it from the cache) and links it once.
     pub fn load_bytes(&self, bytes: &[u8], opts: &LoadOptions) -> Result<Function, Error> {
-        match artifact::sniff(bytes) {
-            Sniff::Precompiled => {
-                if !opts.allow_precompiled {
-                    return Err(ArtifactError::NotAllowed.into());
-                }
-                let (_, payload) = artifact::decode(bytes, &self.inner.fingerprint)?;
-                // SAFETY: the caller opted in to running this precompiled
-                // code (`allow_precompiled`), vouching that it is the output
-                // of `Module::serialize`; its trailer names this engine.
-                let module = unsafe { Module::deserialize(&self.inner.engine, payload) }
-                    .map_err(|e| self.deserialize_error(e))?;
-                return self.link(
-                    Compiled {
-                        module,
-                        artifact: None,
-                    },
-                    opts,
-                );
-            }
-            Sniff::OldArtifact => {
-                return Err(ArtifactError::Version(1, artifact::FORMAT_VERSION).into());
-            }
-            Sniff::Source => {}
+        if is_precompiled(artifact::sniff(bytes), opts)? {
+            let (_, payload) = artifact::decode(bytes, &self.inner.fingerprint)?;
+            // SAFETY: the caller opted in to running this precompiled
+            // code (`allow_precompiled`), vouching that it is the output
+            // of `Module::serialize`; its trailer names this engine.
+            let module = unsafe { Module::deserialize(&self.inner.engine, payload) }
+                .map_err(|e| self.deserialize_error(e))?;
+            return self.link(
+                Compiled {
+                    module,
+                    artifact: None,
+                },
+                opts,
+            );
         }
         let build = self.build_for(opts);
         let Some(cache) = &self.inner.cache else {
@@ -470,6 +452,17 @@ impl Runtime {
             limits,
             artifact,
         ))
+    }
+}
+
+/// Whether an input is a precompiled artifact that may be loaded; an error
+/// for one the caller did not opt in to, and for the old artifact format.
+fn is_precompiled(sniff: Sniff, opts: &LoadOptions) -> Result<bool, Error> {
+    match sniff {
+        Sniff::Precompiled if opts.allow_precompiled => Ok(true),
+        Sniff::Precompiled => Err(ArtifactError::NotAllowed.into()),
+        Sniff::OldArtifact => Err(ArtifactError::Version(1, artifact::FORMAT_VERSION).into()),
+        Sniff::Source => Ok(false),
     }
 }
 
