@@ -295,12 +295,15 @@ impl CompileLimits {
 ///   not interrupted: it runs to its end (the read or write of the buffer
 ///   the guest passed, an open, a rename, an unlink, a directory made or
 ///   removed, so its effects on the granted directories can appear after
-///   the [`crate::Outcome`] is returned), and its result is dropped. The CPU
-///   time these calls take on pool threads is neither charged nor counted
-///   against `cpu_time` (their wall time is). [`crate::Function::invoke`]
-///   bounds them to 4 threads per calling thread; for
-///   [`crate::Function::invoke_async`] the caller's runtime bounds them
-///   (`max_blocking_threads`);
+///   the [`crate::Outcome`] is returned), and its result is dropped. With
+///   [`crate::Function::invoke`], the CPU time these calls take on the pool
+///   is charged to the invocation and counted against `cpu_time` (each
+///   calling thread has its own pool of at most 4 threads, whose CPU clocks
+///   are read; a call left running by a stopped invocation is charged to
+///   nobody after the stop). With [`crate::Function::invoke_async`] the
+///   calls run on the caller's runtime's pool, shared by all its
+///   invocations, and their CPU time is not charged (their wall time is);
+///   the caller's runtime bounds them (`max_blocking_threads`);
 /// - stdio on a pipe that cannot be reopened non-blocking (no `/proc`):
 ///   reading or writing it blocks the thread;
 /// - anything a whole sandbox does (that is the cgroup layer's job).

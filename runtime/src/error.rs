@@ -96,7 +96,11 @@ impl From<ArtifactError> for Error {
 
 impl From<wasmlet_snapshotter::SnapshotError> for Error {
     fn from(e: wasmlet_snapshotter::SnapshotError) -> Self {
-        Error::Snapshot(e)
+        match e {
+            // Over a cap is the same refusal whichever step checked it.
+            wasmlet_snapshotter::SnapshotError::TooLarge(cap) => Error::TooLarge(cap),
+            e => Error::Snapshot(e),
+        }
     }
 }
 

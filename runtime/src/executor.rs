@@ -6,7 +6,8 @@
 use crate::config::RuntimeConfig;
 use crate::engine::EpochTicker;
 use crate::error::Error;
-use std::cell::OnceCell;
+use crate::fs_cpu::{self, PoolCpu};
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -46,63 +47,90 @@ impl Executor {
 /// A current-thread tokio runtime per calling thread, built on first use:
 /// its timer and reactor serve the invocations this thread blocks on, and
 /// its blocking pool (at most [`WASI_BLOCKING_THREADS`]) their filesystem
-/// calls. Shut down without waiting when the thread ends, so a filesystem
-/// call that never returns cannot hang the thread's (or process's) exit.
-struct LocalRuntime(OnceCell<tokio::runtime::Runtime>);
+/// calls, whose CPU time its [`PoolCpu`] follows. Shut down without waiting
+/// when the thread ends (or the runtime is retired), so a filesystem call
+/// that never returns cannot hang the thread's (or process's) exit.
+struct LocalRuntime(RefCell<Option<Local>>);
+
+struct Local {
+    rt: tokio::runtime::Runtime,
+    pool: Arc<PoolCpu>,
+}
 
 impl Drop for LocalRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
+        if let Some(local) = self.0.take() {
+            local.rt.shutdown_background();
         }
     }
 }
 
 thread_local! {
-    static LOCAL: LocalRuntime = const { LocalRuntime(OnceCell::new()) };
+    static LOCAL: LocalRuntime = const { LocalRuntime(RefCell::new(None)) };
+}
+
+impl Local {
+    fn new() -> Result<Local, Error> {
+        let pool = Arc::new(PoolCpu::default());
+        let (started, stopping) = (pool.clone(), pool.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(WASI_BLOCKING_THREADS)
+            .thread_name("wasmlet-wasi-fs")
+            // A current-thread runtime starts no workers: these run on its
+            // blocking pool's threads only.
+            .on_thread_start(move || started.thread_started())
+            .on_thread_stop(move || stopping.thread_stopping())
+            .build()
+            .map_err(|e| Error::Setup(format!("cannot start an async runtime: {e}")))?;
+        Ok(Local { rt, pool })
+    }
 }
 
 /// Runs `fut` to completion on the calling thread.
 ///
 /// Outside any tokio runtime (the usual case for a synchronous caller) this
 /// polls it on the thread's own current-thread runtime, so the invocation
-/// never leaves the thread. tokio refuses to block inside a runtime, so a
-/// caller that is itself inside one (a task, or a thread of a blocking pool)
-/// gets a helper thread for the call, which costs a thread start; such
-/// callers should use `Function::invoke_async`.
+/// never leaves the thread, with that runtime's [`PoolCpu`] active (see
+/// [`crate::fs_cpu`]). tokio refuses to block inside a runtime, so a caller
+/// that is itself inside one (a task, or a thread of a blocking pool) gets
+/// a helper thread for the call, which costs a thread start; such callers
+/// should use `Function::invoke_async`.
 pub(crate) fn block_on<F>(fut: F) -> Result<F::Output, Error>
 where
     F: Future + Send,
     F::Output: Send,
 {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("wasmlet-invoke".into())
-                .spawn_scoped(s, || block_on_here(fut))
-                .map_err(|e| Error::Setup(format!("cannot start an invocation thread: {e}")))?
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-    }
-    block_on_here(fut)
+    wasmlet_snapshotter::blocking::outside_async_context("wasmlet-invoke", || block_on_here(fut))
+        .map_err(|e| Error::Setup(format!("cannot start an invocation thread: {e}")))?
+}
+
+/// Replaces the calling thread's runtime if its blocking pool has ever run
+/// a call: after a stopped invocation, a filesystem call it left running
+/// finishes on the old pool instead of being charged to the next
+/// invocation. (Called on the thread `block_on` ran on.)
+pub(crate) fn retire_local_runtime() {
+    LOCAL.with(|local| {
+        let mut slot = local.0.borrow_mut();
+        if slot.as_ref().is_some_and(|l| l.pool.used())
+            && let Some(old) = slot.take()
+        {
+            old.rt.shutdown_background();
+        }
+    });
 }
 
 fn block_on_here<F: Future>(fut: F) -> Result<F::Output, Error> {
     let mut fut = std::pin::pin!(fut);
-    LOCAL.with(|local| {
-        let rt = match local.0.get() {
-            Some(rt) => rt,
-            None => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .max_blocking_threads(WASI_BLOCKING_THREADS)
-                    .thread_name("wasmlet-wasi-fs")
-                    .build()
-                    .map_err(|e| Error::Setup(format!("cannot start an async runtime: {e}")))?;
-                local.0.get_or_init(|| rt)
-            }
-        };
+    let (rt, pool) = LOCAL.with(|local| {
+        let mut slot = local.0.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Local::new()?);
+        }
+        let l = slot.as_ref().expect("just set");
+        Ok::<_, Error>((l.rt.handle().clone(), l.pool.clone()))
+    })?;
+    fs_cpu::with_active(&pool, || {
         // Most invocations never wait: poll once in the runtime's context
         // (its timer, reactor and blocking pool are then the ones in use),
         // which costs less than entering its scheduler. One that is
@@ -116,11 +144,21 @@ fn block_on_here<F: Future>(fut: F) -> Result<F::Output, Error> {
                 // Tasks it spawned (wasmtime-wasi's stream writers) were
                 // aborted when it dropped them; let the scheduler free them.
                 if rt.metrics().num_alive_tasks() > 0 {
-                    rt.block_on(tokio::task::yield_now());
+                    LOCAL.with(|local| {
+                        if let Some(l) = local.0.borrow().as_ref() {
+                            l.rt.block_on(tokio::task::yield_now());
+                        }
+                    });
                 }
                 return Ok(out);
             }
         }
-        Ok(rt.block_on(fut))
+        LOCAL.with(|local| {
+            let slot = local.0.borrow();
+            let l = slot
+                .as_ref()
+                .expect("set above, and only retired by the caller");
+            Ok(l.rt.block_on(fut))
+        })
     })
 }

@@ -161,7 +161,13 @@ impl Function {
             start.meter,
         ));
         let (finished, cpu_time) = executor::block_on(run)?;
-        Ok(finished?.outcome(start.wall_start, cpu_time))
+        let finished = finished?;
+        if matches!(finished.status, Status::LimitExceeded(_)) {
+            // A filesystem call it may have left running is not the next
+            // invocation's (see `fs_cpu`).
+            executor::retire_local_runtime();
+        }
+        Ok(finished.outcome(start.wall_start, cpu_time))
     }
 
     /// One invocation as a future, for async servers: polled by the

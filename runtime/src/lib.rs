@@ -26,7 +26,10 @@
 //! - `invocation`: what an invocation gets ([`Invocation`]) and returns
 //!   ([`Outcome`]);
 //! - `limiter`: live enforcement of memory, table, CPU-time and wall limits;
-//! - `usage`: the [`Usage`] record and the thread CPU clock;
+//! - `usage`: the [`Usage`] record and `Metered`, which reads the thread
+//!   CPU clock (`clock`) around every poll;
+//! - `fs_cpu`: the CPU time of WASI filesystem calls, which run on a
+//!   blocking pool, charged to the invocation that made them;
 //! - [`cache`] and [`artifact`]: the on-disk cache (trust rules, file
 //!   index, maintenance) and the `.cwasm` format, mapped on load;
 //! - `input`: reading module files (regular files only, size-capped);
@@ -47,10 +50,12 @@
 
 pub mod artifact;
 pub mod cache;
+mod clock;
 pub mod config;
 mod engine;
 pub mod error;
 mod executor;
+mod fs_cpu;
 mod function;
 mod input;
 mod invocation;

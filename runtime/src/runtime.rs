@@ -30,7 +30,8 @@ pub struct LoadOptions {
     /// Limits for this function's invocations; `None` uses the runtime's.
     pub limits: Option<Limits>,
     /// Pre-initialize with these options before compiling; `None` follows
-    /// `RuntimeConfig::snapshot` (with default options).
+    /// `RuntimeConfig::snapshot` (with default options and the caps of
+    /// `RuntimeConfig::compile`).
     pub snapshot: Option<SnapshotOptions>,
     /// Accept a precompiled module (a `.cwasm` from `wasmlet compile`).
     /// Precompiled code is native code that runs as is, unchecked: set this
@@ -310,11 +311,12 @@ impl Runtime {
     }
 
     fn build_for(&self, opts: &LoadOptions) -> Build {
-        match opts
-            .snapshot
-            .clone()
-            .or_else(|| self.inner.config.snapshot.then(SnapshotOptions::default))
-        {
+        match opts.snapshot.clone().or_else(|| {
+            self.inner.config.snapshot.then(|| SnapshotOptions {
+                caps: self.inner.config.compile.caps(),
+                ..SnapshotOptions::default()
+            })
+        }) {
             Some(snap) => Build::Snapshot(snap),
             None => Build::Compile,
         }

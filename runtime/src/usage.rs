@@ -14,12 +14,14 @@
 //! running this invocation, on whichever threads ran it. An invocation that
 //! never waits is one poll: two clock reads, as before it was a future.
 
+use crate::clock::thread_cpu_time;
+use crate::fs_cpu::{self, PoolCpu};
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -108,6 +110,9 @@ pub(crate) struct CpuMeter {
     spent: AtomicU64,
     /// The polling thread's clock when the current poll started, in ns.
     poll_start: AtomicU64,
+    /// The blocking pool the invocation's filesystem calls run on, when it
+    /// is driven synchronously, and that pool's CPU time when it started.
+    pool: OnceLock<(Arc<PoolCpu>, Duration)>,
 }
 
 impl CpuMeter {
@@ -117,7 +122,11 @@ impl CpuMeter {
         let now = nanos_of(thread_cpu_time());
         let spent = self.spent.load(Ordering::Relaxed);
         let start = self.poll_start.load(Ordering::Relaxed);
-        Duration::from_nanos(spent.saturating_add(now.saturating_sub(start)))
+        let own = Duration::from_nanos(spent.saturating_add(now.saturating_sub(start)));
+        match self.pool.get() {
+            Some((pool, base)) if pool.used() => own + pool.total().saturating_sub(*base),
+            _ => own,
+        }
     }
 }
 
@@ -127,12 +136,16 @@ fn nanos_of(d: Duration) -> u64 {
 
 pin_project! {
     /// Runs a future and adds up the CPU time its polls take on the threads
-    /// that poll it. Resolves to the future's output and that time.
+    /// that poll it, plus, when it is driven synchronously, the CPU time of
+    /// the blocking pool its filesystem calls run on (see
+    /// [`crate::fs_cpu`]). Resolves to the future's output and that time.
     pub(crate) struct Metered<F> {
         #[pin]
         inner: F,
         spent: Duration,
         shared: Option<Arc<CpuMeter>>,
+        pool: Option<(Arc<PoolCpu>, Duration)>,
+        first: bool,
     }
 }
 
@@ -144,6 +157,8 @@ impl<F> Metered<F> {
             inner,
             spent: Duration::ZERO,
             shared,
+            pool: None,
+            first: true,
         }
     }
 }
@@ -153,6 +168,15 @@ impl<F: Future> Future for Metered<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if std::mem::take(this.first)
+            && let Some(pool) = fs_cpu::active()
+        {
+            let base = pool.total();
+            if let Some(shared) = this.shared {
+                let _ = shared.pool.set((pool.clone(), base));
+            }
+            *this.pool = Some((pool, base));
+        }
         let start = thread_cpu_time();
         if let Some(shared) = this.shared {
             shared.spent.store(nanos_of(*this.spent), Ordering::Relaxed);
@@ -161,25 +185,16 @@ impl<F: Future> Future for Metered<F> {
         let poll = this.inner.poll(cx);
         *this.spent += thread_cpu_time().saturating_sub(start);
         match poll {
-            Poll::Ready(out) => Poll::Ready((out, *this.spent)),
+            Poll::Ready(out) => {
+                let fs = match this.pool {
+                    Some((pool, base)) if pool.used() => pool.total().saturating_sub(*base),
+                    _ => Duration::ZERO,
+                };
+                Poll::Ready((out, *this.spent + fs))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
-}
-
-/// CPU time consumed so far by the calling thread.
-pub(crate) fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID
-    // is supported on every Linux this runs on; the call writes nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]

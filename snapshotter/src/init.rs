@@ -185,17 +185,8 @@ where
     F: Future + Send,
     F::Output: Send,
 {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("wasmlet-snapshot".into())
-                .spawn_scoped(s, || run_async_here(fut))
-                .map_err(|e| SnapshotError::Internal(format!("cannot start a thread: {e}")))?
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-    }
-    run_async_here(fut)
+    crate::blocking::outside_async_context("wasmlet-snapshot", || run_async_here(fut))
+        .map_err(|e| SnapshotError::Internal(format!("cannot start a thread: {e}")))?
 }
 
 fn run_async_here<F: Future>(fut: F) -> Result<F::Output, SnapshotError> {

@@ -20,7 +20,11 @@
 //! 4. snapshot + rewrite (wizer): non-zero memory as merged data segments,
 //!    globals as constants, the init exports removed;
 //! 5. verify: the output must validate, or nothing is returned.
+//!
+//! Also [`blocking`]: running a future to completion from code that may be
+//! inside a tokio runtime (init here, `Function::invoke` in the runtime).
 
+pub mod blocking;
 mod check;
 mod error;
 mod init;

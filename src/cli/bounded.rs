@@ -38,6 +38,18 @@ pub struct Artifact {
 }
 
 impl Artifact {
+    /// A new, empty private temporary file.
+    pub fn new() -> anyhow::Result<Artifact> {
+        let file = tempfile::Builder::new()
+            .prefix(super::output::TEMP_PREFIX)
+            .tempfile()
+            .context("cannot create a temporary file")?;
+        Ok(Artifact {
+            _guard: TempFileGuard::new(file.path()),
+            file,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         self.file.path()
     }
@@ -91,14 +103,7 @@ pub fn load(runtime: &Runtime, module: &Path, opts: &LoadOptions) -> anyhow::Res
 /// Compiles `module` in a child process under `config.compile`'s budget;
 /// returns the artifact (a `.cwasm`) in a private temporary file.
 pub fn compile(config: &RuntimeConfig, module: &Path) -> anyhow::Result<Artifact> {
-    let file = tempfile::Builder::new()
-        .prefix(super::output::TEMP_PREFIX)
-        .tempfile()
-        .context("cannot create a temporary file for the compiled module")?;
-    let artifact = Artifact {
-        _guard: TempFileGuard::new(file.path()),
-        file,
-    };
+    let artifact = Artifact::new()?;
     run_child(config, module, artifact.path())?;
     Ok(artifact)
 }
@@ -116,13 +121,43 @@ pub fn precompile(config: &RuntimeConfig, module: &Path) -> anyhow::Result<Vec<u
 }
 
 fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find own executable")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = own_command()?;
     cmd.arg(WORKER_SUBCOMMAND)
         .arg(serde_json::to_string(config)?)
         .arg(module)
-        .arg(out)
-        .stdin(Stdio::null())
+        .arg(out);
+    run_budgeted(
+        cmd,
+        "compiler",
+        config.compile.timeout,
+        LimitExceeded::CompileTime(config.compile.timeout),
+        LimitExceeded::CompileMemory(config.compile.max_memory),
+    )?;
+    if std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
+        bail!("the compiler process wrote no output");
+    }
+    Ok(())
+}
+
+/// This binary, to be started as one of its hidden worker subcommands.
+pub fn own_command() -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find own executable")?;
+    Ok(Command::new(exe))
+}
+
+/// Runs `cmd` (a worker that caps its own memory) as a child that dies with
+/// this process, waits at most `timeout` for it (then kills it and fails
+/// with `over_time`), and turns its failure into one error: `over_memory`
+/// when it died of a failed allocation, else its last stderr line. Its
+/// other stderr lines (warnings) are passed on.
+pub fn run_budgeted(
+    mut cmd: Command,
+    what: &str,
+    timeout: std::time::Duration,
+    over_time: LimitExceeded,
+    over_memory: LimitExceeded,
+) -> anyhow::Result<()> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec and only
@@ -135,7 +170,9 @@ fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Resul
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("cannot start the compiler process")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the {what} process"))?;
     let guard = ChildGuard::new(child.id());
     let pid = child.id() as libc::pid_t;
 
@@ -150,7 +187,7 @@ fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Resul
         s.spawn(move || {
             let _ = exited_tx.send(wait_without_reaping(pid));
         });
-        let timed_out = match exited_rx.recv_timeout(config.compile.timeout) {
+        let timed_out = match exited_rx.recv_timeout(timeout) {
             Ok(_) => false,
             Err(_) => {
                 // SAFETY: kill takes plain integers; the child has not been
@@ -163,10 +200,10 @@ fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Resul
         drop(guard);
         let status = child
             .wait()
-            .context("cannot wait for the compiler process")?;
+            .with_context(|| format!("cannot wait for the {what} process"))?;
         let messages = messages.join().unwrap_or_default();
         if timed_out {
-            return Err(LimitExceeded::CompileTime(config.compile.timeout).into());
+            return Err(over_time.into());
         }
         let out_of_memory = [
             "memory allocation of",
@@ -176,7 +213,7 @@ fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Resul
         .iter()
         .any(|m| messages.contains(m));
         if !status.success() && out_of_memory {
-            return Err(LimitExceeded::CompileMemory(config.compile.max_memory).into());
+            return Err(over_memory.into());
         }
         // The child's own warnings (an unwritable cache) are the user's too.
         let mut lines: Vec<&str> = messages.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -192,15 +229,11 @@ fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Resul
                 Err(anyhow!("{}", line.strip_prefix("error: ").unwrap_or(line)))
             }
             _ => bail!(
-                "the compiler process failed ({status}){}",
+                "the {what} process failed ({status}){}",
                 last.map(|l| format!(": {l}")).unwrap_or_default()
             ),
         }
-    })?;
-    if std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
-        bail!("the compiler process wrote no output");
-    }
-    Ok(())
+    })
 }
 
 /// Blocks until child `pid` has ended, leaving it to be reaped (so its pid

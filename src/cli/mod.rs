@@ -61,6 +61,14 @@ enum Command {
         /// Where to write the artifact.
         output: PathBuf,
     },
+    /// (internal) Snapshot a module under a budget (see `snapshot`).
+    #[command(hide = true, name = snapshot::WORKER_SUBCOMMAND)]
+    SnapshotWorker {
+        /// Where to write the snapshot.
+        tmp: PathBuf,
+        #[command(flatten)]
+        args: snapshot::SnapshotArgs,
+    },
 }
 
 /// Flags every command that compiles shares.
@@ -132,7 +140,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
     // Workers keep the default dispositions: their parent cleans up.
     if !matches!(
         cli.command,
-        Command::SandboxWorker | Command::CompileWorker { .. }
+        Command::SandboxWorker | Command::CompileWorker { .. } | Command::SnapshotWorker { .. }
     ) {
         signals::install()?;
     }
@@ -151,6 +159,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
             output,
         } => {
             bounded::worker_main(&config, &module, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SnapshotWorker { tmp, args } => {
+            snapshot::worker_main(&tmp, args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -126,9 +126,7 @@ pub fn wait_if_exiting() {
 }
 
 /// SIGINT and SIGTERM, blocked in every thread started after [`Signals::block`].
-pub struct Signals {
-    set: libc::sigset_t,
-}
+pub struct Signals(());
 
 impl Signals {
     /// Blocks SIGINT and SIGTERM in the calling thread, and so in every
@@ -136,7 +134,7 @@ impl Signals {
     pub fn block() -> anyhow::Result<Signals> {
         // SAFETY: an all-zero sigset_t is a valid value to initialise with
         // sigemptyset; the pointers passed are to this local.
-        let set = unsafe {
+        unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
@@ -148,9 +146,8 @@ impl Signals {
                     std::io::Error::from_raw_os_error(rc)
                 );
             }
-            set
-        };
-        Ok(Signals { set })
+        }
+        Ok(Signals(()))
     }
 
     /// Registers `cleanup` to run when either signal arrives, before the
@@ -158,7 +155,6 @@ impl Signals {
     pub fn on_signal(self, cleanup: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
         // The signal thread `install` started (before the mask, so it
         // still receives both signals) runs this before its own cleanup.
-        let _ = &self.set;
         *ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(cleanup));
         Ok(())
     }

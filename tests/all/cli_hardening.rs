@@ -14,6 +14,11 @@ use wasmlet_runtime::{Error, LoadOptions};
 /// A module of `n` empty functions, written directly in the binary format
 /// (4 MB for a million: 1 byte each in the function section, 3 in code).
 fn many_functions(n: u32) -> Vec<u8> {
+    many_functions_exporting(n, None)
+}
+
+/// As [`many_functions`], with function 0 exported as `export`.
+fn many_functions_exporting(n: u32, export: Option<&str>) -> Vec<u8> {
     fn leb(mut v: u32, out: &mut Vec<u8>) {
         loop {
             let byte = (v & 0x7f) as u8;
@@ -36,6 +41,13 @@ fn many_functions(n: u32) -> Vec<u8> {
     leb(n, &mut funcs);
     funcs.resize(funcs.len() + n as usize, 0); // every function has type 0
     section(3, &funcs, &mut m);
+    if let Some(name) = export {
+        let mut exports = vec![1];
+        leb(name.len() as u32, &mut exports);
+        exports.extend_from_slice(name.as_bytes());
+        exports.extend_from_slice(&[0, 0]); // a function, index 0
+        section(7, &exports, &mut m);
+    }
     let mut code = Vec::new();
     leb(n, &mut code);
     for _ in 0..n {
@@ -114,6 +126,109 @@ fn million_function_module_is_stopped_by_the_compile_budget() {
     assert_eq!(r.code, 137, "{}", r.stderr);
     r.assert_one_line_error("compile memory budget of 300 MiB exceeded");
     assert!(!dir.path().join("out.cwasm").exists());
+}
+
+/// `wasmlet snapshot` compiles the module to run its init: that compile
+/// used to be bounded only by the caps, in process. Now the whole snapshot
+/// runs in a child under the compile budget plus init's own limits.
+#[test]
+fn snapshot_of_a_million_function_module_is_stopped_by_its_budget() {
+    let dir = tempdir();
+    let m = dir.path().join("million-init.wasm");
+    std::fs::write(
+        &m,
+        many_functions_exporting(1_000_000, Some("wizer.initialize")),
+    )
+    .unwrap();
+    let out = dir.path().join("out.wasm");
+    let start = Instant::now();
+    let r = run_cli(
+        wasmlet()
+            .args(["snapshot", "--compile-timeout", "2s", "--timeout", "1s"])
+            .args(["--compile-cap", "max_functions=2000000"])
+            .arg(&m)
+            .arg("-o")
+            .arg(&out),
+    );
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    r.assert_one_line_error("compile time budget of 2s exceeded");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!out.exists());
+    assert!(wasmlet_temp_files(dir.path()).is_empty());
+
+    let r = run_cli(
+        wasmlet()
+            .args([
+                "snapshot",
+                "--compile-memory",
+                "300MiB",
+                "--memory-limit",
+                "1MiB",
+            ])
+            .args(["--compile-cap", "max_functions=2000000"])
+            .arg(&m)
+            .arg("-o")
+            .arg(&out),
+    );
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    r.assert_one_line_error("compile memory budget of 300 MiB exceeded");
+    assert!(!out.exists());
+}
+
+/// A snapshot in its child still says what went wrong in one line, and a
+/// good one still works.
+#[test]
+fn snapshot_in_a_child_reports_errors_and_writes_output() {
+    let dir = tempdir();
+    let r = run_cli(
+        wasmlet()
+            .arg("snapshot")
+            .arg(dir.path().join("missing.wasm")),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    r.assert_one_line_error("missing.wasm");
+    let m = wat_file(
+        dir.path(),
+        "init.wat",
+        r#"(module (memory (export "memory") 1) (global $g (mut i32) (i32.const 0))
+            (func (export "wizer.initialize") (global.set $g (i32.const 42)))
+            (func (export "get") (result i32) (global.get $g)))"#,
+    );
+    let out = dir.path().join("init.snapshot.wasm");
+    let r = run_cli(wasmlet().arg("snapshot").arg(&m));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_cli(wasmlet().args(["run", "--invoke", "get"]).arg(&out));
+    assert_eq!((r.code, r.stdout.trim()), (0, "42"), "{}", r.stderr);
+}
+
+#[test]
+fn sigterm_during_snapshot_removes_temp_files_and_exits_143() {
+    let dir = tempdir();
+    let tmp = tempdir();
+    let m = dir.path().join("million-init.wasm");
+    std::fs::write(
+        &m,
+        many_functions_exporting(1_000_000, Some("wizer.initialize")),
+    )
+    .unwrap();
+    let status = signal_when(
+        wasmlet()
+            .env("TMPDIR", tmp.path())
+            .args(["snapshot", "--compile-cap", "max_functions=2000000"])
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("out.wasm")),
+        || !wasmlet_temp_files(tmp.path()).is_empty(),
+        libc::SIGTERM,
+    );
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(wasmlet_temp_files(tmp.path()).is_empty());
+    assert!(wasmlet_temp_files(dir.path()).is_empty());
+    assert!(!dir.path().join("out.wasm").exists());
 }
 
 #[test]
@@ -443,4 +558,27 @@ fn two_dirs_with_one_guest_path_are_refused() {
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
     r.assert_one_line_error("two directories for the guest path");
+}
+
+/// A runtime that snapshots on load used the snapshotter's default caps
+/// for the input, not its own `compile` caps: a module over them had its
+/// init run (here: forever, until init's 60 s timeout) before the compile
+/// of the snapshot refused it. Now it is refused before init runs.
+#[test]
+fn snapshot_on_load_checks_the_runtimes_caps_before_init() {
+    let funcs = "(func)".repeat(20);
+    let wat = format!(r#"(module (func (export "wizer.initialize") (loop (br 0))) {funcs})"#);
+    let r = within(Duration::from_secs(30), move || {
+        let rt = runtime_with(|c| {
+            c.snapshot = true;
+            c.compile.set_cap("max_functions", 10).unwrap();
+        });
+        rt.load_bytes(wat.as_bytes(), &LoadOptions::default())
+            .map(|_| ())
+    });
+    match r {
+        Err(Error::TooLarge(e)) => assert_eq!(e.cap, "max_functions"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(()) => panic!("loaded"),
+    }
 }

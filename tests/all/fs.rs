@@ -2,6 +2,8 @@
 //! else.
 
 use crate::helpers::*;
+use std::time::Duration;
+use wasmlet_runtime::{Invocation, LimitExceeded, Limits, LoadOptions, Preopen, Status};
 
 #[test]
 fn read_and_write_through_dir() {
@@ -98,4 +100,132 @@ fn missing_dir_is_a_clear_error() {
     );
     assert_eq!(r.code, 1);
     r.assert_one_line_error("cannot open directory /no/such/dir");
+}
+
+/// Filesystem calls run on a blocking pool, off the invocation's thread,
+/// so their CPU time used to be missing from the usage record (issue 8):
+/// a guest that only reads files reported about half the CPU its process
+/// used. Now the pool's CPU is charged: the record accounts for most of
+/// the process's CPU time (the rest is start-up: loading from the cache).
+#[test]
+fn filesystem_cpu_time_is_charged_to_the_invocation() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("data"), vec![7u8; 16 << 20]).unwrap();
+    let out = tempdir();
+    let guest = c_guest("fileops");
+    // Compiled (and cached) first, so the measured run only maps it.
+    let warm = run_cli(
+        wasmlet()
+            .arg("compile")
+            .arg(&guest)
+            .arg("-o")
+            .arg(out.path().join("f.cwasm")),
+    );
+    assert_eq!(warm.code, 0, "{}", warm.stderr);
+    let stderr_path = out.path().join("stderr");
+    // Reaped with wait4 below, which gives its resource usage.
+    #[allow(clippy::zombie_processes)]
+    let child = wasmlet()
+        .args(["run", "--usage", "--dir"])
+        .arg(format!("{}::/d", dir.path().display()))
+        .arg(&guest)
+        .args(["reread", "/d/data", "40"])
+        .stdout(std::fs::File::create(out.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only to `status` and `ru`, both on this stack;
+    // the pid is our unreaped child.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let stdout = std::fs::read_to_string(out.path().join("stdout")).unwrap();
+    assert_eq!(stdout.trim(), (40u64 << 24).to_string());
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let usage = Run {
+        code: 0,
+        stdout,
+        stderr,
+    }
+    .usage();
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let process = tv(ru.ru_utime) + tv(ru.ru_stime);
+    let charged = Duration::from_nanos(usage["cpu_time_ns"].as_u64().unwrap());
+    assert!(
+        charged.as_secs_f64() >= 0.75 * process.as_secs_f64(),
+        "charged {charged:?} of the process's {process:?}"
+    );
+    assert!(
+        charged <= process,
+        "charged {charged:?} > process {process:?}"
+    );
+}
+
+/// The same work under a CPU budget: the pool's CPU counts against it.
+#[test]
+fn filesystem_cpu_time_counts_against_the_cpu_budget() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("data"), vec![7u8; 16 << 20]).unwrap();
+    let rt = runtime();
+    let f = rt
+        .load_file(c_guest("fileops"), &LoadOptions::default())
+        .unwrap();
+    let limits = Limits {
+        cpu_time: Some(Duration::from_millis(50)),
+        ..Limits::default()
+    };
+    let out = f
+        .invoke(Invocation {
+            args: ["fileops", "reread", "/d/data", "1000000"]
+                .map(String::from)
+                .to_vec(),
+            dirs: vec![read_only(dir.path(), "/d")],
+            limits: Some(limits),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        matches!(
+            out.status,
+            Status::LimitExceeded(LimitExceeded::CpuTime(t)) if t == Duration::from_millis(50)
+        ),
+        "{:?}",
+        out.status
+    );
+    assert!(
+        out.usage.cpu_time >= Duration::from_millis(50),
+        "{:?}",
+        out.usage
+    );
+    // The next invocation on this thread is charged only its own work.
+    let small = f
+        .invoke(Invocation {
+            args: ["fileops", "reread", "/d/data", "1"]
+                .map(String::from)
+                .to_vec(),
+            dirs: vec![read_only(dir.path(), "/d")],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        matches!(small.status, Status::Exited(0)),
+        "{:?}",
+        small.status
+    );
+    assert!(
+        small.usage.cpu_time < Duration::from_millis(50),
+        "{:?}",
+        small.usage
+    );
+}
+
+fn read_only(host: &std::path::Path, guest: &str) -> Preopen {
+    Preopen {
+        host: host.into(),
+        guest: guest.into(),
+        read_only: true,
+    }
 }

@@ -2,11 +2,15 @@
 //   fileops read PATH        print the file
 //   fileops write PATH TEXT  create/overwrite PATH with TEXT
 //   fileops list PATH        list a directory
+//   fileops reread PATH N    read the whole file N times, 4 MiB at a time
 // Exits 0 on success; on failure prints "error: <reason>" and exits 2.
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int fail(const char *what) {
     printf("error: %s: %s\n", what, strerror(errno));
@@ -38,6 +42,22 @@ int main(int argc, char **argv) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) printf("%s\n", e->d_name);
         closedir(d);
+        return 0;
+    }
+    if (strcmp(op, "reread") == 0 && argc == 4) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) return fail(path);
+        size_t size = 4 << 20;
+        char *buf = malloc(size);
+        if (!buf) return fail("malloc");
+        long total = 0;
+        for (int i = atoi(argv[3]); i > 0; i--) {
+            if (lseek(fd, 0, SEEK_SET) != 0) return fail("lseek");
+            ssize_t n;
+            while ((n = read(fd, buf, size)) > 0) total += n;
+            if (n < 0) return fail("read");
+        }
+        printf("%ld\n", total);
         return 0;
     }
     return 64;
