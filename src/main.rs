@@ -25,9 +25,16 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, no backtrace: the chain of causes joined by ": ".
             cli::eprintln(&format!("error: {e:#}"));
-            // A limit the command itself exceeded (the compile budget) is
-            // reported like a guest's.
-            if e.downcast_ref::<wasmlet_runtime::LimitExceeded>().is_some() {
+            // A limit the command itself exceeded (the compile budget, a
+            // snapshot's init limits, also from a worker) is reported like
+            // a guest's.
+            let limit = e.downcast_ref::<wasmlet_runtime::LimitExceeded>().is_some()
+                || e.downcast_ref::<cli::ChildLimit>().is_some()
+                || matches!(
+                    e.downcast_ref::<wasmlet_runtime::SnapshotError>(),
+                    Some(wasmlet_runtime::SnapshotError::LimitExceeded(_))
+                );
+            if limit {
                 ExitCode::from(cli::EXIT_LIMIT)
             } else {
                 ExitCode::from(cli::EXIT_HOST_ERROR)

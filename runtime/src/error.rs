@@ -181,6 +181,20 @@ pub enum LimitExceeded {
         Bytes(*.0)
     )]
     CompileMemory(u64),
+    /// A snapshot (compile, init and rewrite, in the CLI's bounded child)
+    /// took longer than its budget: the compile timeout plus init's.
+    #[error(
+        "snapshot time budget of {} exceeded (--compile-timeout + --timeout)",
+        humantime::format_duration(*.0)
+    )]
+    SnapshotTime(Duration),
+    /// A snapshot needed more memory than its budget: the compile memory
+    /// plus init's memory limit.
+    #[error(
+        "snapshot memory budget of {} exceeded (--compile-memory + --memory-limit)",
+        Bytes(*.0)
+    )]
+    SnapshotMemory(u64),
     /// The pooling allocator has no free slot.
     #[error("instance pool of {0} slots is full")]
     PoolFull(u32),

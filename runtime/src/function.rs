@@ -11,14 +11,14 @@ use crate::config::Limits;
 use crate::error::{Error, LimitExceeded};
 use crate::executor::{self, Executor};
 use crate::invocation::{Entry, Invocation, Outcome, Status};
-use crate::limiter::{StoreLimiter, TimeBudget, deadline};
+use crate::limiter::{CpuWatch, StoreLimiter, TimeBudget, deadline};
 use crate::store::{StoreState, new_store};
 use crate::usage::{CpuMeter, Metered, Usage};
 use crate::wasi;
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::{
     ExternType, InstancePre, Module, PoolConcurrencyLimitError, Store, Trap, Val, ValType,
     WasmBacktrace,
@@ -61,6 +61,8 @@ struct Start<'a> {
     wall_start: Instant,
     meter: Option<Arc<CpuMeter>>,
     budget: Option<TimeBudget>,
+    /// The CPU budget, for [`CpuWatch`] to check while the guest waits.
+    cpu_watch: Option<(Arc<CpuMeter>, Duration)>,
 }
 
 /// What the metered part of an invocation hands back for the usage record.
@@ -157,7 +159,13 @@ impl Function {
         let start = self.start(&inv)?;
         // Pinned here, once: the future is a few KiB, not worth moving.
         let run = std::pin::pin!(Metered::new(
-            self.run(&inv, start.limits, start.wall_start, start.budget),
+            self.run(
+                &inv,
+                start.limits,
+                start.wall_start,
+                start.budget,
+                start.cpu_watch
+            ),
             start.meter,
         ));
         let (finished, cpu_time) = executor::block_on(run)?;
@@ -188,7 +196,13 @@ impl Function {
             .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
         let start = self.start(&inv)?;
         let (finished, cpu_time) = Metered::new(
-            self.run(&inv, start.limits, start.wall_start, start.budget),
+            self.run(
+                &inv,
+                start.limits,
+                start.wall_start,
+                start.budget,
+                start.cpu_watch,
+            ),
             start.meter,
         )
         .await;
@@ -207,11 +221,13 @@ impl Function {
         let budget = meter
             .clone()
             .map(|m| TimeBudget::new(limits, wall_start, m));
+        let cpu_watch = meter.clone().zip(limits.cpu_time);
         Ok(Start {
             limits,
             wall_start,
             meter,
             budget,
+            cpu_watch,
         })
     }
 
@@ -223,6 +239,7 @@ impl Function {
         limits: &Limits,
         wall_start: Instant,
         budget: Option<TimeBudget>,
+        cpu_watch: Option<(Arc<CpuMeter>, Duration)>,
     ) -> Result<Finished, Error> {
         let executor = &*self.inner.executor;
         let wasi = wasi::build(inv, limits)?;
@@ -237,13 +254,12 @@ impl Function {
             let _ticking = budgeted.then(|| executor.ticker.enter());
             // The epoch callback stops a guest that runs past the deadline;
             // the timer also stops one that waits past it (in a host call).
+            let call = CpuWatch::new(self.call(&mut store, &inv.entry), cpu_watch);
             match limits.timeout.and_then(|t| deadline(wall_start, t)) {
-                Some((at, timeout)) => {
-                    tokio::time::timeout_at(at.into(), self.call(&mut store, &inv.entry))
-                        .await
-                        .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into()))
-                }
-                None => self.call(&mut store, &inv.entry).await,
+                Some((at, timeout)) => tokio::time::timeout_at(at.into(), call)
+                    .await
+                    .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into())),
+                None => call.await,
             }
         };
         let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));

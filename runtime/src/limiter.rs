@@ -4,12 +4,17 @@
 //! table growth past the limits, remembers that it did (so a guest that fails
 //! afterwards is reported as out of memory, not as a mystery trap), and keeps
 //! the peak memory for the usage record. [`TimeBudget`] is checked from the
-//! epoch-deadline callback on every tick.
+//! epoch-deadline callback on every tick, and [`CpuWatch`] checks the CPU
+//! budget while the guest waits.
 
 use crate::config::Limits;
 use crate::error::LimitExceeded;
 use crate::usage::CpuMeter;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// The per-store resource limiter.
@@ -109,6 +114,70 @@ impl TimeBudget {
             return Err(LimitExceeded::Timeout(timeout));
         }
         Ok(())
+    }
+}
+
+/// How often a waiting invocation's CPU budget is checked.
+pub(crate) const CPU_WATCH_INTERVAL: Duration = Duration::from_millis(5);
+
+pin_project! {
+    /// An invocation's call, and while it waits (is pending), a check of
+    /// its CPU budget every [`CPU_WATCH_INTERVAL`]. The epoch callback
+    /// checks the budget only while wasm runs; CPU used off the guest's
+    /// thread for it (filesystem calls on the blocking pool, charged by
+    /// `fs_cpu`) accrues while it waits, and one long call (a `readdir` of
+    /// a huge directory) would otherwise run far past the budget. Costs
+    /// nothing for a call that never waits.
+    pub(crate) struct CpuWatch<F> {
+        #[pin]
+        call: F,
+        budget: Option<(Arc<CpuMeter>, Duration)>,
+        #[pin]
+        tick: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F> CpuWatch<F> {
+    pub(crate) fn new(call: F, budget: Option<(Arc<CpuMeter>, Duration)>) -> Self {
+        CpuWatch {
+            call,
+            budget,
+            tick: None,
+        }
+    }
+}
+
+impl<F, T> Future for CpuWatch<F>
+where
+    F: Future<Output = wasmtime::Result<T>>,
+{
+    type Output = wasmtime::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.call.poll(cx) {
+            return Poll::Ready(out);
+        }
+        let Some((meter, limit)) = this.budget else {
+            return Poll::Pending;
+        };
+        loop {
+            if this.tick.is_none() {
+                this.tick.set(Some(tokio::time::sleep(CPU_WATCH_INTERVAL)));
+            }
+            let tick = this.tick.as_mut().as_pin_mut().expect("just set");
+            match tick.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    // Inside a poll of the metered invocation, on its
+                    // thread: what `CpuMeter::used` needs.
+                    if meter.used() >= *limit {
+                        return Poll::Ready(Err(LimitExceeded::CpuTime(*limit).into()));
+                    }
+                    this.tick.set(None);
+                }
+            }
+        }
     }
 }
 

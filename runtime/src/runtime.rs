@@ -371,6 +371,15 @@ impl Runtime {
     /// Compiles `bytes` (wasm or WAT), after pre-initializing it if asked
     /// and it has an init function.
     fn build(&self, bytes: &[u8], build: &Build) -> Result<Module, Error> {
+        if !self.inner.config.compile.in_process {
+            // Everything costly (parsing WAT, running init, compiling) is
+            // the bounded child's; only a binary's caps, which are cheap to
+            // check, are checked here first.
+            if bytes.starts_with(b"\0asm") {
+                crate::prescan::check(&to_wasm(bytes)?, &self.inner.config.compile)?;
+            }
+            return Err(Error::NotCompiled);
+        }
         let wasm = to_wasm(bytes)?;
         match build {
             Build::Snapshot(opts) if wasmlet_snapshotter::has_init_func(&wasm, opts) => {

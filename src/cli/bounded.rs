@@ -139,6 +139,19 @@ fn run_child(config: &RuntimeConfig, module: &Path, out: &Path) -> anyhow::Resul
     Ok(())
 }
 
+/// A limit a worker process reported (it exited 137 with this message):
+/// the command exits 137 too.
+#[derive(Debug)]
+pub struct ChildLimit(pub String);
+
+impl std::fmt::Display for ChildLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ChildLimit {}
+
 /// This binary, to be started as one of its hidden worker subcommands.
 pub fn own_command() -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find own executable")?;
@@ -157,6 +170,7 @@ pub fn run_budgeted(
     over_time: LimitExceeded,
     over_memory: LimitExceeded,
 ) -> anyhow::Result<()> {
+    // (Both are limits: the command exits 137 when either is exceeded.)
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -225,6 +239,11 @@ pub fn run_budgeted(
             return Ok(());
         }
         match (status.code(), last) {
+            // The child stopped at one of its own limits (exit 137, as the
+            // CLI reports limits): so does this command.
+            (Some(code), Some(line)) if code == i32::from(super::EXIT_LIMIT) => {
+                Err(ChildLimit(line.strip_prefix("error: ").unwrap_or(line).to_string()).into())
+            }
             (Some(_), Some(line)) => {
                 Err(anyhow!("{}", line.strip_prefix("error: ").unwrap_or(line)))
             }

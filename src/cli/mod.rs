@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use wasmlet_runtime::{CompileLimits, RuntimeConfig};
 
+pub use bounded::ChildLimit;
 pub use output::{LogWriter, eprintln};
 
 /// Exit code when wasmlet itself fails (bad flags, unreadable or invalid module).
@@ -108,7 +109,7 @@ pub struct CompileLimitArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     pub compile_memory: Option<u64>,
     /// Raise or lower a cap checked before compiling, e.g. max_functions=500000
-    /// (caps: max_module_size, max_functions, max_function_size, max_locals, max_data_size).
+    /// (caps: max_wasm_size, max_functions, max_function_size, max_locals, max_data_size).
     #[arg(long, value_name = "CAP=N", value_parser = parse::compile_cap)]
     pub compile_cap: Vec<(String, u64)>,
 }

@@ -163,6 +163,28 @@ pub fn eprintln(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// How long a command with a timeout may take to write its last words
+/// (results, the error line, the usage record) once the guest has ended.
+pub const FINAL_OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends the process with `code` if it is still running `grace` from now:
+/// a reader that never reads (a full pipe or socket on stdout or stderr)
+/// must not keep a command past its timeout with its final writes.
+pub fn exit_after(grace: std::time::Duration, code: u8) {
+    let spawned = std::thread::Builder::new()
+        .name("output-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            // SAFETY: _exit ends the process at once without running
+            // anything else (no atexit handlers, no stdio flush that could
+            // block again on the same reader).
+            unsafe { libc::_exit(code as i32) }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("no deadline for the final output: {e}");
+    }
+}
+
 fn die_of_sigpipe() -> ! {
     // SAFETY: resetting SIGPIPE to its default and raising it are plain
     // system calls; Rust set it to SIG_IGN at start-up, and from here on

@@ -209,28 +209,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .function
             .invoke(invocation)?,
     };
+    let code = match &outcome.status {
+        Status::Exited(code) => *code as u8,
+        Status::Returned(_) => 0,
+        Status::Trapped(_) => EXIT_TRAP,
+        Status::LimitExceeded(_) => EXIT_LIMIT,
+        Status::SandboxFailed(_) => super::EXIT_HOST_ERROR,
+    };
+    if args.timeout.is_some() {
+        super::output::exit_after(super::output::FINAL_OUTPUT_GRACE, code);
+    }
     if args.usage {
         eprintln(&outcome.usage_json().to_string());
     }
-    Ok(match &outcome.status {
-        Status::Exited(code) => ExitCode::from(*code as u8),
+    match &outcome.status {
+        Status::Exited(_) => {}
         Status::Returned(vals) => {
             for v in vals {
                 println(&parse::show_val(v))?;
             }
-            ExitCode::SUCCESS
         }
-        Status::Trapped(msg) => {
-            eprintln(&format!("error: guest trapped: {msg}"));
-            ExitCode::from(EXIT_TRAP)
-        }
-        Status::LimitExceeded(limit) => {
-            eprintln(&format!("error: {limit}"));
-            ExitCode::from(EXIT_LIMIT)
-        }
-        Status::SandboxFailed(msg) => {
-            eprintln(&format!("error: sandbox failed: {msg}"));
-            ExitCode::from(super::EXIT_HOST_ERROR)
-        }
-    })
+        Status::Trapped(msg) => eprintln(&format!("error: guest trapped: {msg}")),
+        Status::LimitExceeded(limit) => eprintln(&format!("error: {limit}")),
+        Status::SandboxFailed(msg) => eprintln(&format!("error: sandbox failed: {msg}")),
+    }
+    Ok(ExitCode::from(code))
 }

@@ -71,8 +71,8 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
             cmd,
             "snapshot",
             limits.timeout.saturating_add(opts.timeout),
-            LimitExceeded::CompileTime(limits.timeout),
-            LimitExceeded::CompileMemory(limits.max_memory),
+            LimitExceeded::SnapshotTime(limits.timeout.saturating_add(opts.timeout)),
+            LimitExceeded::SnapshotMemory(limits.max_memory.saturating_add(opts.max_memory)),
         )
     })
     .with_context(|| format!("cannot snapshot {}", args.module.display()))?;

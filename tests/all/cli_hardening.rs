@@ -151,7 +151,7 @@ fn snapshot_of_a_million_function_module_is_stopped_by_its_budget() {
             .arg(&out),
     );
     assert_eq!(r.code, 137, "{}", r.stderr);
-    r.assert_one_line_error("compile time budget of 2s exceeded");
+    r.assert_one_line_error("snapshot time budget of 3s exceeded");
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -175,7 +175,7 @@ fn snapshot_of_a_million_function_module_is_stopped_by_its_budget() {
             .arg(&out),
     );
     assert_eq!(r.code, 137, "{}", r.stderr);
-    r.assert_one_line_error("compile memory budget of 300 MiB exceeded");
+    r.assert_one_line_error("snapshot memory budget of 301 MiB exceeded");
     assert!(!out.exists());
 }
 
@@ -581,4 +581,37 @@ fn snapshot_on_load_checks_the_runtimes_caps_before_init() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(()) => panic!("loaded"),
     }
+}
+
+/// With a timeout, the command ends on time even when nobody reads its
+/// output: the guest filled stdout (a pipe never read) and returned, and
+/// `wasmlet`'s own printing of the result then blocked forever.
+#[test]
+fn final_output_into_an_unread_pipe_does_not_outlive_the_timeout() {
+    let dir = tempdir();
+    // Writes exactly a pipe's capacity (64 KiB) to stdout, then returns 7.
+    let m = wat_file(
+        dir.path(),
+        "fill.wat",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write"
+              (func $w (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 2)
+            (func (export "f") (result i32)
+              (i32.store (i32.const 65536) (i32.const 0))
+              (i32.store (i32.const 65540) (i32.const 65536))
+              (drop (call $w (i32.const 1) (i32.const 65536) (i32.const 1) (i32.const 65544)))
+              (i32.const 7)))"#,
+    );
+    let child = wasmlet()
+        .args(["run", "--timeout", "500ms", "--invoke", "f"])
+        .arg(&m)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The pipe is kept open and never read.
+    let (code, took, _) = wait_at_most(child, Duration::from_secs(30));
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(15), "{took:?}");
 }

@@ -229,3 +229,56 @@ fn read_only(host: &std::path::Path, guest: &str) -> Preopen {
         read_only: true,
     }
 }
+
+/// One filesystem call can take far longer than a CPU budget (a
+/// `readdir` of a huge directory): the budget used to be checked only
+/// while wasm ran, so the guest was charged the whole call and, if it then
+/// exited, was not even stopped. It is now also checked while the guest
+/// waits for the call (the call itself finishes in the background).
+#[test]
+fn cpu_budget_holds_during_one_long_filesystem_call() {
+    let dir = tempdir();
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    // wasmtime-wasi's `fd_readdir` re-reads the directory up to its cookie on
+    // every call: 2,000 entries cost about a second of CPU.
+    for i in 0..2_000 {
+        std::fs::File::create(many.join(format!("f{i:07}"))).unwrap();
+    }
+    let f = runtime()
+        .load_file(c_guest("fileops"), &LoadOptions::default())
+        .unwrap();
+    let invocation = |cpu_time| Invocation {
+        args: ["fileops", "count", "/d/many"].map(String::from).to_vec(),
+        dirs: vec![read_only(dir.path(), "/d")],
+        limits: Some(Limits {
+            cpu_time,
+            ..Limits::default()
+        }),
+        ..Default::default()
+    };
+    let full = f.invoke(invocation(None)).unwrap();
+    assert!(
+        matches!(full.status, Status::Exited(0)),
+        "{:?}",
+        full.status
+    );
+    let budget = Duration::from_millis(10);
+    // Only meaningful when the call costs well over the budget.
+    assert!(full.usage.cpu_time > 10 * budget, "{:?}", full.usage);
+    let stopped = f.invoke(invocation(Some(budget))).unwrap();
+    assert!(
+        matches!(
+            stopped.status,
+            Status::LimitExceeded(LimitExceeded::CpuTime(_))
+        ),
+        "{:?}",
+        stopped.status
+    );
+    assert!(
+        stopped.usage.cpu_time < full.usage.cpu_time / 2,
+        "stopped at {:?} of a {:?} call",
+        stopped.usage.cpu_time,
+        full.usage.cpu_time
+    );
+}

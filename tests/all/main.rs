@@ -9,6 +9,7 @@ mod coldstart;
 mod concurrency;
 mod escape;
 mod fs;
+mod fuzz_corpus;
 mod helpers;
 mod library;
 mod limits;

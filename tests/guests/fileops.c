@@ -3,6 +3,7 @@
 //   fileops write PATH TEXT  create/overwrite PATH with TEXT
 //   fileops list PATH        list a directory
 //   fileops reread PATH N    read the whole file N times, 4 MiB at a time
+//   fileops count PATH       count a directory's entries
 // Exits 0 on success; on failure prints "error: <reason>" and exits 2.
 #include <dirent.h>
 #include <errno.h>
@@ -42,6 +43,15 @@ int main(int argc, char **argv) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) printf("%s\n", e->d_name);
         closedir(d);
+        return 0;
+    }
+    if (strcmp(op, "count") == 0) {
+        DIR *d = opendir(path);
+        if (!d) return fail(path);
+        long n = 0;
+        while (readdir(d) != NULL) n++;
+        closedir(d);
+        printf("%ld\n", n);
         return 0;
     }
     if (strcmp(op, "reread") == 0 && argc == 4) {
