@@ -1,0 +1,1 @@
+(module (func $r (export "r") (call $r)))
