@@ -519,7 +519,7 @@ impl Sandbox {
         let procs: Vec<std::fs::File> = self
             .cgroup
             .iter()
-            .flat_map(|c| c.procs_files())
+            .flat_map(|c| c.join_files())
             .map(|p| {
                 std::fs::OpenOptions::new()
                     .write(true)
