@@ -597,7 +597,7 @@ fn freeze_v1(dir: &Path, frozen: bool) {
         return;
     }
     let mut backoff = Backoff::new();
-    while !read(&dir.join("freezer.state")).is_some_and(|s| s.trim() == state) {
+    while read(&dir.join("freezer.state")).is_none_or(|s| s.trim() != state) {
         if !backoff.wait() {
             return;
         }

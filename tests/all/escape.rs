@@ -189,10 +189,8 @@ fn the_network_namespace_is_loopback_only() {
     std::thread::spawn(move || {
         // SAFETY: setns(2) on a valid namespace fd; it moves only this
         // thread (a network namespace is per thread), which ends below.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
         let names: Vec<&str> = dev
             .lines()
