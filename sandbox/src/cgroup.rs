@@ -652,7 +652,8 @@ pub fn clean_stale(layout: &Layout, placement: &Placement) -> usize {
             continue;
         };
         for e in entries.flatten() {
-            if e.path().is_dir() {
+            // (The type from the directory listing: no stat per control file.)
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 seen.insert(e.file_name().to_string_lossy().into_owned());
             }
         }
