@@ -31,7 +31,8 @@ pub(crate) unsafe fn in_child(cgroup_procs: &[RawFd], socket: RawFd) -> io::Resu
     // of them allocates or takes a lock.
     unsafe {
         for &fd in cgroup_procs {
-            // "0" moves the writing process itself.
+            // "0" moves the writer itself: this thread (v1 `tasks`), which
+            // is the whole process, as a forked child has one thread.
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }

@@ -4,11 +4,14 @@
 //!
 //! ```text
 //!  host root (or the sandbox uid)   one thread, right after exec
-//!   │ open /proc/self/pagemap (wasmtime's PAGEMAP_SCAN, kept open)
+//!   │ open /proc/self/pagemap (wasmtime's PAGEMAP_SCAN; its fork
+//!   │ handler reopens it in the child below, so the process stays
+//!   │ dumpable until after the fork)
 //!   │ setgroups([]), setresgid(gid), setresuid(uid)    no host capabilities
 //!   │ unshare(user, mount, pid, net, ipc, uts)          uid_map "0 <uid> 1"
 //!   ├─ fork ──▶ pid 1 of the new pid namespace (the worker proper)
-//!   │            open the granted directories; tmpfs root with each one
+//!   │            lo up (the only interface of its net namespace); open
+//!   │            the granted directories; tmpfs root with each one
 //!   │            bind-mounted at its guest path (read-only unless granted
 //!   │            writable); root remounted read-only; pivot_root, old root
 //!   │            detached; hostname; rlimits (core 0, nofile, fsize);
@@ -83,7 +86,8 @@ pub(crate) struct Jailed;
 /// ends the same way.
 pub(crate) fn enter(spec: &JailSpec) -> Result<Jailed, String> {
     // wasmtime opens this lazily; after pivot_root there is no /proc.
-    if !wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+    let pagemap = wasmtime::PoolingAllocationConfig::is_pagemap_scan_available();
+    if !pagemap {
         tracing::debug!("PAGEMAP_SCAN unavailable: pool slots are reset without it");
     }
     drop_to_sandbox_user(spec.uid, spec.gid)?;
@@ -114,21 +118,40 @@ pub(crate) fn enter(spec: &JailSpec) -> Result<Jailed, String> {
         .map_err(|e| format!("map uid 0 to host uid {}: {e}", spec.uid))?;
     std::fs::write("/proc/self/gid_map", format!("0 {} 1", spec.gid))
         .map_err(|e| format!("map gid 0 to host gid {}: {e}", spec.gid))?;
-    // SAFETY: prctl(2) with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    check(rc as _, "make the worker non-dumpable")?;
+    // Still dumpable across the fork: wasmtime's fork handler reopens
+    // /proc/self/pagemap in the child, which only works while the child's
+    // /proc files are its own (else it silently swaps in /dev/null, and
+    // PAGEMAP_SCAN is off for every pool slot reset). Both sides turn
+    // non-dumpable right after, before anything else.
     // SAFETY: fork(2) in a single-threaded process; both sides go on with
     // their own copy of this one thread.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(os("fork into the pid namespace"));
     }
+    // SAFETY: prctl(2) with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if child > 0 {
+        if rc < 0 {
+            // SAFETY: kill(2) on our own child, then _exit(2).
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::_exit(1);
+            }
+        }
         wait_and_mirror(child);
+    }
+    check(rc as _, "make the worker non-dumpable")?;
+    if pagemap && !wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        return Err(
+            "/proc/self/pagemap could not be reopened after the fork (PAGEMAP_SCAN would be off)"
+                .into(),
+        );
     }
     // SAFETY: prctl(2) with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     check(rc as _, "set the parent-death signal")?;
+    loopback_up()?;
     build_root(&spec.grants)?;
     // SAFETY: sethostname(2) reading a valid buffer of the given length.
     let rc = unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) };
@@ -138,6 +161,39 @@ pub(crate) fn enter(spec: &JailSpec) -> Result<Jailed, String> {
     set_rlimit(libc::RLIMIT_FSIZE, spec.fsize, "RLIMIT_FSIZE")?;
     drop_capabilities()?;
     Ok(Jailed)
+}
+
+/// Brings up `lo`, the only interface of the jail's new network namespace
+/// (it starts down). Nothing in the worker can open a socket (the seccomp
+/// allow-list has no `socket`), so this grants the guest nothing today;
+/// it makes the namespace the usual "loopback only" one, where a local
+/// connection works and every other address is unreachable (no route),
+/// rather than one where even 127.0.0.1 fails, so that a later, reviewed
+/// socket grant starts from loopback and never from the host's network.
+fn loopback_up() -> Result<(), String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with integer arguments; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(os("open a socket to configure lo"));
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes
+    // its flags into `req`, a valid ifreq that lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    check(rc as _, "read lo's flags")?;
+    // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from `req`, a valid
+    // ifreq that lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    check(rc as _, "bring lo up")
 }
 
 /// Leaves host root behind: no supplementary groups, the sandbox gid and

@@ -237,7 +237,8 @@ const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(
 
 /// Polls `stream` until it has data (or is closed) or `SPIN_BEFORE_SLEEP`
 /// passes; the blocking read that follows then finds the data at once.
-pub(crate) fn spin_until_readable(stream: &std::os::unix::net::UnixStream) {
+/// True when it saw data (or the end), so the caller need not wait.
+pub(crate) fn spin_until_readable(stream: &std::os::unix::net::UnixStream) -> bool {
     use std::os::fd::AsRawFd;
     let start = std::time::Instant::now();
     let mut byte = 0u8;
@@ -253,10 +254,10 @@ pub(crate) fn spin_until_readable(stream: &std::os::unix::net::UnixStream) {
             )
         };
         if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-            return;
+            return true;
         }
         if start.elapsed() >= SPIN_BEFORE_SLEEP {
-            return;
+            return false;
         }
         std::hint::spin_loop();
     }

@@ -23,7 +23,7 @@ use crate::protocol::{
     Envelope, Request, Response, WireInvocation, encode, recv, send_fd, spin_until_readable,
 };
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -145,8 +145,10 @@ struct Worker {
     writer: Mutex<UnixStream>,
     /// Held by the caller currently reading replies (leader/followers: the
     /// reader hands others' replies over and returns with its own, so a lone
-    /// invocation never waits on another thread).
-    reader: Mutex<UnixStream>,
+    /// invocation never waits on another thread). Buffered: a reply's
+    /// length and body (and any replies behind it) come in one read.
+    /// (Replies never carry fds, which a buffered read would drop.)
+    reader: Mutex<BufReader<UnixStream>>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     death: OnceLock<Death>,
@@ -519,7 +521,7 @@ impl Sandbox {
         let procs: Vec<std::fs::File> = self
             .cgroup
             .iter()
-            .flat_map(|c| c.procs_files())
+            .flat_map(|c| c.join_files())
             .map(|p| {
                 std::fs::OpenOptions::new()
                     .write(true)
@@ -571,7 +573,7 @@ impl Sandbox {
             pid,
             reaped: Mutex::new(false),
             writer: Mutex::new(ours),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(BufReader::new(reader)),
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(0),
             death: OnceLock::new(),
@@ -716,30 +718,37 @@ impl Worker {
             if let Ok(reply) = rx.try_recv() {
                 return reply.map_err(CallError::Died);
             }
-            spin_until_readable(&stream);
-            if !wait_readable(&stream, deadline) {
+            // A reply already buffered needs no wait; else poll briefly,
+            // then sleep until data or the deadline.
+            if stream.buffer().is_empty()
+                && !spin_until_readable(stream.get_ref())
+                && !wait_readable(stream.get_ref(), deadline)
+            {
                 continue; // the deadline check above ends it
             }
             match recv::<Envelope<Response>>(&mut *stream) {
-                Ok(Some(Envelope {
-                    id: got,
-                    cpu_ns,
-                    body,
-                })) => {
-                    self.cpu_seen_ns.fetch_max(cpu_ns, Ordering::AcqRel);
-                    let tx = self
-                        .pending
-                        .lock()
-                        .expect("pending lock")
-                        .as_mut()
-                        .and_then(|p| p.remove(&got));
-                    if got == id {
-                        return Ok(body);
+                Ok(Some(reply)) if reply.id == id => {
+                    self.cpu_seen_ns.fetch_max(reply.cpu_ns, Ordering::AcqRel);
+                    self.forget(id);
+                    // Replies read along with ours go to their callers now,
+                    // not when one of them next takes the stream.
+                    while has_whole_frame(stream.buffer()) {
+                        match recv::<Envelope<Response>>(&mut *stream) {
+                            Ok(Some(other)) => self.deliver(other),
+                            Ok(None) => break, // (not with a whole frame)
+                            Err(e) => {
+                                // A frame that does not parse: as below.
+                                drop(stream);
+                                tracing::warn!("sandbox worker {}: {e}; killing it", self.pid);
+                                self.kill();
+                                self.die();
+                                break;
+                            }
+                        }
                     }
-                    if let Some(tx) = tx {
-                        let _ = tx.send(Ok(body));
-                    }
+                    return Ok(reply.body);
                 }
+                Ok(Some(other)) => self.deliver(other),
                 Ok(None) => {
                     drop(stream);
                     self.die();
@@ -753,6 +762,20 @@ impl Worker {
                     self.die();
                 }
             }
+        }
+    }
+
+    /// Hands a reply read by another caller to the caller waiting for it.
+    fn deliver(&self, reply: Envelope<Response>) {
+        self.cpu_seen_ns.fetch_max(reply.cpu_ns, Ordering::AcqRel);
+        let tx = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .as_mut()
+            .and_then(|p| p.remove(&reply.id));
+        if let Some(tx) = tx {
+            let _ = tx.send(Ok(reply.body));
         }
     }
 
@@ -912,6 +935,11 @@ fn wait4_flags(pid: i32, flags: i32) -> io::Result<Option<(i32, Duration, u64)>>
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
     Ok(Some((status, cpu, ru.ru_maxrss as u64 * 1024)))
+}
+
+/// Whether `buf` starts with a whole frame (length and body).
+fn has_whole_frame(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf.len() - 4 >= u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
 }
 
 /// Waits until `stream` has data or is closed, or `deadline` passes.

@@ -118,7 +118,8 @@ fn serve(
     loop {
         let (msg, fd) = {
             let mut reader = reader.lock().unwrap_or_else(|p| p.into_inner());
-            spin_until_readable(&reader);
+            // (Data or not, the blocking read below waits for it.)
+            let _ = spin_until_readable(&reader);
             let msg = recv::<Envelope<Request>>(&mut *reader)
                 .map_err(|e| format!("supervisor socket: {e}"))?;
             // The artifact's fd follows its Load message: take it while

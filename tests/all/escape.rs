@@ -169,3 +169,68 @@ fn only_its_own_fds_are_open() {
     assert_eq!(&fds[..4], &[0, 1, 2, 3], "{fds:?}");
     assert!(fds.len() <= 10, "{fds:?}");
 }
+
+#[test]
+fn the_network_namespace_is_loopback_only() {
+    // Inside the worker no socket can be opened at all (see above); this
+    // checks the layer under the filter, from a host thread that joins the
+    // jailed worker's network namespace: only `lo`, up; a loopback
+    // connection works; nothing else is reachable, not even the host's own
+    // listeners.
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+    let j = jail();
+    let pid = crate::sandbox::jailed_worker(j.sb.worker_pid().unwrap());
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    let host = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on a valid namespace fd; it moves only this
+        // thread (a network namespace is per thread), which ends below.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+        let names: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(names, ["lo"], "{dev}");
+        // Loopback works (bind and connect fail while lo is down).
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        // The host's loopback is another one: its listener is not here.
+        let e = TcpStream::connect((Ipv4Addr::LOCALHOST, host_port)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+        // No route anywhere else.
+        for addr in ["10.0.0.1:80", "192.168.1.1:443", "1.1.1.1:53"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let e = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH), "{addr}: {e}");
+            let u = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            let e = u.send_to(b"x", addr).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH), "{addr}: {e}");
+        }
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        let e = TcpStream::connect_timeout(&v6, Duration::from_secs(2)).unwrap_err();
+        // (A kernel without IPv6 has no such socket to begin with.)
+        assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENETUNREACH | libc::EAFNOSUPPORT)
+            ),
+            "{v6}: {e}"
+        );
+    })
+    .join()
+    .unwrap();
+    drop(host);
+}
