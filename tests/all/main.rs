@@ -14,4 +14,5 @@ mod library;
 mod limits;
 mod malformed;
 mod sandbox;
+mod serve;
 mod snapshot;
