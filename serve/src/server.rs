@@ -177,11 +177,7 @@ impl Server {
     }
 
     async fn run_async(self) -> Result<(), ServeError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let sig = |kind| signal(kind).map_err(|e| ServeError::Start(format!("signals: {e}")));
-        let mut term = sig(SignalKind::terminate())?;
-        let mut int = sig(SignalKind::interrupt())?;
-        let mut hup = sig(SignalKind::hangup())?;
+        let mut signals = forward_signals()?;
         let to_tokio = |l: std::net::TcpListener| {
             TcpListener::from_std(l).map_err(|e| ServeError::Start(e.to_string()))
         };
@@ -222,12 +218,14 @@ impl Server {
                         }
                     });
                 }
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading {}", shared.opts.manifest.display());
-                    reload.notify_one();
-                }
+                sig = signals.recv() => match sig {
+                    Some(signal_hook::consts::SIGHUP) => {
+                        tracing::info!("SIGHUP: reloading {}", shared.opts.manifest.display());
+                        reload.notify_one();
+                    }
+                    Some(signal_hook::consts::SIGINT) => break "SIGINT",
+                    _ => break "SIGTERM",
+                },
             }
         };
         drop(listener);
@@ -248,6 +246,26 @@ impl Server {
         admin_task.abort();
         Ok(())
     }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, taken by a thread (signal-hook's self-pipe)
+/// and handed to the server's loop.
+fn forward_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<i32>, ServeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| ServeError::Start(format!("signals: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("wasmlet-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| ServeError::Start(format!("signals: {e}")))?;
+    Ok(rx)
 }
 
 impl Shared {
