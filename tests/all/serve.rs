@@ -785,3 +785,35 @@ fn serve_check_and_manifest_errors() {
     let r = run_cli(wasmlet().args(["serve", "--check", "/nonexistent/wasmlet.toml"]));
     r.assert_one_line_error("cannot read manifest /nonexistent/wasmlet.toml");
 }
+
+#[test]
+fn serve_global_in_flight_cap_spans_functions() {
+    let dir = tempdir();
+    let manifest = wagi_manifest(dir.path(), "");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("[server]", "[server]\nmax_in_flight = 1");
+    std::fs::write(&manifest, text).unwrap();
+    let server = Serve::start(&manifest);
+    let addr = server.addr;
+    // `t` holds the only place for 1.8 s; `exact` (its own concurrency is
+    // free) waits its queue_timeout (1 s) for the global cap, then gets a 503.
+    let busy = std::thread::spawn(move || request(addr, "GET", "/t/sleep?1800", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let r = server.get("/exact");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert_eq!(server.get("/exact").status, 200);
+    let m = server.metrics();
+    assert!(
+        m.contains("wasmlet_errors_total{function=\"exact\",cause=\"queue_timeout\"} 1\n"),
+        "{m}"
+    );
+}
