@@ -817,3 +817,60 @@ fn serve_global_in_flight_cap_spans_functions() {
         "{m}"
     );
 }
+
+#[test]
+fn serve_grants_directories_read_only_unless_rw() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("static")).unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("static/hello.txt"), "static file\n").unwrap();
+    let extra = r#"
+[[function]]
+name = "files"
+module = "MODULE"
+dirs = ["static::/static", "rw:data::/data"]
+[[function.trigger]]
+type = "http"
+route = "/files/...""#
+        .replace("MODULE", &c_guest("wagi").display().to_string());
+    let server = Serve::start(&wagi_manifest(dir.path(), &extra));
+    let r = server.get("/files/cat?/static/hello.txt");
+    assert_eq!((r.status, r.text().as_str()), (200, "static file\n"));
+    assert_eq!(
+        server.get("/files/write?/static/new.txt").text(),
+        "refused\n"
+    );
+    assert_eq!(server.get("/files/write?/data/new.txt").text(), "written\n");
+    assert!(dir.path().join("data/new.txt").exists());
+    // Nothing else of the host is there; other functions get no directories.
+    assert_eq!(server.get("/files/cat?/etc/passwd").status, 404);
+    assert_eq!(server.get("/t/cat?/static/hello.txt").status, 404);
+}
+
+#[test]
+fn serve_reloads_when_a_module_changes() {
+    let dir = tempdir();
+    let module = dir.path().join("fn.wasm");
+    std::fs::copy(c_guest("wagi"), &module).unwrap();
+    let manifest = dir.path().join("wasmlet.toml");
+    std::fs::write(
+        &manifest,
+        "[[function]]\nname = \"f\"\nmodule = \"fn.wasm\"\n[[function.trigger]]\ntype = \"http\"\nroute = \"/f\"\n",
+    )
+    .unwrap();
+    let server = Serve::start(&manifest);
+    assert_eq!(server.get("/f").text(), "hello from /\n");
+    // A new module, renamed into place (as deployments do).
+    let next = dir.path().join("fn.wasm.new");
+    std::fs::copy(c_example("serve/hello"), &next).unwrap();
+    std::fs::rename(&next, &module).unwrap();
+    let start = Instant::now();
+    while !server.get("/f").text().contains("from a wasmlet function") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -10,6 +10,8 @@
 //   /noheaders    writes a body with no header block, exits 0
 //   /stderr?N     writes N lines to stderr, then answers
 //   /big?N        answers with N bytes
+//   /cat?PATH     answers with the file at PATH (404 if it cannot be opened)
+//   /write?PATH   tries to create PATH: "written" or "refused"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,22 @@ int main(void) {
         long n = atol(query);
         printf("Content-Type: application/octet-stream\n\n");
         for (long i = 0; i < n; i++) putchar('x');
+        return 0;
+    }
+    if (!strcmp(path, "/cat")) {
+        FILE *f = fopen(query, "r");
+        if (!f) {
+            printf("Status: 404 Not Found\nContent-Type: text/plain\n\nno %s\n", query);
+            return 0;
+        }
+        printf("Content-Type: text/plain\n\n");
+        int c;
+        while ((c = fgetc(f)) != EOF) putchar(c);
+        return 0;
+    }
+    if (!strcmp(path, "/write")) {
+        FILE *f = fopen(query, "w");
+        printf("Content-Type: text/plain\n\n%s\n", f ? "written" : "refused");
         return 0;
     }
     if (!strcmp(path, "/status")) {
