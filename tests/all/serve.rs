@@ -315,10 +315,9 @@ fn serve_example_hello_and_echo_with_curl() {
     std::thread::sleep(Duration::from_millis(200));
     let log = server.log();
     assert!(
-        log.lines().any(
-            |l| l.contains("echoed /logged") && l.contains("function=\"echo\"")
-                || l.contains("echoed /logged") && l.contains("echo") && l.contains(&id)
-        ),
+        log.lines().any(|l| l.contains("stderr: echoed /logged")
+            && l.contains("function=\"echo\"")
+            && l.contains(&format!("request_id=\"{id}\""))),
         "{log}"
     );
 }
