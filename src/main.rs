@@ -9,17 +9,22 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMLET_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+    // A server logs what it does (start-up, reloads, guest stderr) with
+    // timestamps; one-shot commands only warn.
+    let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMLET_LOG")
+        .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(|| cli::LogWriter)
         // Colours only for a person at a terminal, never into files or pipes.
         .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if serving {
+        log.init();
+    } else {
+        log.without_time().init();
+    }
     match cli::main() {
         Ok(code) => code,
         Err(e) => {

@@ -7,6 +7,7 @@ mod output;
 mod parse;
 mod progress;
 mod run;
+mod serve;
 mod signals;
 mod snapshot;
 
@@ -46,6 +47,8 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Pre-initialize a module: run its init once and snapshot the result.
     Snapshot(snapshot::SnapshotArgs),
+    /// Serve the functions of a manifest (wasmlet.toml) over HTTP, a fresh instance per request.
+    Serve(serve::ServeArgs),
     /// Look after the compilation cache: list, verify, clean, prune.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -138,10 +141,14 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Ok(cli) => cli,
         Err(e) => return Ok(usage_error(e)),
     };
-    // Workers keep the default dispositions: their parent cleans up.
+    // Workers keep the default dispositions: their parent cleans up. The
+    // server takes SIGINT and SIGTERM itself, to drain before exiting 0.
     if !matches!(
         cli.command,
-        Command::SandboxWorker | Command::CompileWorker { .. } | Command::SnapshotWorker { .. }
+        Command::SandboxWorker
+            | Command::CompileWorker { .. }
+            | Command::SnapshotWorker { .. }
+            | Command::Serve(_)
     ) {
         signals::install()?;
     }
@@ -149,6 +156,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::serve(args),
         Command::Cache(cmd) => cache::cache(cmd),
         Command::SandboxWorker => {
             wasmlet_sandbox::worker_main().map_err(anyhow::Error::msg)?;
@@ -218,7 +226,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        "no command given: wasmlet run, compile or snapshot (see --help)".to_string()
+        "no command given: wasmlet run, serve, compile or snapshot (see --help)".to_string()
     } else {
         one_line(&e.render().to_string())
     };

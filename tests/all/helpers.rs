@@ -31,18 +31,28 @@ pub fn c_reactor(name: &str) -> PathBuf {
     build_c(name, &["-mexec-model=reactor"])
 }
 
+/// Builds `examples/<rel>.c` (e.g. `serve/hello`) into a command module.
+pub fn c_example(rel: &str) -> PathBuf {
+    build_c_in("examples", rel, &[])
+}
+
 fn build_c(name: &str, flags: &[&str]) -> PathBuf {
+    build_c_in("tests/guests", name, flags)
+}
+
+fn build_c_in(root: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
-    if let Some(p) = built.get(name) {
+    let key = format!("{root}/{name}");
+    if let Some(p) = built.get(&key) {
         return p.clone();
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/guests")
+        .join(root)
         .join(format!("{name}.c"));
-    let dir = scratch().join("guests");
+    let dir = scratch().join("guests").join(root);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{name}.wasm"));
+    let out = dir.join(format!("{}.wasm", name.replace('/', "-")));
     let clang = std::env::var("WASI_CC").unwrap_or_else(|_| "clang".into());
     let result = Command::new(&clang)
         .args(["--target=wasm32-wasi", "-O2"])
@@ -60,7 +70,7 @@ fn build_c(name: &str, flags: &[&str]) -> PathBuf {
         src.display(),
         String::from_utf8_lossy(&result.stderr)
     );
-    built.insert(name.into(), out.clone());
+    built.insert(key, out.clone());
     out
 }
 

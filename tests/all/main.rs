@@ -15,4 +15,5 @@ mod library;
 mod limits;
 mod malformed;
 mod sandbox;
+mod serve;
 mod snapshot;

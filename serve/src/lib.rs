@@ -1,0 +1,35 @@
+//! wasmlet-serve: `wasmlet serve`, a manifest of WebAssembly functions
+//! bound to HTTP routes, served from one process with a fresh instance per
+//! request.
+//!
+//! Map of the crate (it builds on `wasmlet-runtime`, which never imports it):
+//! - [`manifest`]: `wasmlet.toml`, parsed and checked (errors name the
+//!   file, line and field), with every default a named constant;
+//! - [`app`]: a manifest made live: the runtime with its pool sized from
+//!   the manifest, the functions loaded, the router, the memory budget;
+//! - `handler`: how a function handles a request: WAGI or wasi:http;
+//! - `wagi`: the WAGI (CGI) convention: request to environment and stdin,
+//!   stdout to response;
+//! - `http`: the `kind = "http"` seam (wasi:http components), refused at
+//!   load in this build;
+//! - [`admission`]: per-function concurrency, bounded queues with a wait
+//!   timeout, and the host-wide cap on instances in flight;
+//! - [`metrics`]: the Prometheus figures of the admin listener;
+//! - [`server`]: listeners, the request path and its status mapping, the
+//!   admin endpoints, signals, reloads and graceful shutdown;
+//! - [`error`]: typed errors.
+
+pub mod admission;
+pub mod app;
+pub mod error;
+mod handler;
+mod http;
+pub mod manifest;
+pub mod metrics;
+pub mod server;
+mod wagi;
+
+pub use app::App;
+pub use error::{LoadError, ManifestError, ServeError};
+pub use manifest::{Kind, Manifest};
+pub use server::{ServeOptions, Server, check};

@@ -1,0 +1,764 @@
+//! The manifest, `wasmlet.toml`: plain serde data (`deny_unknown_fields`,
+//! every default a named constant), parsed in two stages like the CLI's
+//! flags: TOML into these structs (sizes and durations checked as they are
+//! read), then checks across values (unique names and routes). Every error
+//! names the file, the line and the field.
+//!
+//! ```toml
+//! listen = "127.0.0.1:3000"            # optional; --listen wins
+//! [[function]]
+//! name = "hello"
+//! module = "hello.wasm"                # relative to the manifest's directory
+//! kind = "wagi"                        # or "http"; inferred when left out
+//! [function.limits]
+//! memory = "64MiB"
+//! timeout = "5s"
+//! [[function.trigger]]
+//! type = "http"
+//! route = "/hello"                     # "/api/..." is a prefix route
+//! ```
+
+use crate::error::ManifestError;
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Where requests are served unless the manifest or `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// Where the admin endpoints (`/metrics`, `/healthz`, `/readyz`) are served.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default linear-memory limit of one instance. (The runtime's own default,
+/// 1 GiB, would make a server's memory budget meaningless.)
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// Default wall-clock limit of one request's invocation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default instances of one function in flight.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
+/// Default requests waiting for one function beyond its concurrency.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 128;
+/// Default longest wait in a function's queue before a 503.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default cap on instances in flight across all functions.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1024;
+/// Default share of the host's memory the manifest's functions may claim at
+/// full concurrency (`memory_budget` when left out).
+pub const DEFAULT_MEMORY_BUDGET_SHARE: f64 = 0.8;
+/// Default largest request head (request line and headers): 16 KiB.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 << 10;
+/// Default largest request body: 1 MiB (WAGI bodies are buffered).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 20;
+/// Default largest response a WAGI function may write: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 16 << 20;
+/// Default time a client has to send the request head.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to send the whole body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on draining in-flight requests at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bytes of one invocation's stderr copied into the log.
+pub const DEFAULT_MAX_LOG_PER_INVOCATION: u64 = 8 << 10;
+/// Default number of pre-started sandbox workers per function.
+pub const DEFAULT_SANDBOX_WARM: u32 = 1;
+/// Name of the manifest `wasmlet serve` reads when given none.
+pub const DEFAULT_MANIFEST: &str = "wasmlet.toml";
+
+/// A parsed and checked manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Where its relative paths are resolved.
+    pub dir: PathBuf,
+    /// The request listener.
+    pub listen: String,
+    /// The admin listener.
+    pub admin_listen: String,
+    /// Server-wide settings.
+    pub server: ServerSettings,
+    /// The functions, in manifest order.
+    pub functions: Vec<FunctionSpec>,
+}
+
+/// The raw file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    server: ServerSettings,
+    #[serde(default)]
+    function: Vec<Spanned<RawFunction>>,
+}
+
+/// The `[server]` table: what applies to every function.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Instances in flight across all functions; more wait in their
+    /// function's queue.
+    pub max_in_flight: u32,
+    /// Memory the functions may claim at full concurrency (sum of
+    /// `max_concurrency` x `limits.memory`), checked at load. Default: 80%
+    /// of the host's memory.
+    #[serde(deserialize_with = "opt_size")]
+    pub memory_budget: Option<u64>,
+    /// Largest request head (request line and headers); more is a 431.
+    #[serde(deserialize_with = "size")]
+    pub max_header_size: u64,
+    /// Largest request body; more is a 413.
+    #[serde(deserialize_with = "size")]
+    pub max_body_size: u64,
+    /// Largest response body a WAGI function may write; more is a 500.
+    #[serde(deserialize_with = "size")]
+    pub max_response_size: u64,
+    /// Time a client has to send a request head; a slower one is cut off.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request body; a slower one gets a 408.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Longest wait for in-flight requests at shutdown.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Bytes of one invocation's stderr copied into the server log.
+    #[serde(deserialize_with = "size")]
+    pub max_log_per_invocation: u64,
+    /// Environment variable holding a bearer token the admin listener's
+    /// `/metrics` requires (none required when unset).
+    pub admin_token_env: Option<String>,
+    /// Watch the manifest and its modules and reload when they change.
+    pub watch: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            memory_budget: None,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_log_per_invocation: DEFAULT_MAX_LOG_PER_INVOCATION,
+            admin_token_env: None,
+            watch: true,
+        }
+    }
+}
+
+/// How a function handles a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A WASI preview 1 command in the WAGI (CGI) convention.
+    Wagi,
+    /// A component exporting `wasi:http/incoming-handler`.
+    Http,
+}
+
+impl Kind {
+    /// The manifest's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Wagi => "wagi",
+            Kind::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    name: Spanned<String>,
+    module: Spanned<PathBuf>,
+    kind: Option<Kind>,
+    #[serde(default)]
+    snapshot: bool,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    dirs: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    limits: FunctionLimits,
+    sandbox: Option<SandboxSettings>,
+    #[serde(default)]
+    trigger: Vec<Spanned<Trigger>>,
+}
+
+/// One function of the manifest, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    /// Its name: in logs, metrics and `x-wasmlet-error`s.
+    pub name: String,
+    /// The module, resolved against the manifest's directory.
+    pub module: PathBuf,
+    /// The kind; `None` is inferred from the module when it is loaded.
+    pub kind: Option<Kind>,
+    /// Start every instance from a pre-initialized snapshot.
+    pub snapshot: bool,
+    /// Environment variables every invocation gets.
+    pub env: BTreeMap<String, String>,
+    /// Preopened directories.
+    pub dirs: Vec<DirSpec>,
+    /// Hosts outgoing HTTP requests may go to.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Limits and scaling.
+    pub limits: FunctionLimits,
+    /// Run in jailed workers with these settings.
+    pub sandbox: Option<SandboxSettings>,
+    /// Routes.
+    pub routes: Vec<Route>,
+    /// Line of its `[[function]]` table, for later messages.
+    pub line: usize,
+}
+
+/// A preopened directory: `HOST[::GUEST]`, writable with a `rw:` prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirSpec {
+    /// The host directory, resolved against the manifest's directory.
+    pub host: PathBuf,
+    /// The path the guest sees.
+    pub guest: String,
+    /// Whether the guest may write.
+    pub writable: bool,
+}
+
+/// `[function.limits]`: the executor's limits in human units, and scaling.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionLimits {
+    /// Linear memory of one instance.
+    #[serde(deserialize_with = "size")]
+    pub memory: u64,
+    /// CPU time of one invocation.
+    #[serde(deserialize_with = "opt_duration")]
+    pub cpu_time: Option<Duration>,
+    /// Wall-clock time of one invocation; past it the client gets a 504.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Fuel of one invocation (turns fuel metering on for the server).
+    #[serde(deserialize_with = "opt_positive")]
+    pub fuel: Option<u64>,
+    /// Instances in flight.
+    #[serde(deserialize_with = "positive_u32")]
+    pub max_concurrency: u32,
+    /// Requests waiting beyond `max_concurrency`; more get a 503.
+    pub queue_depth: u32,
+    /// Longest wait in the queue; then a 503.
+    #[serde(deserialize_with = "duration")]
+    pub queue_timeout: Duration,
+}
+
+impl Default for FunctionLimits {
+    fn default() -> Self {
+        FunctionLimits {
+            memory: DEFAULT_MEMORY,
+            cpu_time: None,
+            timeout: DEFAULT_TIMEOUT,
+            fuel: None,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+        }
+    }
+}
+
+/// `[function.sandbox]`: run the function in jailed worker processes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    /// Memory of each worker's cgroup.
+    #[serde(deserialize_with = "opt_size")]
+    pub memory: Option<u64>,
+    /// CPU bandwidth of each worker, in CPUs.
+    pub cpus: Option<f64>,
+    /// Processes and threads of each worker.
+    pub pids: Option<u64>,
+    /// Workers kept started.
+    pub warm: u32,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            memory: None,
+            cpus: None,
+            pids: None,
+            warm: DEFAULT_SANDBOX_WARM,
+        }
+    }
+}
+
+/// `[[function.trigger]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Trigger {
+    /// An HTTP route.
+    Http {
+        /// `/exact` or `/prefix/...`.
+        route: String,
+    },
+}
+
+/// A checked HTTP route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The path, without the `/...` of a prefix route.
+    pub path: String,
+    /// Whether every path under `path` matches too.
+    pub prefix: bool,
+}
+
+impl Route {
+    /// Parses `/exact` or `/prefix/...`.
+    pub fn parse(s: &str) -> Result<Route, String> {
+        if !s.starts_with('/') {
+            return Err(format!("route `{s}` must start with `/`"));
+        }
+        if s.contains(['?', '#', ' ']) || s.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "route `{s}` may not hold `?`, `#`, spaces or control characters"
+            ));
+        }
+        let (path, prefix) = match s.strip_suffix("/...") {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        if path.contains("...") {
+            return Err(format!(
+                "route `{s}`: `...` is allowed only as the last segment (`/api/...`)"
+            ));
+        }
+        let path = if path.len() > 1 {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
+        Ok(Route {
+            path: path.to_string(),
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.prefix, self.path.as_str()) {
+            (true, "") => write!(f, "/..."),
+            (true, p) => write!(f, "{p}/..."),
+            (false, p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads and checks the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Read {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })?;
+        Manifest::parse(path, &text)
+    }
+
+    /// Checks manifest `text`, read from `path` (relative paths in it are
+    /// resolved against `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column, context) = match span {
+                Some(span) => locate(text, span.start),
+                None => (0, 0, String::new()),
+            };
+            ManifestError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                context,
+                message,
+            }
+        };
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().into()))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut names: HashMap<String, ()> = HashMap::new();
+        let mut routes: HashMap<Route, String> = HashMap::new();
+        let mut functions = Vec::new();
+        if let Some(env) = &raw.server.admin_token_env
+            && (env.is_empty() || env.contains(['=', '\0']))
+        {
+            return Err(at(
+                None,
+                format!("server.admin_token_env `{env}` is not an environment variable name"),
+            ));
+        }
+        if raw.server.max_in_flight == 0 {
+            return Err(at(None, "server.max_in_flight must be at least 1".into()));
+        }
+        for f in raw.function {
+            let fspan = f.span();
+            let f = f.into_inner();
+            let name = f.name.get_ref().clone();
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(at(
+                    Some(f.name.span()),
+                    format!(
+                        "function name `{name}`: use 1 to 64 letters, digits, `-` or `_` (it appears in logs and metric labels)"
+                    ),
+                ));
+            }
+            if names.insert(name.clone(), ()).is_some() {
+                return Err(at(
+                    Some(f.name.span()),
+                    format!("function name `{name}` is used twice"),
+                ));
+            }
+            let module = dir.join(f.module.get_ref());
+            for (k, _) in f.env.iter() {
+                if k.is_empty() || k.contains(['=', '\0']) {
+                    return Err(at(
+                        Some(fspan.clone()),
+                        format!("function `{name}`: env name `{k}` is not valid"),
+                    ));
+                }
+            }
+            let mut dirs = Vec::new();
+            for d in &f.dirs {
+                let spec = d.get_ref();
+                let (writable, rest) = match spec.strip_prefix("rw:") {
+                    Some(r) => (true, r),
+                    None => (false, spec.as_str()),
+                };
+                let (host, guest) = rest.split_once("::").unwrap_or((rest, rest));
+                if host.is_empty() || guest.is_empty() {
+                    return Err(at(
+                        Some(d.span()),
+                        format!(
+                            "function `{name}`: dirs entry `{spec}`: give HOST or HOST::GUEST (prefix `rw:` for writable)"
+                        ),
+                    ));
+                }
+                if dirs.iter().any(|x: &DirSpec| x.guest == guest) {
+                    return Err(at(
+                        Some(d.span()),
+                        format!("function `{name}`: guest path `{guest}` is granted twice"),
+                    ));
+                }
+                dirs.push(DirSpec {
+                    host: dir.join(host),
+                    guest: guest.to_string(),
+                    writable,
+                });
+            }
+            if let Some(sb) = &f.sandbox {
+                if let Some(c) = sb.cpus
+                    && !(c > 0.0 && c.is_finite())
+                {
+                    return Err(at(
+                        Some(fspan.clone()),
+                        format!("function `{name}`: sandbox.cpus must be more than 0"),
+                    ));
+                }
+                if sb.warm == 0 {
+                    return Err(at(
+                        Some(fspan.clone()),
+                        format!("function `{name}`: sandbox.warm must be at least 1"),
+                    ));
+                }
+            }
+            let mut froutes = Vec::new();
+            for t in &f.trigger {
+                match t.get_ref() {
+                    Trigger::Http { route } => {
+                        let r = Route::parse(route)
+                            .map_err(|m| at(Some(t.span()), format!("function `{name}`: {m}")))?;
+                        if let Some(other) = routes.insert(r.clone(), name.clone()) {
+                            return Err(at(
+                                Some(t.span()),
+                                format!(
+                                    "route `{r}` of function `{name}` is already the route of function `{other}`"
+                                ),
+                            ));
+                        }
+                        froutes.push(r);
+                    }
+                }
+            }
+            let (line, _, _) = locate(text, fspan.start);
+            functions.push(FunctionSpec {
+                name,
+                module,
+                kind: f.kind,
+                snapshot: f.snapshot,
+                env: f.env,
+                dirs,
+                allowed_outbound_hosts: f.allowed_outbound_hosts,
+                limits: f.limits,
+                sandbox: f.sandbox,
+                routes: froutes,
+                line,
+            });
+        }
+        if functions.is_empty() {
+            return Err(at(
+                None,
+                "no functions: add a [[function]] table with a name, a module and a trigger".into(),
+            ));
+        }
+        Ok(Manifest {
+            path: path.to_owned(),
+            dir,
+            listen: raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            admin_listen: raw
+                .admin_listen
+                .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into()),
+            server: raw.server,
+            functions,
+        })
+    }
+}
+
+/// The 1-based line and column of byte `offset` in `text`, and the field
+/// there: the key of that line, under the table header above it.
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    // A line without its comment (a `#` outside a string, roughly).
+    let bare = |l: &str| -> String {
+        let mut in_str = false;
+        let mut out = String::new();
+        for c in l.chars() {
+            match c {
+                '"' => in_str = !in_str,
+                '#' if !in_str => break,
+                _ => {}
+            }
+            out.push(c);
+        }
+        out.trim().to_string()
+    };
+    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+    let this_line = bare(text[line_start..].lines().next().unwrap_or(""));
+    let key = this_line
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_string())
+        .filter(|k| !k.starts_with('[') && !k.is_empty());
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(bare)
+        .find(|l| l.starts_with('['))
+        .map(|l| header(&l));
+    let context = match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k,
+        (_, None) if this_line.starts_with('[') => header(&this_line),
+        (Some(t), None) => t,
+        (None, None) => String::new(),
+    };
+    (line, column, context)
+}
+
+/// A size: `"64MiB"`, `"1G"`, or a number of bytes; more than zero.
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::Bytes(n) => n,
+        Raw::Text(s) => parse_size::Config::new()
+            .with_binary()
+            .parse_size(&s)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("invalid size `{s}`: {e} (try e.g. \"64MiB\")"))
+            })?,
+    };
+    if n == 0 {
+        return Err(serde::de::Error::custom(
+            "a size here must be more than zero",
+        ));
+    }
+    Ok(n)
+}
+
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
+}
+
+/// Longest duration accepted (ten years), so deadlines never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// A duration: `"250ms"`, `"5s"`, `"1m 30s"`; more than zero.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration `{s}`: {e} (try e.g. \"250ms\")"))
+    })?;
+    if v.is_zero() || v > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "duration `{s}` must be more than zero and at most 3650days"
+        )));
+    }
+    Ok(v)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn opt_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be more than zero")),
+        n => Ok(Some(n)),
+    }
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_SHAPE: &str = r#"
+listen = "127.0.0.1:3000"            # optional; --listen wins
+[[function]]
+name = "hello"
+module = "hello.wasm"                # relative to the manifest's directory
+kind = "wagi"                        # or "http" (a wasi:http component); inferred when left out
+env = { GREETING = "hi" }
+dirs = ["static::/static"]           # HOST[::GUEST], read-only unless "rw:" is prefixed
+allowed_outbound_hosts = []          # wasi:http outgoing requests: none unless listed (Spin's name)
+[function.limits]                    # human sizes and durations; mapped onto the executor's Limits
+memory = "64MiB"
+cpu_time = "100ms"
+timeout = "5s"
+fuel = 1000000                       # optional
+max_concurrency = 64                 # instances in flight
+queue_depth = 128                    # waiting requests beyond that; then 503
+queue_timeout = "1s"
+[function.sandbox]                   # optional: present = run in jailed workers
+memory = "256MiB"
+cpus = 0.5
+pids = 64
+warm = 1                             # pre-started workers
+[[function.trigger]]
+type = "http"
+route = "/hello"                     # "/api/..." is a prefix route
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("/srv/app/wasmlet.toml"), text)
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let m = parse(ISSUE_SHAPE).unwrap();
+        assert_eq!(m.listen, "127.0.0.1:3000");
+        let f = &m.functions[0];
+        assert_eq!(f.module, Path::new("/srv/app/hello.wasm"));
+        assert_eq!(f.kind, Some(Kind::Wagi));
+        assert_eq!(f.limits.memory, 64 << 20);
+        assert_eq!(f.limits.cpu_time, Some(Duration::from_millis(100)));
+        assert_eq!(f.limits.fuel, Some(1_000_000));
+        assert_eq!(f.limits.queue_timeout, Duration::from_secs(1));
+        assert_eq!(f.sandbox.as_ref().unwrap().memory, Some(256 << 20));
+        assert_eq!(
+            f.dirs,
+            vec![DirSpec {
+                host: "/srv/app/static".into(),
+                guest: "/static".into(),
+                writable: false
+            }]
+        );
+        assert_eq!(
+            f.routes,
+            vec![Route {
+                path: "/hello".into(),
+                prefix: false
+            }]
+        );
+        assert_eq!(f.line, 3);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let bad = ISSUE_SHAPE.replace("\"64MiB\"", "\"64 parsecs\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/srv/app/wasmlet.toml:11:") && e.contains("function.limits.memory"),
+            "{e}"
+        );
+        assert!(e.contains("invalid size `64 parsecs`"), "{e}");
+        let bad = ISSUE_SHAPE.replace("queue_depth", "queue_length");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains(":16:") && e.contains("unknown field `queue_length`"),
+            "{e}"
+        );
+        let bad = ISSUE_SHAPE.replace("type = \"http\"", "type = \"cron\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("cron"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn routes_parse_and_clash() {
+        assert_eq!(
+            Route::parse("/api/...").unwrap(),
+            Route {
+                path: "/api".into(),
+                prefix: true
+            }
+        );
+        assert_eq!(Route::parse("/...").unwrap().to_string(), "/...");
+        assert!(Route::parse("api").is_err());
+        assert!(Route::parse("/a/.../b").is_err());
+        let two = format!(
+            "{ISSUE_SHAPE}\n[[function]]\nname = \"b\"\nmodule = \"b.wasm\"\n[[function.trigger]]\ntype = \"http\"\nroute = \"/hello\"\n"
+        );
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(e.contains("already the route of function `hello`"), "{e}");
+        assert!(e.contains(":30:1: function.trigger: "), "{e}");
+    }
+
+    #[test]
+    fn zero_limits_and_bad_names_are_refused() {
+        let e = parse(&ISSUE_SHAPE.replace("max_concurrency = 64", "max_concurrency = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_concurrency") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = parse(&ISSUE_SHAPE.replace("name = \"hello\"", "name = \"he llo\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":4:") && e.contains("function name"), "{e}");
+    }
+}

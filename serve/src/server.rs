@@ -1,0 +1,788 @@
+//! The server: listeners, connections, the request path, the admin
+//! endpoints, signals and reloads.
+//!
+//! ```text
+//!  accept ─▶ hyper http1 connection (header timeout, head size cap)
+//!    request ─▶ x-request-id ─▶ route (404) ─▶ body (413/408)
+//!      ─▶ admission (503 + Retry-After) ─▶ handler: WAGI or wasi:http
+//!      ─▶ status mapping, stderr to the log, usage record, metrics
+//!  SIGHUP / manifest or module changed ─▶ App::load off the request path
+//!      ─▶ swapped in (old requests finish on the old functions)
+//!  SIGTERM / SIGINT ─▶ stop accepting, readyz 503, drain ≤ drain_timeout, exit
+//! ```
+
+use crate::app::{App, Func, stamp};
+use crate::error::{LoadError, ServeError};
+use crate::handler::Handler;
+use crate::manifest::{Manifest, Route};
+use crate::metrics::{Cause, Metrics};
+use crate::wagi::{CgiRequest, parse_output};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use wasmlet_runtime::{Entry, Input, Invocation, LimitExceeded, Output, RuntimeConfig, Status};
+
+/// A response or request body: streamed, boxed (the agreed
+/// `wasmlet_runtime::http::HttpBody` shape).
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How often the manifest and its modules are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Smallest head buffer hyper accepts (`max_buf_size`).
+const MIN_HEAD_BUFFER: u64 = 8192;
+/// Longest `x-request-id` taken from a client.
+const MAX_REQUEST_ID: usize = 128;
+/// Longest `x-wasmlet-error` value.
+const MAX_ERROR_HEADER: usize = 256;
+
+/// What `wasmlet serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The manifest.
+    pub manifest: PathBuf,
+    /// Overrides the manifest's `listen`.
+    pub listen: Option<String>,
+    /// Overrides the manifest's `admin_listen`.
+    pub admin_listen: Option<String>,
+    /// The runtime configuration to start from (cache settings); the pool
+    /// and fuel metering are set from the manifest.
+    pub runtime: RuntimeConfig,
+    /// Log each invocation's usage record (one JSON object per line).
+    pub usage: bool,
+}
+
+/// What a handler produced for one request.
+pub(crate) struct Handled {
+    pub response: Response<Body>,
+    /// Why it is an error response, if it is one.
+    pub cause: Option<Cause>,
+    /// The usage record, as JSON, when an instance ran.
+    pub usage: Option<serde_json::Value>,
+}
+
+/// Loads and checks the manifest and every function (compiling them), as
+/// `serve --check` does; nothing is served.
+pub fn check(opts: &ServeOptions) -> Result<App, LoadError> {
+    let manifest = Manifest::load(&opts.manifest)?;
+    App::load(manifest, &opts.runtime, None, &Metrics::default())
+}
+
+/// A server with its listeners bound, ready to [`Server::run`].
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    admin: std::net::TcpListener,
+}
+
+struct Shared {
+    app: RwLock<Arc<App>>,
+    metrics: Arc<Metrics>,
+    opts: ServeOptions,
+    draining: AtomicBool,
+    admin_token: Option<String>,
+    ids: RequestIds,
+    local: SocketAddr,
+}
+
+impl Server {
+    /// Loads the manifest and binds both listeners.
+    pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
+        let metrics = Arc::new(Metrics::default());
+        let manifest = Manifest::load(&opts.manifest).map_err(LoadError::from)?;
+        let listen = opts.listen.clone().unwrap_or(manifest.listen.clone());
+        let admin_listen = opts
+            .admin_listen
+            .clone()
+            .unwrap_or(manifest.admin_listen.clone());
+        let admin_token = match &manifest.server.admin_token_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                ServeError::Start(format!(
+                    "server.admin_token_env names {var}, which is not set (or not UTF-8)"
+                ))
+            })?),
+            None => None,
+        };
+        if manifest.server.max_header_size < MIN_HEAD_BUFFER {
+            return Err(ServeError::Start(format!(
+                "server.max_header_size must be at least {MIN_HEAD_BUFFER} bytes"
+            )));
+        }
+        let app = App::load(manifest, &opts.runtime, None, &metrics)?;
+        let bind = |addr: &str| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| ServeError::Listen {
+                    addr: addr.to_string(),
+                    error: e.to_string(),
+                })
+        };
+        let listener = bind(&listen)?;
+        let admin = bind(&admin_listen)?;
+        let local = listener.local_addr().map_err(|e| ServeError::Listen {
+            addr: listen.clone(),
+            error: e.to_string(),
+        })?;
+        Ok(Server {
+            shared: Arc::new(Shared {
+                app: RwLock::new(Arc::new(app)),
+                metrics,
+                opts,
+                draining: AtomicBool::new(false),
+                admin_token,
+                ids: RequestIds::new(),
+                local,
+            }),
+            listener,
+            admin,
+        })
+    }
+
+    /// The request listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The functions served.
+    pub fn app(&self) -> Arc<App> {
+        self.shared.current()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains in-flight requests (at
+    /// most `server.drain_timeout`) and returns.
+    pub fn run(self) -> Result<(), ServeError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("wasmlet-serve")
+            .build()
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+        rt.block_on(self.run_async())
+    }
+
+    async fn run_async(self) -> Result<(), ServeError> {
+        let mut signals = forward_signals()?;
+        let to_tokio = |l: std::net::TcpListener| {
+            TcpListener::from_std(l).map_err(|e| ServeError::Start(e.to_string()))
+        };
+        let listener = to_tokio(self.listener)?;
+        let admin = to_tokio(self.admin)?;
+        let shared = self.shared;
+        let graceful = GracefulShutdown::new();
+        let admin_task = tokio::spawn(admin_loop(admin, shared.clone()));
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let reload_task = tokio::spawn(reload_loop(shared.clone(), reload.clone()));
+        let settings = shared.current().manifest.server.clone();
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout)
+            .max_buf_size(settings.max_header_size.max(MIN_HEAD_BUFFER) as usize)
+            .keep_alive(true);
+        let signal_name = loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors and the like: back off, keep serving.
+                            tracing::warn!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let svc = service_fn(move |req| handle(shared.clone(), peer, req));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, "connection: {e}");
+                        }
+                    });
+                }
+                sig = signals.recv() => match sig {
+                    Some(signal_hook::consts::SIGHUP) => {
+                        tracing::info!("SIGHUP: reloading {}", shared.opts.manifest.display());
+                        reload.notify_one();
+                    }
+                    Some(signal_hook::consts::SIGINT) => break "SIGINT",
+                    _ => break "SIGTERM",
+                },
+            }
+        };
+        drop(listener);
+        shared.draining.store(true, Ordering::Release);
+        reload_task.abort();
+        let in_flight = shared.metrics.in_flight.load(Ordering::Relaxed);
+        tracing::info!(
+            "{signal_name}: no longer accepting; draining {in_flight} request(s) in flight (at most {})",
+            humantime::format_duration(settings.drain_timeout)
+        );
+        match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!(
+                "drain timeout of {} passed with requests still in flight; exiting",
+                humantime::format_duration(settings.drain_timeout)
+            ),
+        }
+        admin_task.abort();
+        Ok(())
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, taken by a thread (signal-hook's self-pipe)
+/// and handed to the server's loop.
+fn forward_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<i32>, ServeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| ServeError::Start(format!("signals: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("wasmlet-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| ServeError::Start(format!("signals: {e}")))?;
+    Ok(rx)
+}
+
+impl Shared {
+    fn current(&self) -> Arc<App> {
+        self.app.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Reloads on demand (SIGHUP) and when the manifest or a module changes.
+async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
+    let mut seen = shared.current().stamps.clone();
+    let watch = shared.current().manifest.server.watch;
+    loop {
+        let forced = tokio::select! {
+            _ = wake.notified() => true,
+            _ = tokio::time::sleep(WATCH_INTERVAL), if watch => false,
+        };
+        if !forced {
+            let now: Vec<_> = seen.iter().map(|(p, _)| stamp(p)).collect();
+            if now == seen {
+                continue;
+            }
+            tracing::info!(
+                "{} or a module changed: reloading",
+                shared.opts.manifest.display()
+            );
+        }
+        let old = shared.current();
+        let s = shared.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let manifest = Manifest::load(&s.opts.manifest)?;
+            App::load(manifest, &s.opts.runtime, Some(&old), &s.metrics)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(app)) => {
+                let app = Arc::new(app);
+                seen = app.stamps.clone();
+                let old = shared.current();
+                if app.manifest.listen != old.manifest.listen
+                    || app.manifest.admin_listen != old.manifest.admin_listen
+                {
+                    tracing::warn!(
+                        "listen addresses changed in the manifest: that takes a restart"
+                    );
+                }
+                *shared.app.write().unwrap_or_else(|e| e.into_inner()) = app.clone();
+                shared.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                let names: Vec<_> = app.summary().into_iter().map(|f| f.name).collect();
+                tracing::info!("reloaded: serving {}", names.join(", "));
+            }
+            Ok(Err(e)) => {
+                shared
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                // Not again until something changes again.
+                seen = seen.iter().map(|(p, _)| stamp(p)).collect();
+                tracing::error!("reload failed, still serving the previous functions: {e}");
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload failed: {e}");
+            }
+        }
+    }
+}
+
+async fn admin_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(admin(&shared, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.draining.load(Ordering::Acquire) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/metrics" => {
+            if let Some(token) = &shared.admin_token {
+                let given = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                    let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer"),
+                    );
+                    return r;
+                }
+            }
+            let mut r = text(StatusCode::OK, &shared.metrics.render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// An error response: the status, a one-line body, and the cause in
+/// `x-wasmlet-error`.
+fn failure(status: StatusCode, cause: Cause, detail: &str) -> Handled {
+    let mut response = text(status, &format!("{detail}\n"));
+    let value: String = detail
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(MAX_ERROR_HEADER)
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-wasmlet-error"), v);
+    }
+    Handled {
+        response,
+        cause: Some(cause),
+        usage: None,
+    }
+}
+
+/// Generates request ids: a per-process random start, then a counter,
+/// scrambled so consecutive ids do not look alike.
+struct RequestIds {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        RequestIds {
+            seed: t ^ (u64::from(std::process::id()) << 32),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn generate(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // splitmix64
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        format!("{:016x}", z ^ (z >> 31))
+    }
+}
+
+/// The client's `x-request-id` when it is sane (1 to 128 characters of
+/// letters, digits and `-_.:+/=`), else a fresh one.
+fn request_id(shared: &Shared, req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:+/=".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| shared.ids.generate())
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let id = request_id(&shared, &req);
+    let app = shared.current();
+    let path = req.uri().path().to_string();
+    let mut response = match app.route(&path) {
+        None => {
+            shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
+        }
+        Some((func, route)) => {
+            func.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let handled = call(&shared, &app, func, route, peer, req, &id).await;
+            let status = handled.response.status();
+            func.metrics.response(status.as_u16(), started.elapsed());
+            if let Some(cause) = handled.cause {
+                func.metrics.error(cause);
+            }
+            if shared.opts.usage
+                && let Some(mut usage) = handled.usage
+            {
+                usage["function"] = func.spec.name.clone().into();
+                usage["request_id"] = id.clone().into();
+                usage["http_status"] = status.as_u16().into();
+                tracing::info!(target: "wasmlet::usage", "usage {usage}");
+            }
+            handled.response
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if shared.draining.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+/// One request to one function: body, admission, the handler, the result.
+async fn call(
+    shared: &Shared,
+    app: &App,
+    func: &Func,
+    route: &Route,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    id: &str,
+) -> Handled {
+    let settings = &app.manifest.server;
+    let (parts, body) = req.into_parts();
+    let max_body = settings.max_body_size;
+    if let Handler::Http(h) = &func.handler {
+        // Streamed: the component reads the body as it comes.
+        let admitted = match func
+            .admission
+            .admit(&app.global, &func.metrics, &shared.metrics)
+            .await
+        {
+            Ok(a) => a,
+            Err(cause) => return overloaded(func, cause),
+        };
+        let handled = h
+            .handle(
+                Request::from_parts(parts, body.boxed()),
+                Invocation::default(),
+            )
+            .await;
+        drop(admitted);
+        return handled;
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Cause::BodyTooLarge,
+            &format!("request body is larger than the limit of {max_body} bytes"),
+        );
+    }
+    let read = Limited::new(body, max_body as usize).collect();
+    let body = match tokio::time::timeout(settings.body_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Cause::BodyTooLarge,
+                &format!("request body is larger than the limit of {max_body} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                Cause::BodyTimeout,
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+        Err(_) => {
+            let mut h = failure(
+                StatusCode::REQUEST_TIMEOUT,
+                Cause::BodyTimeout,
+                &format!(
+                    "request body not received within {}",
+                    humantime::format_duration(settings.body_timeout)
+                ),
+            );
+            h.response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return h;
+        }
+    };
+    let admitted = match func
+        .admission
+        .admit(&app.global, &func.metrics, &shared.metrics)
+        .await
+    {
+        Ok(a) => a,
+        Err(cause) => return overloaded(func, cause),
+    };
+    let Handler::Wagi(function) = &func.handler else {
+        unreachable!("http handled above")
+    };
+    let cgi = CgiRequest {
+        parts: &parts,
+        body_len: body.len(),
+        route,
+        peer,
+        local: shared.local,
+        request_id: id,
+    };
+    let (args, cgi_env) = cgi.args_env(&func.spec.name);
+    let mut env: Vec<(String, String)> = func
+        .env
+        .iter()
+        .filter(|(k, _)| !cgi_env.iter().any(|(c, _)| c == k))
+        .cloned()
+        .collect();
+    env.extend(cgi_env);
+    let inv = Invocation {
+        args,
+        env,
+        dirs: func.dirs.clone(),
+        stdin: Input::Bytes(body),
+        stdout: Output::Capture,
+        stderr: Output::Capture,
+        entry: Entry::Start,
+        limits: None,
+    };
+    func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
+    if func.snapshot_start {
+        func.metrics.snapshot_starts.fetch_add(1, Ordering::Relaxed);
+    } else {
+        func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
+    }
+    let result = function.invoke_async(inv).await;
+    drop(admitted);
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(function = %func.spec.name, request_id = %id, "invocation failed: {e}");
+            return failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Cause::Setup,
+                &format!("invocation failed: {e}"),
+            );
+        }
+    };
+    log_stderr(
+        &func.spec.name,
+        id,
+        outcome.stderr.as_deref().unwrap_or_default(),
+        settings.max_log_per_invocation as usize,
+    );
+    let usage = Some(outcome.usage_json());
+    let mut handled = match &outcome.status {
+        Status::Trapped(msg) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::Trap,
+            &format!("guest trapped: {msg}"),
+        ),
+        Status::LimitExceeded(l @ LimitExceeded::Timeout(_)) => {
+            failure(StatusCode::GATEWAY_TIMEOUT, Cause::Timeout, &l.to_string())
+        }
+        Status::LimitExceeded(l) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::Limit,
+            &l.to_string(),
+        ),
+        Status::SandboxFailed(m) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::Setup,
+            &format!("sandbox failed: {m}"),
+        ),
+        Status::Exited(_) | Status::Returned(_) => {
+            let code = match outcome.status {
+                Status::Exited(c) => c,
+                _ => 0,
+            };
+            let stdout = outcome.stdout.clone().unwrap_or_default();
+            if stdout.len() as u64 >= settings.max_response_size {
+                failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Cause::Limit,
+                    &format!(
+                        "response is larger than server.max_response_size ({} bytes)",
+                        settings.max_response_size
+                    ),
+                )
+            } else {
+                match parse_output(stdout) {
+                    Ok(cgi) => {
+                        if code != 0 {
+                            tracing::warn!(function = %func.spec.name, request_id = %id, "exited with code {code} after writing headers");
+                        }
+                        let mut r = Response::new(full(cgi.body));
+                        *r.status_mut() = cgi.status;
+                        *r.headers_mut() = cgi.headers;
+                        Handled {
+                            response: r,
+                            cause: None,
+                            usage: None,
+                        }
+                    }
+                    Err(why) if code != 0 => failure(
+                        StatusCode::BAD_GATEWAY,
+                        Cause::BadOutput,
+                        &format!("function exited with code {code} without a response ({why})"),
+                    ),
+                    Err(why) => failure(StatusCode::BAD_GATEWAY, Cause::BadOutput, &why),
+                }
+            }
+        }
+    };
+    if let Some(cause) = handled.cause {
+        let detail = handled
+            .response
+            .headers()
+            .get("x-wasmlet-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        tracing::warn!(function = %func.spec.name, request_id = %id, cause = cause.label(), "{detail}");
+    }
+    handled.usage = usage;
+    handled
+}
+
+fn overloaded(func: &Func, cause: Cause) -> Handled {
+    let detail = match cause {
+        Cause::QueueFull => format!(
+            "function `{}` is at capacity and its queue is full",
+            func.spec.name
+        ),
+        _ => format!(
+            "function `{}` is at capacity: no instance free within {}",
+            func.spec.name,
+            humantime::format_duration(func.spec.limits.queue_timeout)
+        ),
+    };
+    let mut h = failure(StatusCode::SERVICE_UNAVAILABLE, cause, &detail);
+    h.response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(func.retry_after),
+    );
+    h
+}
+
+/// Copies a guest's stderr into the log, a line per line, tagged with the
+/// function and request, at most `max` bytes.
+fn log_stderr(function: &str, id: &str, stderr: &[u8], max: usize) {
+    if stderr.is_empty() {
+        return;
+    }
+    let shown = &stderr[..stderr.len().min(max)];
+    for line in String::from_utf8_lossy(shown).lines() {
+        tracing::info!(function, request_id = id, "stderr: {line}");
+    }
+    if stderr.len() > max {
+        tracing::info!(
+            function,
+            request_id = id,
+            "stderr: ... {} more byte(s) not logged (server.max_log_per_invocation)",
+            stderr.len() - max
+        );
+    }
+}

@@ -1,0 +1,875 @@
+//! `wasmlet serve` end to end: the binary on 127.0.0.1 with real clients
+//! (a raw HTTP/1.1 client over `TcpStream`, `curl`, `wrk`).
+
+use crate::helpers::{c_example, c_guest, run_cli, tempdir, wasmlet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `wasmlet serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(manifest: &Path) -> Serve {
+        Serve::start_with(manifest, &[], &[])
+    }
+
+    fn start_with(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut cmd = wasmlet();
+        cmd.arg("serve")
+            .arg(manifest)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("WASMLET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split("listening on http://").nth(1)
+                        && let Some(tx) = tx.take()
+                    {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let admin = rest
+                            .split("admin on http://")
+                            .nth(1)
+                            .unwrap()
+                            .trim_end_matches(')')
+                            .to_string();
+                        let _ = tx.send((addr, admin));
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start: {}", log.lock().unwrap());
+            }
+        };
+        Serve {
+            child,
+            addr: addr.parse().unwrap(),
+            admin: admin.parse().unwrap(),
+            log,
+        }
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        request(self.addr, "GET", path, &[], b"")
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn metrics(&self) -> String {
+        let r = request(self.admin, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill takes plain integers; the child has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the server to exit, at most `limit`; its exit code.
+    fn wait(&mut self, limit: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "server still running: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read by [`request`].
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    read_response(&mut s)
+}
+
+fn read_response(s: &mut TcpStream) -> Resp {
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// The guest module of these tests, and a manifest around it.
+fn wagi_manifest(dir: &Path, extra: &str) -> PathBuf {
+    let module = c_guest("wagi");
+    let text = format!(
+        r#"
+[server]
+max_body_size = "64KiB"
+max_header_size = "8KiB"
+body_timeout = "1s"
+header_timeout = "1s"
+max_response_size = "1MiB"
+max_log_per_invocation = 200
+
+[[function]]
+name = "t"
+module = "{m}"
+env = {{ GREETING = "hi" }}
+[function.limits]
+memory = "8MiB"
+cpu_time = "300ms"
+timeout = "2s"
+max_concurrency = 8
+[[function.trigger]]
+type = "http"
+route = "/t/..."
+
+[[function]]
+name = "slow"
+module = "{m}"
+[function.limits]
+memory = "8MiB"
+timeout = "500ms"
+[[function.trigger]]
+type = "http"
+route = "/slow/..."
+
+[[function]]
+name = "exact"
+module = "{m}"
+[[function.trigger]]
+type = "http"
+route = "/exact"
+[[function.trigger]]
+type = "http"
+route = "/t/deeper/..."
+{extra}
+"#,
+        m = module.display()
+    );
+    let p = dir.join("wasmlet.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The example manifest, with its modules built beside a copy of it.
+fn example_manifest(dir: &Path) -> PathBuf {
+    for name in ["hello", "echo"] {
+        std::fs::copy(
+            c_example(&format!("serve/{name}")),
+            dir.join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/serve/wasmlet.toml");
+    let p = dir.join("wasmlet.toml");
+    std::fs::copy(src, &p).unwrap();
+    p
+}
+
+#[test]
+fn serve_example_hello_and_echo_with_curl() {
+    let dir = tempdir();
+    let manifest = example_manifest(dir.path());
+    let server = Serve::start(&manifest);
+    let out = Command::new("curl")
+        .args(["-sS", "-i", &format!("http://{}/hello", server.addr)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("Hi from a wasmlet function! (GET request)"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("x-request-id: "),
+        "{text}"
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--data-binary",
+            "some body",
+            "-A",
+            "tester/1",
+            &format!("http://{}/echo/a/b?x=1&y=2", server.addr),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "method: POST",
+        "path: /a/b",
+        "query: x=1&y=2",
+        "arg: x=1",
+        "arg: y=2",
+        "user-agent: tester/1",
+        "body (9 bytes): some body",
+    ] {
+        assert!(text.contains(want), "{want:?} not in {text}");
+    }
+    // Guest stderr goes to the log, tagged with function and request id.
+    let r = server.get("/echo/logged");
+    let id = r.header("x-request-id").unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("stderr: echoed /logged")
+            && l.contains("function=\"echo\"")
+            && l.contains(&format!("request_id=\"{id}\""))),
+        "{log}"
+    );
+}
+
+#[test]
+fn serve_routes_exact_and_prefix() {
+    let dir = tempdir();
+    let server = Serve::start(&wagi_manifest(dir.path(), ""));
+    let r = server.get("/t/hello");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from /hello\n"));
+    // The bare prefix matches, with an empty PATH_INFO.
+    assert_eq!(server.get("/t").text(), "hello from /\n");
+    // Longest prefix wins: /t/deeper/... belongs to `exact`.
+    // (Under `t`, PATH_INFO would be /deeper/x.)
+    let r = server.get("/t/deeper/x");
+    assert_eq!(r.text(), "hello from /x\n");
+    assert_eq!(server.get("/exact").status, 200);
+    // An exact route does not match below itself; a prefix needs a `/`.
+    for path in ["/exact/more", "/tt", "/nothing", "/"] {
+        let r = server.get(path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(r.header("x-request-id").is_some());
+    }
+}
+
+#[test]
+fn serve_headers_and_bodies_both_ways() {
+    let dir = tempdir();
+    let server = Serve::start(&wagi_manifest(dir.path(), ""));
+    let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let r = request(
+        server.addr,
+        "POST",
+        "/t/echo?q=1",
+        &[("X-Test", "value 1"), ("X-Request-Id", "client-id-42")],
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body, "binary body round trip");
+    assert_eq!(r.header("x-got-header"), Some("value 1"));
+    assert_eq!(r.header("x-method"), Some("POST"));
+    assert_eq!(r.header("x-query"), Some("q=1"));
+    assert_eq!(r.header("x-script"), Some("/t"));
+    assert_eq!(r.header("x-greeting"), Some("hi"));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.header("x-request-id"), Some("client-id-42"));
+    // An id that is not sane is replaced.
+    let r = request(
+        server.addr,
+        "GET",
+        "/t/hello",
+        &[("X-Request-Id", "bad id\"<>")],
+        b"",
+    );
+    let id = r.header("x-request-id").unwrap();
+    assert!(
+        id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    // Status and headers written by the guest.
+    let r = server.get("/t/status");
+    assert_eq!(r.status, 418);
+    assert_eq!(r.header("x-custom"), Some("yes"));
+    assert_eq!(r.text(), "teapot\n");
+    // Keep-alive: two requests on one connection.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /t/a HTTP/1.1\r\nHost: x\r\n\r\nGET /t/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(
+        raw.contains("hello from /a") && raw.contains("hello from /b"),
+        "{raw}"
+    );
+}
+
+#[test]
+fn serve_maps_each_limit_to_its_status() {
+    let dir = tempdir();
+    let server = Serve::start(&wagi_manifest(dir.path(), ""));
+    let cause = |r: &Resp| r.header("x-wasmlet-error").unwrap_or("").to_string();
+    // Guest trap: 500.
+    let r = server.get("/t/trap");
+    assert_eq!(r.status, 500);
+    assert!(cause(&r).contains("trap"), "{r:?}");
+    // Wall-clock timeout: 504 (sleeping, so not CPU).
+    let r = server.get("/slow/sleep?3000");
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(cause(&r).contains("timeout"), "{r:?}");
+    // CPU time: 500 naming the limit.
+    let r = server.get("/t/spin");
+    assert_eq!(r.status, 500);
+    assert!(cause(&r).contains("CPU time limit of 300ms"), "{r:?}");
+    // Memory: 500 naming the limit.
+    let r = server.get("/t/grow");
+    assert_eq!(r.status, 500);
+    assert!(cause(&r).contains("memory limit of 8 MiB"), "{r:?}");
+    // Non-zero exit without headers: 502; no header block at all: 502.
+    let r = server.get("/t/exit3");
+    assert_eq!(r.status, 502);
+    assert!(cause(&r).contains("code 3"), "{r:?}");
+    assert_eq!(server.get("/t/noheaders").status, 502);
+    // A response over max_response_size: 500.
+    let r = server.get("/t/big?2000000");
+    assert_eq!(r.status, 500);
+    assert!(cause(&r).contains("max_response_size"), "{r:?}");
+    assert_eq!(server.get("/t/big?1000").body.len(), 1000);
+    // Bodies over max_body_size: 413, declared or streamed (chunked).
+    let big = vec![b'a'; 70 * 1024];
+    assert_eq!(
+        request(server.addr, "POST", "/t/echo", &[], &big).status,
+        413
+    );
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"POST /t/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    for _ in 0..20 {
+        let _ = s.write_all(b"1000\r\n");
+        let _ = s.write_all(&[b'b'; 0x1000]);
+        let _ = s.write_all(b"\r\n");
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    assert_eq!(read_response(&mut s).status, 413);
+    // Headers over max_header_size: 431.
+    let long = "v".repeat(10 * 1024);
+    let r = request(server.addr, "GET", "/t/hello", &[("X-Long", &long)], b"");
+    assert_eq!(r.status, 431);
+    // A client that sends half its body, then stalls: 408 after body_timeout.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"POST /t/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly some")
+        .unwrap();
+    let start = Instant::now();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 408);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // A client that never finishes its head is cut off after header_timeout.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /t/hello HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = Vec::new();
+    let start = Instant::now();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "slow head not cut off"
+    );
+    // No failure took the server down.
+    assert_eq!(server.get("/t/hello").status, 200);
+    let m = server.metrics();
+    for (cause, n) in [
+        ("trap", 1),
+        ("timeout", 1),
+        ("limit", 3),
+        ("bad_output", 2),
+        ("body_too_large", 2),
+        ("body_timeout", 1),
+    ] {
+        let fname = if cause == "timeout" { "slow" } else { "t" };
+        let line = format!("wasmlet_errors_total{{function=\"{fname}\",cause=\"{cause}\"}} {n}\n");
+        assert!(m.contains(&line), "{line} not in {m}");
+    }
+}
+
+#[test]
+fn serve_guest_stderr_is_logged_and_bounded() {
+    let dir = tempdir();
+    let server = Serve::start(&wagi_manifest(dir.path(), ""));
+    let r = request(
+        server.addr,
+        "GET",
+        "/t/stderr?1000",
+        &[("X-Request-Id", "stderr-req")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    let tagged: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("stderr-req") && l.contains("of guest stderr"))
+        .collect();
+    assert!(!tagged.is_empty(), "{log}");
+    assert!(
+        tagged
+            .iter()
+            .all(|l| l.contains("function=\"t\"") || l.contains("function=t")),
+        "{tagged:?}"
+    );
+    // 200 bytes of a 26-byte line: 7 lines, then a note of the rest.
+    assert!(tagged.len() <= 8, "{}", tagged.len());
+    assert!(log.contains("more byte(s) not logged"), "{log}");
+}
+
+#[test]
+fn serve_overload_gives_503_with_retry_after() {
+    let dir = tempdir();
+    let manifest = wagi_manifest(
+        dir.path(),
+        r#"
+[[function]]
+name = "one"
+module = "MODULE"
+[function.limits]
+max_concurrency = 1
+queue_depth = 1
+queue_timeout = "2s"
+[[function.trigger]]
+type = "http"
+route = "/one/...""#
+            .replace("MODULE", &c_guest("wagi").display().to_string())
+            .as_str(),
+    );
+    let server = Serve::start(&manifest);
+    let addr = server.addr;
+    let handles: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || request(addr, "GET", "/one/sleep?700", &[], b"")))
+        .collect();
+    let results: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<_> = results.iter().filter(|r| r.status == 503).collect();
+    assert!(ok >= 2, "one runs, one waits: {results:?}");
+    assert_eq!(ok + busy.len(), 6, "{results:?}");
+    assert!(!busy.is_empty());
+    for r in &busy {
+        assert_eq!(r.header("retry-after"), Some("2"));
+        assert!(r.header("x-wasmlet-error").unwrap().contains("at capacity"));
+    }
+    // A queue timeout: one running 2.5 s, one waiting past queue_timeout.
+    let slow = std::thread::spawn(move || request(addr, "GET", "/one/sleep?1900", &[], b""));
+    std::thread::sleep(Duration::from_millis(200));
+    let waited = request(addr, "GET", "/one/sleep?10", &[], b"");
+    assert!(waited.status == 200 || waited.status == 503, "{waited:?}");
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(server.get("/one/hello").status, 200, "still serving");
+    let m = server.metrics();
+    let rejected = busy.len() + usize::from(waited.status == 503);
+    assert!(
+        m.contains(&format!(
+            "wasmlet_rejected_total{{function=\"one\"}} {rejected}\n"
+        )),
+        "{rejected} {m}"
+    );
+}
+
+/// Runs wrk against `url` for `secs`; its summary.
+fn wrk(url: &str, connections: u32, secs: u32) -> String {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--timeout",
+            "10s",
+            url,
+        ])
+        .output()
+        .expect("wrk runs (scripts/install-deps installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wrk_requests(summary: &str) -> u64 {
+    summary
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in {summary}"))
+}
+
+#[test]
+fn serve_reloads_under_load_without_failing_a_request() {
+    let dir = tempdir();
+    let manifest = wagi_manifest(dir.path(), "");
+    let server = Serve::start(&manifest);
+    let url = format!("http://{}/t/echo", server.addr);
+    let load = std::thread::spawn(move || wrk(&url, 8, 4));
+    std::thread::sleep(Duration::from_millis(1000));
+    // A new version: another greeting, picked up by the watcher.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("GREETING = \"hi\"", "GREETING = \"v2\""),
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let r = server.get("/t/echo");
+        assert_eq!(r.status, 200);
+        if r.header("x-greeting") == Some("v2") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A broken manifest keeps the new version serving, and SIGHUP reloads.
+    std::fs::write(&manifest, "this is = not [valid").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.signal(libc::SIGHUP);
+    let summary = load.join().unwrap();
+    assert!(wrk_requests(&summary) > 100, "{summary}");
+    assert!(!summary.contains("Non-2xx"), "{summary}");
+    assert!(!summary.contains("Socket errors"), "{summary}");
+    assert_eq!(server.get("/t/echo").header("x-greeting"), Some("v2"));
+    let log = server.log();
+    assert!(
+        log.contains("reload failed, still serving the previous functions"),
+        "{log}"
+    );
+    assert!(log.contains("wasmlet.toml:1:"), "{log}");
+    let m = server.metrics();
+    assert!(m.contains("wasmlet_reloads_total 1\n"), "{m}");
+    assert!(!m.contains("wasmlet_reload_failures_total 0\n"), "{m}");
+}
+
+#[test]
+fn serve_sigterm_drains_in_flight_requests_then_exits_0() {
+    let dir = tempdir();
+    let mut server = Serve::start(&wagi_manifest(dir.path(), ""));
+    let addr = server.addr;
+    let handles: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || request(addr, "GET", "/t/sleep?1000", &[], b"")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Not ready any more once draining; still healthy.
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let ready = request(server.admin, "GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 503);
+    for h in handles {
+        let r = h.join().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "slept 1000\n"));
+    }
+    assert_eq!(server.wait(Duration::from_secs(20)), 0, "{}", server.log());
+    assert!(TcpStream::connect(addr).is_err(), "still accepting");
+    assert!(server.log().contains("drained"), "{}", server.log());
+}
+
+#[test]
+fn serve_metrics_match_the_requests_sent() {
+    let dir = tempdir();
+    let manifest = wagi_manifest(dir.path(), "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "[server]",
+        "[server]\nadmin_token_env = \"TEST_ADMIN_TOKEN\"",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let server = Serve::start_with(&manifest, &[], &[("TEST_ADMIN_TOKEN", "s3cret")]);
+    for _ in 0..7 {
+        assert_eq!(server.get("/t/hello").status, 200);
+    }
+    assert_eq!(server.get("/t/trap").status, 500);
+    assert_eq!(server.get("/missing").status, 404);
+    // The token is required for /metrics, not for the probes.
+    assert_eq!(
+        request(server.admin, "GET", "/metrics", &[], b"").status,
+        401
+    );
+    let wrong = request(
+        server.admin,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        request(server.admin, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    assert_eq!(
+        request(server.admin, "GET", "/readyz", &[], b"").status,
+        200
+    );
+    let r = request(
+        server.admin,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer s3cret")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let m = r.text();
+    for line in [
+        "wasmlet_requests_total{function=\"t\"} 8",
+        "wasmlet_invocations_total{function=\"t\"} 8",
+        "wasmlet_responses_total{function=\"t\",code=\"2xx\"} 7",
+        "wasmlet_responses_total{function=\"t\",code=\"5xx\"} 1",
+        "wasmlet_errors_total{function=\"t\",cause=\"trap\"} 1",
+        "wasmlet_request_duration_seconds_count{function=\"t\"} 8",
+        "wasmlet_request_duration_seconds_bucket{function=\"t\",le=\"+Inf\"} 8",
+        "wasmlet_instance_starts_total{function=\"t\",start=\"plain\"} 8",
+        "wasmlet_instances_in_flight{function=\"t\"} 0",
+        "wasmlet_queue_depth{function=\"t\"} 0",
+        "wasmlet_unrouted_requests_total 1",
+        "wasmlet_in_flight 0",
+        "wasmlet_requests_total{function=\"exact\"} 0",
+    ] {
+        assert!(m.contains(&format!("{line}\n")), "{line} not in {m}");
+    }
+}
+
+#[test]
+fn serve_check_and_manifest_errors() {
+    let dir = tempdir();
+    let manifest = example_manifest(dir.path());
+    let r = run_cli(wasmlet().arg("serve").arg(&manifest).arg("--check"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("hello: wagi function, routes /hello"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("echo: wagi function, routes /echo/..."),
+        "{}",
+        r.stdout
+    );
+    // MANIFEST defaults to ./wasmlet.toml.
+    let r = run_cli(wasmlet().current_dir(dir.path()).args(["serve", "--check"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let bad = |from: &str, to: &str| {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+        run_cli(wasmlet().arg("serve").arg(&p).arg("--check"))
+    };
+    let r = bad("memory = \"16MiB\"", "memory = \"16 lightyears\"");
+    r.assert_one_line_error("bad.toml:12:10: function.limits.memory");
+    assert!(
+        r.stderr.contains("function.limits.memory") && r.stderr.contains("invalid size"),
+        "{}",
+        r.stderr
+    );
+    let r = bad("queue_depth = 128", "queue_size = 128");
+    r.assert_one_line_error("unknown field `queue_size`");
+    let r = bad("kind = \"wagi\"", "kind = \"http\"");
+    r.assert_one_line_error("not supported in this build yet");
+    assert!(r.stderr.contains("function `hello`"), "{}", r.stderr);
+    let r = bad(
+        "[[function.trigger]]",
+        "[function.sandbox]\nmemory = \"64MiB\"\n[[function.trigger]]",
+    );
+    r.assert_one_line_error("[function.sandbox]");
+    let r = bad("module = \"hello.wasm\"", "module = \"missing.wasm\"");
+    r.assert_one_line_error("missing.wasm");
+    let r = bad("route = \"/echo/...\"", "route = \"/hello\"");
+    r.assert_one_line_error("already the route of function `hello`");
+    // The memory budget names the functions that claim it.
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\n[server]\nmemory_budget = \"512MiB\"",
+    );
+    r.assert_one_line_error("more than the memory budget of 512 MiB");
+    assert!(
+        r.stderr.contains("hello: 64 x 16 MiB") && r.stderr.contains("echo: 16 x 16 MiB"),
+        "{}",
+        r.stderr
+    );
+    let r = run_cli(wasmlet().args(["serve", "--check", "/nonexistent/wasmlet.toml"]));
+    r.assert_one_line_error("cannot read manifest /nonexistent/wasmlet.toml");
+}
+
+#[test]
+fn serve_global_in_flight_cap_spans_functions() {
+    let dir = tempdir();
+    let manifest = wagi_manifest(dir.path(), "");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("[server]", "[server]\nmax_in_flight = 1");
+    std::fs::write(&manifest, text).unwrap();
+    let server = Serve::start(&manifest);
+    let addr = server.addr;
+    // `t` holds the only place for 1.8 s; `exact` (its own concurrency is
+    // free) waits its queue_timeout (1 s) for the global cap, then gets a 503.
+    let busy = std::thread::spawn(move || request(addr, "GET", "/t/sleep?1800", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let r = server.get("/exact");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert_eq!(server.get("/exact").status, 200);
+    let m = server.metrics();
+    assert!(
+        m.contains("wasmlet_errors_total{function=\"exact\",cause=\"queue_timeout\"} 1\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn serve_grants_directories_read_only_unless_rw() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("static")).unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("static/hello.txt"), "static file\n").unwrap();
+    let extra = r#"
+[[function]]
+name = "files"
+module = "MODULE"
+dirs = ["static::/static", "rw:data::/data"]
+[[function.trigger]]
+type = "http"
+route = "/files/...""#
+        .replace("MODULE", &c_guest("wagi").display().to_string());
+    let server = Serve::start(&wagi_manifest(dir.path(), &extra));
+    let r = server.get("/files/cat?/static/hello.txt");
+    assert_eq!((r.status, r.text().as_str()), (200, "static file\n"));
+    assert_eq!(
+        server.get("/files/write?/static/new.txt").text(),
+        "refused\n"
+    );
+    assert_eq!(server.get("/files/write?/data/new.txt").text(), "written\n");
+    assert!(dir.path().join("data/new.txt").exists());
+    // Nothing else of the host is there; other functions get no directories.
+    assert_eq!(server.get("/files/cat?/etc/passwd").status, 404);
+    assert_eq!(server.get("/t/cat?/static/hello.txt").status, 404);
+}
+
+#[test]
+fn serve_reloads_when_a_module_changes() {
+    let dir = tempdir();
+    let module = dir.path().join("fn.wasm");
+    std::fs::copy(c_guest("wagi"), &module).unwrap();
+    let manifest = dir.path().join("wasmlet.toml");
+    std::fs::write(
+        &manifest,
+        "[[function]]\nname = \"f\"\nmodule = \"fn.wasm\"\n[[function.trigger]]\ntype = \"http\"\nroute = \"/f\"\n",
+    )
+    .unwrap();
+    let server = Serve::start(&manifest);
+    assert_eq!(server.get("/f").text(), "hello from /\n");
+    // A new module, renamed into place (as deployments do).
+    let next = dir.path().join("fn.wasm.new");
+    std::fs::copy(c_example("serve/hello"), &next).unwrap();
+    std::fs::rename(&next, &module).unwrap();
+    let start = Instant::now();
+    while !server.get("/f").text().contains("from a wasmlet function") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
