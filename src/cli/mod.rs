@@ -3,6 +3,7 @@
 mod bounded;
 mod cache;
 mod compile;
+mod oci;
 mod output;
 mod parse;
 mod progress;
@@ -48,6 +49,9 @@ enum Command {
     /// Look after the compilation cache: list, verify, clean, prune.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// OCI images for containerd and Kubernetes.
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
     /// (internal) Serve a sandbox's supervisor on fd 3.
     #[command(hide = true)]
     SandboxWorker,
@@ -141,6 +145,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
         Command::Cache(cmd) => cache::cache(cmd),
+        Command::Oci(cmd) => oci::oci(cmd).map(|()| ExitCode::SUCCESS),
         Command::SandboxWorker => {
             wasmlet_sandbox::worker_main().map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
