@@ -329,10 +329,17 @@ impl Spec {
 
     /// Bind mounts of host directories: (host source, guest destination,
     /// read-only). Other mounts (`proc`, `sysfs`, `tmpfs`, files such as
-    /// `/etc/hosts`) have no meaning to a wasm guest and are skipped.
+    /// `/etc/hosts`), and anything at `/dev`, `/proc` or `/sys` (such as
+    /// CRI's `/dev/shm`), have no meaning to a wasm guest and are skipped.
     pub fn dir_mounts(&self) -> Vec<(PathBuf, String, bool)> {
+        let system = |d: &str| {
+            ["/dev", "/proc", "/sys"]
+                .iter()
+                .any(|p| d == *p || d.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+        };
         self.mounts
             .iter()
+            .filter(|m| !system(&m.destination))
             .filter(|m| {
                 m.kind.as_deref() == Some("bind")
                     || m.options.iter().any(|o| o == "bind" || o == "rbind")

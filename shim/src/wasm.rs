@@ -374,8 +374,7 @@ fn open_stdio(path: &str, write: bool) -> Result<Option<File>> {
         return Ok(Some(file));
     }
     if fifo {
-        // Read-write: the open never waits for a reader.
-        opts.read(true).write(true);
+        return open_fifo_for_writing(path).map(Some);
     } else if write {
         opts.append(true).create(true);
     } else {
@@ -385,6 +384,47 @@ fn open_stdio(path: &str, write: bool) -> Result<Option<File>> {
         .open(path)
         .map(Some)
         .map_err(|e| Error::Other(format!("task stdio {path}: {e}")))
+}
+
+/// How long an output FIFO is waited on for its reader (containerd's
+/// client opens it at the same time as it creates the task).
+const FIFO_READER_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens an output FIFO once its reader is there, as runc's shim does: a
+/// guest that wrote and ended before the reader came would leave its
+/// output in a pipe that nobody holds any more (and containerd, seeing
+/// the task gone, stops waiting for the FIFO). Without a reader after
+/// [`FIFO_READER_WAIT`], opened read-write (which never waits).
+fn open_fifo_for_writing(path: &str) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + FIFO_READER_WAIT;
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(file) => {
+                // SAFETY: fcntl(2) on an fd we own, clearing O_NONBLOCK
+                // (a sandbox worker inherits it and writes blocking).
+                unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) };
+                return Ok(file);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if std::time::Instant::now() >= deadline {
+                    log::warn!("{path}: no reader after {FIFO_READER_WAIT:?}; output may be lost");
+                    return std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(path)
+                        .map_err(|e| Error::Other(format!("task stdio {path}: {e}")));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(Error::Other(format!("task stdio {path}: {e}"))),
+        }
+    }
 }
 
 /// The rootfs, mounted by the shim from containerd's snapshot mounts;

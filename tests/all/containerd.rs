@@ -1,7 +1,7 @@
 //! A private containerd for the shim tests: Debian's `containerd` started
 //! as root with its own config, root, state and (short) socket path, with
 //! the built shim first in its PATH and containerd's CRI plugin on
-//! (host-network pods only: no CNI). Tests that run at the same time share
+//! (host-network pods only: empty CNI directories). Tests that run at the same time share
 //! one daemon; the last one to finish stops it by its PID and removes what
 //! it created.
 
@@ -88,8 +88,10 @@ state = "{state}"
   sandbox_image = "{pause}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = ""
-    conf_dir = ""
+    bin_dir = "{dir}/cni-bin"
+    conf_dir = "{dir}/cni-conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{handler}]
     runtime_type = "{runtime}"
 "#,
@@ -102,6 +104,9 @@ state = "{state}"
             runtime = RUNTIME,
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
+        // Empty: host-network pods only, no CNI plugin.
+        std::fs::create_dir_all(dir.join("cni-bin")).unwrap();
+        std::fs::create_dir_all(dir.join("cni-conf")).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let path = format!(
             "{}:{}",

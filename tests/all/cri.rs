@@ -6,6 +6,7 @@
 
 use crate::containerd::{CRI_HANDLER, Containerd, PAUSE_IMAGE, can_run, containerd, shim_pids};
 use crate::helpers::c_guest;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use std::time::{Duration, Instant};
@@ -14,8 +15,12 @@ use tonic::transport::{Channel, Endpoint, Uri};
 const NS: &str = "k8s.io";
 
 async fn client(c: &Containerd) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(cri_channel(c).await)
+}
+
+async fn cri_channel(c: &Containerd) -> Channel {
     let path = c.socket.clone();
-    let channel = Endpoint::try_from("http://[::]:50051")
+    Endpoint::try_from("http://[::]:50051")
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
@@ -26,8 +31,7 @@ async fn client(c: &Containerd) -> RuntimeServiceClient<Channel> {
             }
         }))
         .await
-        .expect("connecting to containerd's CRI");
-    RuntimeServiceClient::new(channel)
+        .expect("connecting to containerd's CRI")
 }
 
 fn pod_config(name: &str, log_dir: &str) -> PodSandboxConfig {
@@ -123,6 +127,34 @@ fn cri_pod_runs_wasm_containers_in_one_shim() {
         .unwrap();
     rt.block_on(async {
         let mut cri = client(&c).await;
+        // CRI learns of imported images from containerd's events: wait
+        // until it sees both.
+        let mut images = ImageServiceClient::new(cri_channel(&c).await);
+        for name in [PAUSE_IMAGE, image] {
+            let start = Instant::now();
+            loop {
+                let found = images
+                    .image_status(ImageStatusRequest {
+                        image: Some(ImageSpec {
+                            image: name.into(),
+                            ..Default::default()
+                        }),
+                        verbose: false,
+                    })
+                    .await
+                    .map(|r| r.into_inner().image.is_some())
+                    .unwrap_or(false);
+                if found {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "CRI never saw {name}:\n{}",
+                    c.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let name = format!("pod{}", std::process::id());
         let config = pod_config(&name, &log_dir);
         let pod = cri

@@ -89,10 +89,10 @@ fn wait_status(c: &crate::containerd::Containerd, id: &str, status: &str) -> Str
     let start = Instant::now();
     loop {
         let ls = c.ctr_ok(&["task", "ls"]);
-        if let Some(line) = ls.lines().find(|l| l.starts_with(id)) {
-            if line.contains(status) {
-                return line.to_string();
-            }
+        if let Some(line) = ls.lines().find(|l| l.starts_with(id))
+            && line.contains(status)
+        {
+            return line.to_string();
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
