@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
     let worker = WorkerCommand {
         program: env!("CARGO_BIN_EXE_wasmlet").into(),
         args: vec!["sandbox-worker".into()],
+        stdio: None,
     };
     let mut sandbox_config = SandboxConfig {
         memory: Some(256 << 20),

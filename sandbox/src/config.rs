@@ -38,6 +38,12 @@ pub struct SandboxConfig {
     pub pids: Option<u64>,
     /// Parent cgroup, relative to each hierarchy's root.
     pub cgroup_parent: String,
+    /// The sandbox's exact cgroup, relative to each hierarchy's root (an
+    /// orchestrator's choice, such as a container's `linux.cgroupsPath`),
+    /// instead of a fresh one under `cgroup_parent`. Created if missing and
+    /// removed with the sandbox; its siblings are never touched (no
+    /// stale-cgroup cleaning there).
+    pub cgroup_path: Option<String>,
     /// Put sandbox cgroups under the supervisor's own cgroup (a subtree
     /// delegated to it on cgroup v2: systemd's `Delegate=yes`, a cgroup
     /// namespace) instead of under each hierarchy's root.
@@ -114,6 +120,7 @@ impl Default for SandboxConfig {
             cpus: None,
             pids: Some(DEFAULT_SANDBOX_PIDS),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
+            cgroup_path: None,
             cgroup_delegated: false,
             cgroup_owners: crate::cgroup::DEFAULT_OWNERS_DIR.into(),
             require_cgroups: true,
@@ -161,6 +168,13 @@ impl SandboxConfig {
             ));
         }
         validate_cgroup_parent(&self.cgroup_parent)?;
+        if let Some(path) = &self.cgroup_path
+            && validate_cgroup_parent(path).is_err()
+        {
+            return bad(format!(
+                "cgroup_path must be a relative path of plain names (like `default/c1`), not {path:?}"
+            ));
+        }
         if self.max_call.is_zero() {
             return bad("max_call must be more than 0".into());
         }

@@ -55,6 +55,10 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// The worker's stdin, stdout and stderr (`None`: the supervisor's):
+    /// what an invocation with `Input::Inherit`/`Output::Inherit` uses,
+    /// such as a container's FIFOs.
+    pub stdio: Option<Arc<[std::fs::File; 3]>>,
 }
 
 impl WorkerCommand {
@@ -64,6 +68,7 @@ impl WorkerCommand {
             program: std::env::current_exe()
                 .map_err(|e| Error::Worker(format!("cannot find own executable: {e}")))?,
             args: vec!["sandbox-worker".into()],
+            stdio: None,
         })
     }
 }
@@ -172,7 +177,11 @@ impl Sandbox {
     ) -> Result<Sandbox, Error> {
         config.validate()?;
         let cgroup = match Layout::detect().and_then(|layout| {
-            let mut placement = if config.cgroup_delegated {
+            let exact = config.cgroup_path.as_deref().map(std::path::Path::new);
+            let mut placement = if let Some(path) = exact {
+                let parent = path.parent().and_then(|p| p.to_str()).unwrap_or("");
+                Placement::at_root(parent)
+            } else if config.cgroup_delegated {
                 let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| {
                     cgroup::CgroupError::Unavailable(format!("/proc/self/cgroup: {e}"))
                 })?;
@@ -181,13 +190,19 @@ impl Sandbox {
                 Placement::at_root(&config.cgroup_parent)
             };
             placement.owners = config.cgroup_owners.clone();
-            cgroup::clean_stale(&layout, &placement);
+            let name = match exact.and_then(|p| p.file_name()).and_then(|n| n.to_str()) {
+                Some(name) => name.to_string(),
+                None => {
+                    cgroup::clean_stale(&layout, &placement);
+                    cgroup::new_name()
+                }
+            };
             let limits = CgroupLimits {
                 memory: config.memory,
                 cpus: config.cpus,
                 pids: config.pids,
             };
-            Cgroup::create(&layout, &placement, &cgroup::new_name(), &limits)
+            Cgroup::create(&layout, &placement, &name, &limits)
         }) {
             Ok(cg) => Some(Arc::new(cg)),
             Err(e) if config.require_cgroups => return Err(Error::Cgroup(e)),
@@ -534,10 +549,24 @@ impl Sandbox {
             .env_clear()
             // wasmtime-wasi's tokio runtime: one worker thread, not one per
             // host CPU (the worker's threads are counted against `pids`).
-            .env("TOKIO_WORKER_THREADS", "1")
-            .stdin(Stdio::inherit())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            .env("TOKIO_WORKER_THREADS", "1");
+        match &self.command.stdio {
+            Some(files) => {
+                let dup = |f: &std::fs::File| {
+                    f.try_clone()
+                        .map(Stdio::from)
+                        .map_err(|e| Error::Worker(format!("worker stdio: {e}")))
+                };
+                cmd.stdin(dup(&files[0])?)
+                    .stdout(dup(&files[1])?)
+                    .stderr(dup(&files[2])?);
+            }
+            None => {
+                cmd.stdin(Stdio::inherit())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
+            }
+        }
         if let Ok(log) = std::env::var("WASMLET_LOG") {
             cmd.env("WASMLET_LOG", log);
         }

@@ -3,6 +3,7 @@
 mod bounded;
 mod cache;
 mod compile;
+mod oci;
 mod output;
 mod parse;
 mod progress;
@@ -52,6 +53,9 @@ enum Command {
     /// Look after the compilation cache: list, verify, clean, prune.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// OCI images for containerd and Kubernetes.
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
     /// (internal) Serve a sandbox's supervisor on fd 3.
     #[command(hide = true)]
     SandboxWorker,
@@ -158,6 +162,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::serve(args),
         Command::Cache(cmd) => cache::cache(cmd),
+        Command::Oci(cmd) => oci::oci(cmd).map(|()| ExitCode::SUCCESS),
         Command::SandboxWorker => {
             wasmlet_sandbox::worker_main().map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)

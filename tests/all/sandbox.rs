@@ -14,6 +14,7 @@ pub fn worker() -> WorkerCommand {
     WorkerCommand {
         program: env!("CARGO_BIN_EXE_wasmlet").into(),
         args: vec!["sandbox-worker".into()],
+        stdio: None,
     }
 }
 

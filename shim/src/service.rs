@@ -1,0 +1,386 @@
+//! containerd's side: the shim's start/delete commands ([`WasmletShim`])
+//! and the ttrpc task service ([`TaskService`]), which turns requests into
+//! calls on the state machine and its events into containerd events.
+
+use crate::error::Error;
+use crate::executor::{CreateSpec, RootfsMount};
+use crate::state::{Event, EventSink, Phase, Tasks};
+use crate::wasm::WasmExecutor;
+use containerd_shim::api;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, TtrpcContext};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{ExitSignal, Flags, Shim, StartOpts};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// The runtime type containerd knows this shim by.
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmlet.v1";
+/// Version reported by `Connect`.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The shim process: containerd runs it as `start` (spawn or reuse the
+/// serving process of this pod), `delete` (clean up after a dead shim) or
+/// as the server.
+pub struct WasmletShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+impl Shim for WasmletShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        WasmletShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // One shim process per pod: containers with the same CRI sandbox
+        // id share a socket (the spawned process finds it taken and just
+        // reports its address); anything else gets its own.
+        let grouping = wasmlet_oci::bundle::Spec::load(Path::new("."))
+            .ok()
+            .and_then(|s| s.pod_sandbox_id().map(String::from))
+            .unwrap_or_else(|| opts.id.clone());
+        let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<api::DeleteResponse> {
+        // After a shim died: its rootfs mount may be left (cwd is the bundle).
+        let rootfs = std::ffi::CString::new("rootfs").expect("no NUL");
+        // SAFETY: umount2(2) with a NUL-terminated path; failure is fine.
+        unsafe { libc::umount2(rootfs.as_ptr(), libc::MNT_DETACH) };
+        let mut resp = api::DeleteResponse::new();
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+        resp.exited_at = MessageField::some(timestamp(SystemTime::now()));
+        Ok(resp)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let executor = match WasmExecutor::new() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("{e}");
+                std::process::exit(1);
+            }
+        };
+        let events = Arc::new(Publisher {
+            remote: publisher,
+            namespace: self.namespace.clone(),
+        });
+        TaskService {
+            tasks: Tasks::new(Arc::new(executor), events),
+            exit: self.exit.clone(),
+        }
+    }
+}
+
+/// Sends events to containerd.
+struct Publisher {
+    remote: RemotePublisher,
+    namespace: String,
+}
+
+impl EventSink for Publisher {
+    fn publish(&self, event: Event) {
+        let (topic, msg): (&str, Box<dyn MessageDyn>) = match event {
+            Event::Create { id, bundle, pid } => {
+                let mut e = TaskCreate::new();
+                e.container_id = id;
+                e.bundle = bundle.to_string_lossy().into_owned();
+                e.pid = pid;
+                (topics::TASK_CREATE_EVENT_TOPIC, Box::new(e))
+            }
+            Event::Start { id, pid } => {
+                let mut e = TaskStart::new();
+                e.container_id = id;
+                e.pid = pid;
+                (topics::TASK_START_EVENT_TOPIC, Box::new(e))
+            }
+            Event::Oom { id } => {
+                let mut e = TaskOOM::new();
+                e.container_id = id;
+                (topics::TASK_OOM_EVENT_TOPIC, Box::new(e))
+            }
+            Event::Exit {
+                id,
+                pid,
+                status,
+                at,
+            } => {
+                let mut e = TaskExit::new();
+                e.id = id.clone();
+                e.container_id = id;
+                e.pid = pid;
+                e.exit_status = status;
+                e.exited_at = MessageField::some(timestamp(at));
+                (topics::TASK_EXIT_EVENT_TOPIC, Box::new(e))
+            }
+            Event::Delete {
+                id,
+                pid,
+                status,
+                at,
+            } => {
+                let mut e = TaskDelete::new();
+                e.container_id = id;
+                e.pid = pid;
+                e.exit_status = status;
+                e.exited_at = MessageField::some(timestamp(at));
+                (topics::TASK_DELETE_EVENT_TOPIC, Box::new(e))
+            }
+        };
+        if let Err(e) = self.remote.publish(
+            ttrpc::context::Context::default(),
+            topic,
+            &self.namespace,
+            msg,
+        ) {
+            log::warn!("publishing {topic}: {e}");
+        }
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+/// The ttrpc task service.
+pub struct TaskService {
+    tasks: Tasks,
+    exit: Arc<ExitSignal>,
+}
+
+/// Only the init process exists: any exec id names nothing.
+fn no_exec(exec_id: &str) -> Result<(), Error> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!(
+            "exec process {exec_id} not found (exec is not supported by wasmlet)"
+        )))
+    }
+}
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+impl containerd_shim::Task for TaskService {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        if req.terminal {
+            return Err(Error::InvalidArgument(
+                "a terminal (tty) is not supported by wasmlet: run without -t".into(),
+            )
+            .into());
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(
+                Error::Unimplemented("checkpoints are not supported by wasmlet".into()).into(),
+            );
+        }
+        let spec = CreateSpec {
+            id: req.id.clone(),
+            bundle: req.bundle.clone().into(),
+            rootfs: req
+                .rootfs
+                .iter()
+                .map(|m| RootfsMount {
+                    kind: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+        };
+        let pid = self.tasks.create(spec)?;
+        let mut resp = api::CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        no_exec(&req.exec_id)?;
+        let pid = self.tasks.start(&req.id)?;
+        let mut resp = api::StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        no_exec(&req.exec_id)?;
+        let s = self.tasks.state(&req.id)?;
+        let mut resp = api::StateResponse::new();
+        resp.id = s.id;
+        resp.bundle = s.bundle.to_string_lossy().into_owned();
+        resp.pid = s.pid;
+        resp.stdin = s.stdin;
+        resp.stdout = s.stdout;
+        resp.stderr = s.stderr;
+        match s.phase {
+            Phase::Created => resp.status = api::Status::CREATED.into(),
+            Phase::Running => resp.status = api::Status::RUNNING.into(),
+            Phase::Stopped { status, at } => {
+                resp.status = api::Status::STOPPED.into();
+                resp.exit_status = status;
+                resp.exited_at = MessageField::some(timestamp(at));
+            }
+        }
+        Ok(resp)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        self.tasks.kill(&req.id, req.signal, req.all)?;
+        Ok(api::Empty::new())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        no_exec(&req.exec_id)?;
+        let (status, at) = self.tasks.wait(&req.id)?;
+        let mut resp = api::WaitResponse::new();
+        resp.exit_status = status;
+        resp.exited_at = MessageField::some(timestamp(at));
+        Ok(resp)
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        let (pid, status, at) = self.tasks.delete(&req.id)?;
+        let mut resp = api::DeleteResponse::new();
+        resp.pid = pid;
+        resp.exit_status = status;
+        resp.exited_at = MessageField::some(timestamp(at));
+        Ok(resp)
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let mut resp = api::PidsResponse::new();
+        for pid in self.tasks.pids(&req.id)? {
+            let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
+            p.pid = pid;
+            resp.processes.push(p);
+        }
+        Ok(resp)
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let m = self.tasks.stats(&req.id)?;
+        let mut any = Any::new();
+        any.type_url = m.type_url;
+        any.value = m.value;
+        let mut resp = api::StatsResponse::new();
+        resp.stats = MessageField::some(any);
+        Ok(resp)
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        // containerd sends the runtime spec's LinuxResources as JSON.
+        let resources: wasmlet_oci::bundle::Resources = match req.resources.as_ref() {
+            Some(any) if !any.value.is_empty() => {
+                serde_json::from_slice(&any.value).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "update: resources are not LinuxResources JSON: {e}"
+                    ))
+                })?
+            }
+            _ => Default::default(),
+        };
+        self.tasks.update(&req.id, &resources)?;
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        self.tasks.close_io(&req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let mut resp = api::ConnectResponse::new();
+        resp.shim_pid = std::process::id();
+        resp.task_pid = self.tasks.state(&req.id).map(|s| s.pid).unwrap_or(0);
+        resp.version = VERSION.into();
+        Ok(resp)
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        // The pod's other containers may still run here.
+        if self.tasks.is_empty() {
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        Err(Error::Unimplemented(
+            "exec is not supported by wasmlet: a wasm task has one process and no shell".into(),
+        )
+        .into())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(Error::Unimplemented("a terminal (pty) is not supported by wasmlet".into()).into())
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(Error::Unimplemented("pause is not supported by wasmlet".into()).into())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        Err(Error::Unimplemented("resume is not supported by wasmlet".into()).into())
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(Error::Unimplemented("checkpoints are not supported by wasmlet".into()).into())
+    }
+}

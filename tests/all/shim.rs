@@ -1,0 +1,274 @@
+//! The containerd shim against a real containerd (see `containerd`):
+//! images from `wasmlet oci build`, `ctr run` with the wasmlet runtime,
+//! kill/delete, memory limits, metrics, many tasks at once, and nothing
+//! left behind.
+
+use crate::containerd::{RUNTIME, can_run, containerd};
+use crate::helpers::c_guest;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const NS: &str = "default";
+
+/// A container id unique to this test run.
+fn id(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "wl-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn hello_image(c: &crate::containerd::Containerd) -> &'static str {
+    let name = "wasmlet.test/hello:1";
+    c.import(NS, &c_guest("hello"), name);
+    name
+}
+
+#[test]
+fn ctr_run_prints_the_guests_output_and_returns_its_exit_code() {
+    if !can_run("ctr_run_prints_the_guests_output_and_returns_its_exit_code") {
+        return;
+    }
+    let c = containerd();
+    let image = hello_image(&c);
+    let name = id("hello");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        "GREETING=hi",
+        image,
+        &name,
+        "/hello.wasm",
+        "a1",
+        "b2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}\n{stderr}\n{}",
+        out.status,
+        c.log()
+    );
+    assert!(stdout.contains("hello from wasm"), "{stdout}");
+    assert!(
+        stdout.contains("arg[1]=a1") && stdout.contains("arg[2]=b2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("GREETING=hi"), "{stdout}");
+    assert!(stderr.contains("this goes to stderr"), "{stderr}");
+    c.assert_cleaned_up(NS, &name);
+
+    let name = id("exit7");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        "EXIT_CODE=7",
+        image,
+        &name,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.assert_cleaned_up(NS, &name);
+}
+
+/// Waits until `ctr task ls` shows `id` with `status`.
+fn wait_status(c: &crate::containerd::Containerd, id: &str, status: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let ls = c.ctr_ok(&["task", "ls"]);
+        if let Some(line) = ls.lines().find(|l| l.starts_with(id))
+            && line.contains(status)
+        {
+            return line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{id} never {status}:\n{ls}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_long_running_task_is_listed_killed_and_deleted() {
+    if !can_run("a_long_running_task_is_listed_killed_and_deleted") {
+        return;
+    }
+    let c = containerd();
+    let image = "wasmlet.test/blocker:1";
+    c.import(NS, &c_guest("blocker"), image);
+    for (signal, status) in [("SIGTERM", 143), ("SIGKILL", 137)] {
+        let name = id("sleeper");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            image,
+            &name,
+            "/blocker.wasm",
+            "sleep-loop",
+        ]);
+        let line = wait_status(&c, &name, "RUNNING");
+        // The pid column is a real pid.
+        let pid: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{line}"
+        );
+        // Still running a moment later.
+        std::thread::sleep(Duration::from_millis(200));
+        wait_status(&c, &name, "RUNNING");
+        c.ctr_ok(&["task", "kill", "--signal", signal, &name]);
+        wait_status(&c, &name, "STOPPED");
+        // `ctr task delete` reports the task's exit status.
+        let out = c.ctr(&["task", "delete", &name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("exit code {status}")), "{stderr}");
+        c.ctr_ok(&["container", "delete", &name]);
+        assert!(!c.ctr_ok(&["task", "ls"]).contains(&name));
+        c.assert_cleaned_up(NS, &name);
+    }
+}
+
+#[test]
+fn memory_limit_is_enforced_and_reported() {
+    if !can_run("memory_limit_is_enforced_and_reported") {
+        return;
+    }
+    let c = containerd();
+    let image = "wasmlet.test/grow:1";
+    c.import(NS, &c_guest("grow"), image);
+    let name = id("grow");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &(64u64 << 20).to_string(),
+        image,
+        &name,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{stderr}\n{}", c.log());
+    // Either the instance's own limit stopped it (the guest reports its
+    // failed allocations) or the kernel's, in the container's cgroup: the
+    // shim says which on the task's stderr.
+    assert!(
+        stderr.contains("wasmlet:") && stderr.contains("memory limit"),
+        "{stderr}"
+    );
+    if let Some(mib) = stderr
+        .split("allocated ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        assert!(
+            mib < 64,
+            "allocated {mib} MiB under a 64 MiB limit: {stderr}"
+        );
+    }
+    c.assert_cleaned_up(NS, &name);
+}
+
+#[test]
+fn task_metrics_come_from_the_tasks_cgroup() {
+    if !can_run("task_metrics_come_from_the_tasks_cgroup") {
+        return;
+    }
+    let c = containerd();
+    let image = "wasmlet.test/blocker:1";
+    c.import(NS, &c_guest("blocker"), image);
+    let name = id("metrics");
+    let limit = (96u64 << 20).to_string();
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        image,
+        &name,
+        "/blocker.wasm",
+        "sleep-loop",
+    ]);
+    wait_status(&c, &name, "RUNNING");
+    // The guest runs in a sandbox worker inside the container's cgroup,
+    // never the shim.
+    let pid: u32 = wait_status(&c, &name, "RUNNING")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroups.contains(&format!("/{NS}/{name}")), "{cgroups}");
+    for shim in crate::containerd::shim_pids(&c.socket.to_string_lossy()) {
+        let own = std::fs::read_to_string(format!("/proc/{shim}/cgroup")).unwrap_or_default();
+        assert!(
+            !own.contains(&name),
+            "shim {shim} is in the task's cgroup: {own}"
+        );
+    }
+    let metrics = c.ctr_ok(&["task", "metrics", &name]);
+    assert!(
+        metrics.contains("memory.limit_in_bytes") || metrics.contains("memory.usage_limit"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&limit), "{metrics}");
+    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &name]);
+    wait_status(&c, &name, "STOPPED");
+    c.ctr_ok(&["task", "delete", &name]);
+    c.ctr_ok(&["container", "delete", &name]);
+    c.assert_cleaned_up(NS, &name);
+}
+
+#[test]
+fn fifty_tasks_started_at_once_all_complete() {
+    if !can_run("fifty_tasks_started_at_once_all_complete") {
+        return;
+    }
+    let c = containerd();
+    let image = hello_image(&c);
+    let names: Vec<String> = (0..50).map(|i| id(&format!("many{i}"))).collect();
+    let children: Vec<_> = names
+        .iter()
+        .map(|n| {
+            c.ctr_cmd(&["run", "--rm", "--runtime", RUNTIME, image, n])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (child, name) in children.into_iter().zip(&names) {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("hello from wasm"),
+            "{name}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for name in &names {
+        c.assert_cleaned_up(NS, name);
+    }
+}
