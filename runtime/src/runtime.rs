@@ -5,8 +5,9 @@
 //! cache's file index knows its hash while it is unchanged) nor the entry
 //! (wasmtime maps it): see `docs/architecture.md`.
 
-use crate::artifact::{self, Sniff};
+use crate::artifact::{self, CodeKind, Sniff};
 use crate::cache::{Cache, Key, Lookup, content_hash};
+use crate::component::{self, ComponentState, OutboundHosts};
 use crate::config::{Limits, RuntimeConfig};
 use crate::engine::{build_engine, engine_fingerprint, explain_pool_error};
 use crate::error::{ArtifactError, Error};
@@ -17,8 +18,9 @@ use crate::store::StoreState;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use wasmlet_snapshotter::SnapshotOptions;
+use wasmtime::component::Component;
 use wasmtime::{Engine, Linker, Module, Store};
 
 /// Options for [`Runtime::load_file`] and [`Runtime::load_bytes`].
@@ -38,6 +40,11 @@ pub struct LoadOptions {
     /// are accepted (the runtime's own cache is trusted by its location).
     /// A mapped file must not be modified in place while the function lives.
     pub allow_precompiled: bool,
+    /// For components: the hosts `wasi:http/outgoing-handler` requests may
+    /// go to (Spin's `allowed_outbound_hosts`; see [`OutboundHosts`] for
+    /// the forms). Empty, the default: none. Core modules have no
+    /// outgoing HTTP.
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// The executor: owns the engine configured for serving, and turns modules
@@ -56,6 +63,9 @@ pub(crate) struct RuntimeInner {
     linker: Linker<StoreState>,
     /// `module::name` of every import the linker provides.
     provided: HashSet<String>,
+    /// WASI preview 2 and wasi:http for components, linked on first use
+    /// (a runtime that only runs modules never builds it).
+    component_linker: OnceLock<wasmtime::component::Linker<ComponentState>>,
     cache: Option<Cache>,
     /// What invocations share (engine, epoch ticker, pool slot permits);
     /// every function holds it.
@@ -78,9 +88,24 @@ impl Build {
     }
 }
 
-/// A compiled module and the cache entry it lives in, if any.
+/// Compiled code: a core module or a component.
+enum Code {
+    Module(Module),
+    Component(Component),
+}
+
+impl Code {
+    fn kind(&self) -> CodeKind {
+        match self {
+            Code::Module(_) => CodeKind::Module,
+            Code::Component(_) => CodeKind::Component,
+        }
+    }
+}
+
+/// Compiled code and the cache entry it lives in, if any.
 struct Compiled {
-    module: Module,
+    module: Code,
     artifact: Option<PathBuf>,
 }
 
@@ -113,6 +138,7 @@ impl Runtime {
                 config,
                 linker,
                 provided,
+                component_linker: OnceLock::new(),
                 cache,
                 executor,
             }),
@@ -163,8 +189,8 @@ impl Runtime {
     fn load_input(&self, input: InputFile, opts: &LoadOptions) -> Result<Function, Error> {
         if is_precompiled(input.sniff(), opts)? {
             let len = input.meta.len();
-            artifact::read_trailer(&input.file, len, &self.inner.fingerprint)?;
-            let module = self.map_artifact(input.file)?;
+            let trailer = artifact::read_trailer(&input.file, len, &self.inner.fingerprint)?;
+            let module = self.map_artifact(input.file, None, trailer.kind)?;
             return self.link(
                 Compiled {
                     module,
@@ -233,12 +259,23 @@ impl Runtime {
     /// (or takes it from the cache) and links it once.
     pub fn load_bytes(&self, bytes: &[u8], opts: &LoadOptions) -> Result<Function, Error> {
         if is_precompiled(artifact::sniff(bytes), opts)? {
-            let (_, payload) = artifact::decode(bytes, &self.inner.fingerprint)?;
-            // SAFETY: the caller opted in to running this precompiled
-            // code (`allow_precompiled`), vouching that it is the output
-            // of `Module::serialize`; its trailer names this engine.
-            let module = unsafe { Module::deserialize(&self.inner.engine, payload) }
-                .map_err(|e| self.deserialize_error(e))?;
+            let (trailer, payload) = artifact::decode(bytes, &self.inner.fingerprint)?;
+            let module = match trailer.kind {
+                // SAFETY: the caller opted in to running this precompiled
+                // code (`allow_precompiled`), vouching that it is the
+                // output of `Module::serialize`; its trailer names this
+                // engine and says it is a module.
+                CodeKind::Module => {
+                    unsafe { Module::deserialize(&self.inner.engine, payload) }.map(Code::Module)
+                }
+                // SAFETY: as above, the output of `Component::serialize`
+                // (the trailer says it is a component).
+                CodeKind::Component => {
+                    unsafe { Component::deserialize(&self.inner.engine, payload) }
+                        .map(Code::Component)
+                }
+            }
+            .map_err(|e| self.deserialize_error(e))?;
             return self.link(
                 Compiled {
                     module,
@@ -301,11 +338,12 @@ impl Runtime {
         self.encode(&key, &module)
     }
 
-    fn encode(&self, key: &Key, module: &Module) -> Result<Vec<u8>, Error> {
+    fn encode(&self, key: &Key, code: &Code) -> Result<Vec<u8>, Error> {
         Ok(artifact::encode(
             self.inner.fingerprint,
             key.0,
-            &self.serialize(module)?,
+            code.kind(),
+            &self.serialize(code)?,
         ))
     }
 
@@ -323,18 +361,20 @@ impl Runtime {
     /// The cache entry for `key`, mapped, if there is a usable one.
     fn cache_hit(&self, cache: &Cache, key: &Key) -> Option<Compiled> {
         match cache.get(key, &self.inner.fingerprint) {
-            Lookup::Hit(file, path) => match self.map_artifact(file).inspect(|_| {
-                tracing::debug!(entry = %path.display(), "cache hit: mapped");
-            }) {
-                Ok(module) => Some(Compiled {
-                    module,
-                    artifact: Some(path),
-                }),
-                Err(e) => {
-                    tracing::warn!("unusable cache entry {}: {e}; recompiling", path.display());
-                    None
+            Lookup::Hit(file, path, kind) => {
+                match self.map_artifact(file, Some(&path), kind).inspect(|_| {
+                    tracing::debug!(entry = %path.display(), "cache hit: mapped");
+                }) {
+                    Ok(module) => Some(Compiled {
+                        module,
+                        artifact: Some(path),
+                    }),
+                    Err(e) => {
+                        tracing::warn!("unusable cache entry {}: {e}; recompiling", path.display());
+                        None
+                    }
                 }
-            },
+            }
             Lookup::Bad(why) => {
                 tracing::warn!("unusable cache entry: {why}; recompiling");
                 None
@@ -356,7 +396,8 @@ impl Runtime {
         build: &Build,
     ) -> Result<Compiled, Error> {
         let module = self.build(bytes, build)?;
-        let artifact = match cache.put(key, self.inner.fingerprint, &self.serialize(&module)?) {
+        let payload = self.serialize(&module)?;
+        let artifact = match cache.put(key, self.inner.fingerprint, module.kind(), &payload) {
             Ok(path) => Some(path),
             Err(e) => {
                 tracing::warn!("cannot write compilation cache: {e}");
@@ -366,36 +407,78 @@ impl Runtime {
         Ok(Compiled { module, artifact })
     }
 
-    /// Compiles `bytes` (wasm or WAT), after pre-initializing it if asked
-    /// and it has an init function.
-    fn build(&self, bytes: &[u8], build: &Build) -> Result<Module, Error> {
+    /// Compiles `bytes` (wasm, WAT, or a component), after pre-initializing
+    /// it if asked and it has an init function.
+    fn build(&self, bytes: &[u8], build: &Build) -> Result<Code, Error> {
         let wasm = to_wasm(bytes)?;
+        if component::is_component_binary(&wasm) {
+            if let Build::Snapshot(_) = build {
+                return Err(Error::Snapshot(
+                    wasmlet_snapshotter::SnapshotError::Unsupported(
+                        "snapshots of components are not supported yet; load it without a snapshot"
+                            .into(),
+                    ),
+                ));
+            }
+            return self.compile_component(&wasm).map(Code::Component);
+        }
         match build {
             Build::Snapshot(opts) if wasmlet_snapshotter::has_init_func(&wasm, opts) => {
                 let snapshot = wasmlet_snapshotter::snapshot(&wasm, opts)?;
-                self.compile(&snapshot)
+                self.compile(&snapshot).map(Code::Module)
             }
-            _ => self.compile(&wasm),
+            _ => self.compile(&wasm).map(Code::Module),
         }
     }
 
-    fn serialize(&self, module: &Module) -> Result<Vec<u8>, Error> {
-        module
-            .serialize()
-            .map_err(|e| Error::Compile(format!("cannot serialize compiled module: {e:#}")))
+    fn serialize(&self, code: &Code) -> Result<Vec<u8>, Error> {
+        match code {
+            Code::Module(m) => m.serialize(),
+            Code::Component(c) => c.serialize(),
+        }
+        .map_err(|e| Error::Compile(format!("cannot serialize compiled code: {e:#}")))
     }
 
-    /// Maps an artifact file whose trailer was checked.
-    fn map_artifact(&self, file: File) -> Result<Module, Error> {
-        // SAFETY: `file` is an artifact for this engine (its trailer was
-        // checked) that is trusted: either an entry of our own cache
-        // (owned by us, writable by nobody else, recorded for the key we
-        // asked for; entries are replaced by rename, never changed in
-        // place, so the mapped inode stays as written) or a file the caller
-        // opted in to with `allow_precompiled`, whose documented contract
-        // is that it is wasmtime output and is not modified while mapped.
-        unsafe { Module::deserialize_open_file(&self.inner.engine, file) }
-            .map_err(|e| self.deserialize_error(e))
+    /// Maps an artifact file whose trailer was checked (`path`, when known,
+    /// is where it is: components are mapped by path).
+    fn map_artifact(&self, file: File, path: Option<&Path>, kind: CodeKind) -> Result<Code, Error> {
+        match (kind, path) {
+            // SAFETY: `file` is an artifact for this engine (its trailer was
+            // checked) that is trusted: either an entry of our own cache
+            // (owned by us, writable by nobody else, recorded for the key we
+            // asked for; entries are replaced by rename, never changed in
+            // place, so the mapped inode stays as written) or a file the caller
+            // opted in to with `allow_precompiled`, whose documented contract
+            // is that it is wasmtime output and is not modified while mapped.
+            (CodeKind::Module, _) => {
+                unsafe { Module::deserialize_open_file(&self.inner.engine, file) }.map(Code::Module)
+            }
+            // SAFETY: as above: a trusted cache entry, mapped by its path.
+            // Entries are only ever replaced by rename with an entry of the
+            // same key, so whichever inode the path names now is this
+            // component's code for this engine (the trailer says it is a
+            // component, and wasmtime checks its own header again).
+            (CodeKind::Component, Some(path)) => {
+                unsafe { Component::deserialize_file(&self.inner.engine, path) }
+                    .map(Code::Component)
+            }
+            (CodeKind::Component, None) => {
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::Input(e.to_string()))?
+                    .len();
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut bytes)
+                    .map_err(|e| Error::Input(e.to_string()))?;
+                let payload_len = len.saturating_sub(artifact::TRAILER_LEN as u64) as usize;
+                bytes.truncate(payload_len);
+                // SAFETY: a file the caller opted in to with
+                // `allow_precompiled` (see above); read into memory, so a
+                // later change to the file cannot reach the code.
+                unsafe { Component::deserialize(&self.inner.engine, &bytes) }.map(Code::Component)
+            }
+        }
+        .map_err(|e| self.deserialize_error(e))
     }
 
     fn deserialize_error(&self, e: wasmtime::Error) -> Error {
@@ -420,9 +503,48 @@ impl Runtime {
         })
     }
 
-    /// Links a compiled module into a [`Function`].
+    /// Compiles a component, after checking its core modules against the
+    /// compile caps.
+    fn compile_component(&self, wasm: &[u8]) -> Result<Component, Error> {
+        crate::prescan::check(wasm, &self.inner.config.compile)?;
+        if !self.inner.config.compile.in_process {
+            return Err(Error::NotCompiled);
+        }
+        Component::from_binary(&self.inner.engine, wasm).map_err(|e| {
+            match explain_pool_error(&e, &self.inner.config) {
+                Some(msg) => Error::Pool(msg),
+                None => Error::Compile(one_line(&format!("{e:#}"))),
+            }
+        })
+    }
+
+    /// Links compiled code into a [`Function`].
     fn link(&self, compiled: Compiled, opts: &LoadOptions) -> Result<Function, Error> {
+        let limits = opts
+            .limits
+            .clone()
+            .unwrap_or_else(|| self.inner.config.limits.clone());
         let Compiled { module, artifact } = compiled;
+        let module = match module {
+            Code::Module(m) => m,
+            Code::Component(c) => {
+                let linker = match self.inner.component_linker.get() {
+                    Some(l) => l,
+                    None => {
+                        let l = component::linker(&self.inner.engine)?;
+                        self.inner.component_linker.get_or_init(|| l)
+                    }
+                };
+                let outbound = Arc::new(OutboundHosts::parse(&opts.allowed_outbound_hosts)?);
+                let code = component::link(linker, c, opts.trap_unknown_imports, outbound)?;
+                return Ok(Function::new_component(
+                    self.inner.executor.clone(),
+                    code,
+                    limits,
+                    artifact,
+                ));
+            }
+        };
         let mut linker = self.inner.linker.clone();
         if opts.trap_unknown_imports {
             linker
@@ -441,10 +563,6 @@ impl Runtime {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| Error::Link(format!("{e:#}")))?;
-        let limits = opts
-            .limits
-            .clone()
-            .unwrap_or_else(|| self.inner.config.limits.clone());
         Ok(Function::new(
             self.inner.executor.clone(),
             module,
@@ -478,9 +596,10 @@ fn one_line(msg: &str) -> String {
 /// Accepts wasm binaries and WAT text; refuses anything else clearly.
 pub(crate) fn to_wasm(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
     if bytes.starts_with(b"\0asm") {
-        if bytes.len() >= 8 && bytes[4..8] != [1, 0, 0, 0] {
+        if bytes.len() >= 8 && bytes[4..8] != [1, 0, 0, 0] && !component::is_component_binary(bytes)
+        {
             return Err(Error::NotWasm(
-                "this is a WebAssembly component or an unknown binary version; wasmlet runs core modules".into(),
+                "unknown WebAssembly binary version (neither a core module nor a component)".into(),
             ));
         }
         return Ok(bytes.into());
