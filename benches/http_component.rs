@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use wasmlet_runtime::http::{HttpBody, full_body, handle_http};
 use wasmlet_runtime::{Function, Invocation, LoadOptions, Runtime, RuntimeConfig};
 
+// Only the wasi:http guest is benchmarked here.
+#[allow(dead_code)]
 #[path = "../tests/guests/components.rs"]
 mod build;
 

@@ -261,18 +261,20 @@ impl Runtime {
         if is_precompiled(artifact::sniff(bytes), opts)? {
             let (trailer, payload) = artifact::decode(bytes, &self.inner.fingerprint)?;
             let module = match trailer.kind {
-                // SAFETY: the caller opted in to running this precompiled
-                // code (`allow_precompiled`), vouching that it is the
-                // output of `Module::serialize`; its trailer names this
-                // engine and says it is a module.
                 CodeKind::Module => {
-                    unsafe { Module::deserialize(&self.inner.engine, payload) }.map(Code::Module)
+                    // SAFETY: the caller opted in to running this
+                    // precompiled code (`allow_precompiled`), vouching that
+                    // it is the output of `Module::serialize`; its trailer
+                    // names this engine and says it is a module.
+                    let m = unsafe { Module::deserialize(&self.inner.engine, payload) };
+                    m.map(Code::Module)
                 }
-                // SAFETY: as above, the output of `Component::serialize`
-                // (the trailer says it is a component).
                 CodeKind::Component => {
-                    unsafe { Component::deserialize(&self.inner.engine, payload) }
-                        .map(Code::Component)
+                    // SAFETY: as above, the output of
+                    // `Component::serialize` (the trailer says it is a
+                    // component).
+                    let c = unsafe { Component::deserialize(&self.inner.engine, payload) };
+                    c.map(Code::Component)
                 }
             }
             .map_err(|e| self.deserialize_error(e))?;
@@ -443,24 +445,27 @@ impl Runtime {
     /// is where it is: components are mapped by path).
     fn map_artifact(&self, file: File, path: Option<&Path>, kind: CodeKind) -> Result<Code, Error> {
         match (kind, path) {
-            // SAFETY: `file` is an artifact for this engine (its trailer was
-            // checked) that is trusted: either an entry of our own cache
-            // (owned by us, writable by nobody else, recorded for the key we
-            // asked for; entries are replaced by rename, never changed in
-            // place, so the mapped inode stays as written) or a file the caller
-            // opted in to with `allow_precompiled`, whose documented contract
-            // is that it is wasmtime output and is not modified while mapped.
             (CodeKind::Module, _) => {
-                unsafe { Module::deserialize_open_file(&self.inner.engine, file) }.map(Code::Module)
+                // SAFETY: `file` is an artifact for this engine (its trailer
+                // was checked) that is trusted: either an entry of our own
+                // cache (owned by us, writable by nobody else, recorded for
+                // the key we asked for; entries are replaced by rename,
+                // never changed in place, so the mapped inode stays as
+                // written) or a file the caller opted in to with
+                // `allow_precompiled`, whose documented contract is that it
+                // is wasmtime output and is not modified while mapped.
+                let m = unsafe { Module::deserialize_open_file(&self.inner.engine, file) };
+                m.map(Code::Module)
             }
-            // SAFETY: as above: a trusted cache entry, mapped by its path.
-            // Entries are only ever replaced by rename with an entry of the
-            // same key, so whichever inode the path names now is this
-            // component's code for this engine (the trailer says it is a
-            // component, and wasmtime checks its own header again).
             (CodeKind::Component, Some(path)) => {
-                unsafe { Component::deserialize_file(&self.inner.engine, path) }
-                    .map(Code::Component)
+                // SAFETY: only cache hits come with a path: a trusted cache
+                // entry (see above), mapped by its path. Entries are only
+                // ever replaced by rename with an entry of the same key, so
+                // whichever inode the path names now is this component's
+                // code for this engine (the trailer says it is a component,
+                // and wasmtime checks its own header again).
+                let c = unsafe { Component::deserialize_file(&self.inner.engine, path) };
+                c.map(Code::Component)
             }
             (CodeKind::Component, None) => {
                 let len = file
