@@ -6,7 +6,8 @@
 //!      0              n  payload: wasmtime's serialized module (an ELF file)
 //!      n            120  trailer:
 //!      n +   0        4    format version (u32 little-endian)
-//!      n +   4        4    flags (u32, reserved, 0)
+//!      n +   4        4    flags (u32): bit 0 set = a component, clear = a
+//!                          core module; other bits reserved, 0
 //!      n +   8       32    engine fingerprint (see engine::engine_fingerprint)
 //!      n +  40       32    key: what the entry was compiled from (input hash and options)
 //!      n +  72        8    payload length n (u64 little-endian)
@@ -25,6 +26,8 @@
 //! - magic, version and the exact length (`n + 120` is the file size): a
 //!   foreign, older or truncated file is refused in O(1) before anything is
 //!   mapped, so no mapping can run past the end of the file;
+//! - flags: a component's code is deserialized as a component, a module's
+//!   as a module (wasmtime refuses the other), decided before mapping;
 //! - engine fingerprint: code compiled by another wasmlet version or with
 //!   other engine settings (fuel metering) is refused with a clear message;
 //! - key: a valid artifact renamed or copied under another entry's name is a
@@ -48,6 +51,8 @@ pub const MAGIC: &[u8; 8] = b"WASMLET\x02";
 pub const FORMAT_VERSION: u32 = 2;
 /// Size of the trailer that follows the payload.
 pub const TRAILER_LEN: usize = 120;
+/// Trailer flag: the payload is a serialized component.
+pub const FLAG_COMPONENT: u32 = 1;
 /// The first bytes of the version-1 format (header in front of the payload).
 const V1_MAGIC: &[u8; 8] = b"WASMLET\x01";
 
@@ -56,6 +61,8 @@ const V1_MAGIC: &[u8; 8] = b"WASMLET\x01";
 pub struct Trailer {
     /// Format version.
     pub version: u32,
+    /// What the payload is.
+    pub kind: CodeKind,
     /// Fingerprint of the engine that compiled the payload.
     pub engine: [u8; 32],
     /// The cache key the payload was compiled for.
@@ -66,11 +73,21 @@ pub struct Trailer {
     pub payload_sha256: [u8; 32],
 }
 
+/// What an artifact's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// A core WebAssembly module.
+    Module,
+    /// A WebAssembly component.
+    Component,
+}
+
 impl Trailer {
-    /// The trailer for `payload`, compiled by `engine` for `key`.
-    pub(crate) fn new(engine: [u8; 32], key: [u8; 32], payload: &[u8]) -> Self {
+    /// The trailer for `payload`, a `kind` compiled by `engine` for `key`.
+    pub(crate) fn new(engine: [u8; 32], key: [u8; 32], kind: CodeKind, payload: &[u8]) -> Self {
         Trailer {
             version: FORMAT_VERSION,
+            kind,
             engine,
             key,
             payload_len: payload.len() as u64,
@@ -82,6 +99,9 @@ impl Trailer {
     pub(crate) fn encode(&self) -> [u8; TRAILER_LEN] {
         let mut out = [0; TRAILER_LEN];
         out[0..4].copy_from_slice(&self.version.to_le_bytes());
+        if self.kind == CodeKind::Component {
+            out[4..8].copy_from_slice(&FLAG_COMPONENT.to_le_bytes());
+        }
         out[8..40].copy_from_slice(&self.engine);
         out[40..72].copy_from_slice(&self.key);
         out[72..80].copy_from_slice(&self.payload_len.to_le_bytes());
@@ -104,8 +124,17 @@ impl Trailer {
         if version != FORMAT_VERSION {
             return Err(ArtifactError::Version(version, FORMAT_VERSION));
         }
+        let flags = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if flags & !FLAG_COMPONENT != 0 {
+            return Err(ArtifactError::Flags(flags));
+        }
         let t = Trailer {
             version,
+            kind: if flags & FLAG_COMPONENT != 0 {
+                CodeKind::Component
+            } else {
+                CodeKind::Module
+            },
             engine: bytes[8..40].try_into().expect("32 bytes"),
             key: bytes[40..72].try_into().expect("32 bytes"),
             payload_len: u64::from_le_bytes(bytes[72..80].try_into().expect("8 bytes")),
@@ -121,11 +150,12 @@ impl Trailer {
     }
 }
 
-/// Wraps a serialized module into an artifact (payload, then trailer).
-pub(crate) fn encode(engine: [u8; 32], key: [u8; 32], payload: &[u8]) -> Vec<u8> {
+/// Wraps a serialized module or component into an artifact (payload, then
+/// trailer).
+pub(crate) fn encode(engine: [u8; 32], key: [u8; 32], kind: CodeKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + TRAILER_LEN);
     out.extend_from_slice(payload);
-    out.extend_from_slice(&Trailer::new(engine, key, payload).encode());
+    out.extend_from_slice(&Trailer::new(engine, key, kind, payload).encode());
     out
 }
 
@@ -254,7 +284,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let a = encode(FP, KEY, &elf(64));
+        let a = encode(FP, KEY, CodeKind::Module, &elf(64));
         let (t, payload) = decode(&a, &FP).unwrap();
         assert_eq!(payload, elf(64));
         assert_eq!(t.key, KEY);
@@ -262,7 +292,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_header_flip_is_caught_in_o1() {
-        let a = encode(FP, KEY, &elf(300));
+        let a = encode(FP, KEY, CodeKind::Module, &elf(300));
         for cut in 0..a.len() {
             assert!(decode(&a[..cut], &FP).is_err(), "cut at {cut} accepted");
         }
@@ -283,7 +313,7 @@ mod tests {
 
     #[test]
     fn verify_finds_a_flip_deep_in_the_payload() {
-        let a = encode(FP, KEY, &elf(100_000));
+        let a = encode(FP, KEY, CodeKind::Module, &elf(100_000));
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&a).unwrap();
         let t = read_trailer(&f, a.len() as u64, &FP).unwrap();
@@ -295,8 +325,18 @@ mod tests {
     }
 
     #[test]
+    fn component_flag_round_trips_and_unknown_flags_are_refused() {
+        let a = encode(FP, KEY, CodeKind::Component, &elf(64));
+        assert_eq!(decode(&a, &FP).unwrap().0.kind, CodeKind::Component);
+        let mut b = a.clone();
+        let t = a.len() - TRAILER_LEN;
+        b[t + 5] = 1;
+        assert_eq!(decode(&b, &FP), Err(ArtifactError::Flags(0x101)));
+    }
+
+    #[test]
     fn names_the_problem() {
-        let a = encode(FP, KEY, &elf(64));
+        let a = encode(FP, KEY, CodeKind::Module, &elf(64));
         assert_eq!(decode(&a, &[8; 32]), Err(ArtifactError::EngineMismatch));
         assert!(matches!(
             decode(&elf(500), &FP),

@@ -27,6 +27,9 @@ pub const DEFAULT_POOL_INSTANCES: u32 = 128;
 pub const DEFAULT_POOL_MAX_MEMORY: u64 = 4 << 30;
 /// Default memories per module a slot can hold.
 pub const DEFAULT_POOL_MEMORIES_PER_MODULE: u32 = 1;
+/// Default core instances one component instance may be made of: its
+/// module, a WASI adapter and the shims wit-component adds take 4.
+pub const DEFAULT_POOL_COMPONENT_CORE_INSTANCES: u32 = 8;
 /// Default tables per module a slot can hold.
 pub const DEFAULT_POOL_TABLES_PER_MODULE: u32 = 1;
 /// Default cap on one instance's runtime state (its `VMContext`: function
@@ -123,6 +126,10 @@ pub struct PoolConfig {
     pub memories_per_module: u32,
     /// Tables per module.
     pub tables_per_module: u32,
+    /// Core instances one component instance may be made of (a component
+    /// takes one slot: `memories_per_module` + 1 memories and
+    /// `tables_per_module` + 1 tables across its core instances).
+    pub component_core_instances: u32,
     /// Elements per table a slot holds.
     pub table_elements: u64,
     /// Largest runtime state of one instance, in bytes (see
@@ -153,6 +160,7 @@ impl Default for PoolConfig {
             max_memory: DEFAULT_POOL_MAX_MEMORY,
             memories_per_module: DEFAULT_POOL_MEMORIES_PER_MODULE,
             tables_per_module: DEFAULT_POOL_TABLES_PER_MODULE,
+            component_core_instances: DEFAULT_POOL_COMPONENT_CORE_INSTANCES,
             table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
             max_core_instance_size: DEFAULT_POOL_MAX_CORE_INSTANCE_SIZE,
             keep_resident: DEFAULT_POOL_KEEP_RESIDENT,

@@ -24,6 +24,10 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 
+/// Table slots added to the pool for components' extra tables (at most one
+/// per instance slot).
+const SPARE_COMPONENT_TABLES: u32 = 32;
+
 /// Builds the engine for `config`.
 pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
     let pool_cfg = &config.pool;
@@ -36,12 +40,32 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
             config.limits.max_memory, pool_cfg.max_memory
         )));
     }
+    let per_component = pool_cfg.component_core_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_core_instances(pool_cfg.instances)
+    // A component instance is made of several core instances (its module,
+    // the WASI adapter and the small shims that tie them together); each
+    // is counted against the core-instance total, so that total is scaled
+    // for `instances` components (only a counter: core instance state is
+    // allocated at its real size). Memories and tables are pool slots with
+    // address space reserved: a component may use the memories (and GC
+    // heap) a module may have, and one table more, for its shims.
+    pool.total_core_instances(pool_cfg.instances * per_component)
+        .total_component_instances(pool_cfg.instances)
+        .max_core_instances_per_component(per_component)
+        .max_memories_per_component(pool_cfg.memories_per_module + 1)
+        .max_tables_per_component(pool_cfg.tables_per_module + 1)
         // Each instance's GC heap (where thrown exceptions and GC objects
         // live, made on first use) is a memory from the same pool.
         .total_memories(pool_cfg.instances * (pool_cfg.memories_per_module + 1))
-        .total_tables(pool_cfg.instances * pool_cfg.tables_per_module)
+        // Not doubled for components: each table slot reserves
+        // `table_elements` entries of writable memory, which counts against
+        // a compiling child's RLIMIT_DATA. A component whose modules define
+        // two tables (wit-component's shim has one) takes two; a few spare
+        // slots let a one-slot pool (`wasmlet run`) run one.
+        .total_tables(
+            pool_cfg.instances * pool_cfg.tables_per_module
+                + pool_cfg.instances.min(SPARE_COMPONENT_TABLES),
+        )
         .max_memories_per_module(pool_cfg.memories_per_module)
         .max_tables_per_module(pool_cfg.tables_per_module)
         .max_memory_size(to_usize(pool_cfg.max_memory, "pool.max_memory")?)
@@ -59,8 +83,6 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         } else {
             Enabled::No
         })
-        // Components are not served yet; keep their slots from reserving memory.
-        .total_component_instances(0)
         .total_gc_heaps(pool_cfg.instances)
         // Every invocation runs on a fiber stack (guests are futures): one
         // per slot, taken from the pool like the slot itself.

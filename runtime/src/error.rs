@@ -77,6 +77,9 @@ pub enum Error {
     /// The guest trapped.
     #[error("guest trapped: {0}")]
     Trap(String),
+    /// A wasi:http guest answered with an error code, or without a response.
+    #[error("{0}")]
+    Http(String),
     /// The guest exceeded one of its limits.
     #[error(transparent)]
     LimitExceeded(#[from] LimitExceeded),
@@ -130,6 +133,11 @@ pub enum ArtifactError {
         "compiled for a different engine (other wasmlet version or settings such as fuel metering); recompile it with `wasmlet compile`"
     )]
     EngineMismatch,
+    /// The trailer has flags this version does not know.
+    #[error(
+        "unknown artifact flags {0:#x} (written by a newer wasmlet?); recompile it with `wasmlet compile`"
+    )]
+    Flags(u32),
     /// The payload does not match its checksum.
     #[error("checksum mismatch: the file is corrupt")]
     Checksum,

@@ -32,6 +32,14 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
+    /// The fuel an invocation under `limits` starts with, when the engine
+    /// meters fuel.
+    pub(crate) fn fuel_start(&self, limits: &crate::config::Limits) -> Option<u64> {
+        self.config
+            .fuel_metering
+            .then(|| limits.fuel.unwrap_or(u64::MAX))
+    }
+
     pub(crate) fn new(engine: Engine, config: RuntimeConfig) -> Result<Self, Error> {
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         let slots = Arc::new(Semaphore::new(config.pool.instances as usize));

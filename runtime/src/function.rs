@@ -1,5 +1,5 @@
-//! [`Function`]: a compiled, linked module, and running one invocation of it
-//! in a fresh store and instance.
+//! [`Function`]: a compiled, linked module or component, and running one
+//! invocation of it in a fresh store and instance.
 //!
 //! An invocation is a future: WASI set-up, the store, instantiation and the
 //! call (`instantiate_async`, `call_async`: the guest runs on a fiber stack
@@ -7,6 +7,7 @@
 //! synchronous [`Function::invoke`] drives that future on the calling
 //! thread; [`Function::invoke_async`] returns it to the caller's runtime.
 
+use crate::component::{self, ComponentCode, ComponentCtx, World};
 use crate::config::Limits;
 use crate::error::{Error, LimitExceeded};
 use crate::executor::{self, Executor};
@@ -16,17 +17,19 @@ use crate::store::{StoreState, new_store};
 use crate::usage::{CpuMeter, Metered, Usage};
 use crate::wasi;
 use bytes::Bytes;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::{
     ExternType, InstancePre, Module, PoolConcurrencyLimitError, Store, Trap, Val, ValType,
     WasmBacktrace,
 };
 use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::WasiP1Ctx;
 
-/// A module ready to run: compiled, its imports resolved once into an
-/// `InstancePre`. Cheap to clone and safe to invoke from many threads at
+/// A module or component ready to run: compiled, its imports resolved once
+/// into an `InstancePre` (for a component, a pre-instantiated world). Cheap to clone and safe to invoke from many threads at
 /// once; every invocation gets a fresh instance, so none sees another's state.
 #[derive(Clone)]
 pub struct Function {
@@ -38,35 +41,45 @@ impl std::fmt::Debug for Function {
         f.debug_struct("Function")
             .field("artifact", &self.inner.artifact)
             .field("limits", &self.inner.limits)
-            .field("is_command", &self.inner.has_start)
+            .field("is_command", &self.is_command())
+            .field("is_component", &self.is_component())
+            .field("is_http_component", &self.is_http_component())
             .finish_non_exhaustive()
     }
 }
 
-struct FunctionInner {
-    executor: Arc<Executor>,
-    module: Module,
-    pre: InstancePre<StoreState>,
-    limits: Limits,
-    has_start: bool,
-    has_initialize: bool,
+pub(crate) struct FunctionInner {
+    pub(crate) executor: Arc<Executor>,
+    pub(crate) code: Code,
+    pub(crate) limits: Limits,
     /// The cache entry or `.cwasm` the code is mapped from (or was written
     /// to), if any.
     artifact: Option<PathBuf>,
 }
 
+/// What a function runs.
+pub(crate) enum Code {
+    /// A core module, linked against WASI preview 1.
+    Module {
+        module: Module,
+        pre: InstancePre<StoreState>,
+        has_start: bool,
+        has_initialize: bool,
+    },
+    /// A component, linked against WASI preview 2 and wasi:http.
+    Component(ComponentCode),
+}
+
 /// An invocation about to run.
-struct Start<'a> {
-    limits: &'a Limits,
-    wall_start: Instant,
-    meter: Option<Arc<CpuMeter>>,
-    budget: Option<TimeBudget>,
-    /// The CPU budget, for [`CpuWatch`] to check while the guest waits.
-    cpu_watch: Option<(Arc<CpuMeter>, Duration)>,
+pub(crate) struct Start<'a> {
+    pub(crate) limits: &'a Limits,
+    pub(crate) wall_start: Instant,
+    pub(crate) meter: Option<Arc<CpuMeter>>,
+    pub(crate) budget: Option<TimeBudget>,
 }
 
 /// What the metered part of an invocation hands back for the usage record.
-struct Finished {
+pub(crate) struct Finished<W: 'static = WasiP1Ctx> {
     status: Status,
     fuel_consumed: Option<u64>,
     peak_memory: u64,
@@ -74,13 +87,13 @@ struct Finished {
     stderr: Option<Bytes>,
     /// Dropped after the usage is taken: resetting the slot is the
     /// runtime's cost, not the guest's.
-    store: Store<StoreState>,
+    store: Store<StoreState<W>>,
 }
 
-impl Finished {
+impl<W: 'static> Finished<W> {
     /// The outcome, with the usage record (also for an invocation stopped
     /// by a limit).
-    fn outcome(self, wall_start: Instant, cpu_time: std::time::Duration) -> Outcome {
+    pub(crate) fn outcome(self, wall_start: Instant, cpu_time: std::time::Duration) -> Outcome {
         let usage = Usage::new(
             wall_start.elapsed(),
             cpu_time,
@@ -111,14 +124,36 @@ impl Function {
         Function {
             inner: Arc::new(FunctionInner {
                 executor,
-                pre,
+                code: Code::Module {
+                    pre,
+                    has_start,
+                    has_initialize,
+                    module,
+                },
                 limits,
-                has_start,
-                has_initialize,
-                module,
                 artifact,
             }),
         }
+    }
+
+    pub(crate) fn new_component(
+        executor: Arc<Executor>,
+        code: ComponentCode,
+        limits: Limits,
+        artifact: Option<PathBuf>,
+    ) -> Self {
+        Function {
+            inner: Arc::new(FunctionInner {
+                executor,
+                code: Code::Component(code),
+                limits,
+                artifact,
+            }),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &FunctionInner {
+        &self.inner
     }
 
     /// The precompiled artifact file this function's code comes from (a
@@ -129,9 +164,37 @@ impl Function {
         self.inner.artifact.as_deref()
     }
 
-    /// The compiled module.
-    pub fn module(&self) -> &Module {
-        &self.inner.module
+    /// The compiled module; `None` for a component.
+    pub fn module(&self) -> Option<&Module> {
+        match &self.inner.code {
+            Code::Module { module, .. } => Some(module),
+            Code::Component(_) => None,
+        }
+    }
+
+    /// The compiled component; `None` for a core module.
+    pub fn component(&self) -> Option<&wasmtime::component::Component> {
+        match &self.inner.code {
+            Code::Module { .. } => None,
+            Code::Component(c) => Some(&c.component),
+        }
+    }
+
+    /// Whether this is a component (of either world).
+    pub fn is_component(&self) -> bool {
+        matches!(self.inner.code, Code::Component(_))
+    }
+
+    /// Whether this is a component exporting `wasi:http/incoming-handler`,
+    /// to be called with [`crate::http::handle_http`].
+    pub fn is_http_component(&self) -> bool {
+        matches!(
+            &self.inner.code,
+            Code::Component(ComponentCode {
+                world: World::Http(_),
+                ..
+            })
+        )
     }
 
     /// The limits invocations get unless they bring their own.
@@ -139,9 +202,13 @@ impl Function {
         &self.inner.limits
     }
 
-    /// Whether this is a command (exports `_start`).
+    /// Whether this is a command: a module exporting `_start`, or a
+    /// component exporting `wasi:cli/run`.
     pub fn is_command(&self) -> bool {
-        self.inner.has_start
+        match &self.inner.code {
+            Code::Module { has_start, .. } => *has_start,
+            Code::Component(c) => matches!(c.world, World::Command(_)),
+        }
     }
 
     /// Runs one invocation on the calling thread and waits for it.
@@ -157,6 +224,21 @@ impl Function {
     /// blocking there): use `invoke_async` in async code.
     pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
         let start = self.start(&inv)?;
+        if let Code::Component(c) = &self.inner.code {
+            let run = std::pin::pin!(Metered::new(
+                self.run_command(
+                    c,
+                    &inv,
+                    start.limits,
+                    start.wall_start,
+                    start.budget,
+                    start.meter.clone(),
+                ),
+                start.meter,
+            ));
+            let (finished, cpu_time) = executor::block_on(run)?;
+            return Ok(finished?.outcome(start.wall_start, cpu_time));
+        }
         // Pinned here, once: the future is a few KiB, not worth moving.
         let run = std::pin::pin!(Metered::new(
             self.run(
@@ -164,7 +246,7 @@ impl Function {
                 start.limits,
                 start.wall_start,
                 start.budget,
-                start.cpu_watch
+                start.meter.clone(),
             ),
             start.meter,
         ));
@@ -195,13 +277,28 @@ impl Function {
             .await
             .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
         let start = self.start(&inv)?;
+        if let Code::Component(c) = &self.inner.code {
+            let (finished, cpu_time) = Metered::new(
+                self.run_command(
+                    c,
+                    &inv,
+                    start.limits,
+                    start.wall_start,
+                    start.budget,
+                    start.meter.clone(),
+                ),
+                start.meter,
+            )
+            .await;
+            return Ok(finished?.outcome(start.wall_start, cpu_time));
+        }
         let (finished, cpu_time) = Metered::new(
             self.run(
                 &inv,
                 start.limits,
                 start.wall_start,
                 start.budget,
-                start.cpu_watch,
+                start.meter.clone(),
             ),
             start.meter,
         )
@@ -215,20 +312,23 @@ impl Function {
         let limits = inv.limits.as_ref().unwrap_or(&self.inner.limits);
         self.check_limits(limits)?;
         self.check_entry(&inv.entry)?;
+        Ok(self.start_clock(limits))
+    }
+
+    /// Starts an invocation's clock and (with time limits) its budget.
+    pub(crate) fn start_clock<'a>(&self, limits: &'a Limits) -> Start<'a> {
         let wall_start = Instant::now();
         let meter = (limits.cpu_time.is_some() || limits.timeout.is_some())
             .then(|| Arc::new(CpuMeter::default()));
         let budget = meter
             .clone()
             .map(|m| TimeBudget::new(limits, wall_start, m));
-        let cpu_watch = meter.clone().zip(limits.cpu_time);
-        Ok(Start {
+        Start {
             limits,
             wall_start,
             meter,
             budget,
-            cpu_watch,
-        })
+        }
     }
 
     /// The metered part: WASI, store, instance, the call under the wall-clock
@@ -239,62 +339,95 @@ impl Function {
         limits: &Limits,
         wall_start: Instant,
         budget: Option<TimeBudget>,
-        cpu_watch: Option<(Arc<CpuMeter>, Duration)>,
+        meter: Option<Arc<CpuMeter>>,
     ) -> Result<Finished, Error> {
         let executor = &*self.inner.executor;
         let wasi = wasi::build(inv, limits)?;
-        let fuel_start = executor
-            .config
-            .fuel_metering
-            .then(|| limits.fuel.unwrap_or(u64::MAX));
+        let fuel_start = executor.fuel_start(limits);
         let budgeted = budget.is_some();
         let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
-        let result = {
-            // Only invocations with a time budget need the epoch to advance.
-            let _ticking = budgeted.then(|| executor.ticker.enter());
-            // The epoch callback stops a guest that runs past the deadline;
-            // the timer also stops one that waits past it (in a host call).
-            let call = CpuWatch::new(self.call(&mut store, &inv.entry), cpu_watch);
-            match limits.timeout.and_then(|t| deadline(wall_start, t)) {
-                Some((at, timeout)) => tokio::time::timeout_at(at.into(), call)
-                    .await
-                    .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into())),
-                None => call.await,
-            }
-        };
-        let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
-        let status = match result {
-            Ok(status) => status,
-            Err(e) => classify(
-                e,
-                &store.data().limiter,
-                limits,
-                executor.config.pool.instances,
-            ),
-        };
-        Ok(Finished {
-            status,
-            fuel_consumed,
-            peak_memory: store.data().limiter.peak_memory,
-            stdout: wasi.stdout.map(|p| p.contents()),
-            stderr: wasi.stderr.map(|p| p.contents()),
+        let result = guarded(
+            executor,
+            limits,
+            wall_start,
+            budgeted,
+            meter,
+            self.call(&mut store, &inv.entry),
+        )
+        .await;
+        Ok(finish(
+            executor,
             store,
-        })
+            result,
+            limits,
+            fuel_start,
+            wasi.stdout,
+            wasi.stderr,
+        ))
+    }
+
+    /// The same for a `wasi:cli/run` component.
+    async fn run_command(
+        &self,
+        code: &ComponentCode,
+        inv: &Invocation,
+        limits: &Limits,
+        wall_start: Instant,
+        budget: Option<TimeBudget>,
+        meter: Option<Arc<CpuMeter>>,
+    ) -> Result<Finished<ComponentCtx>, Error> {
+        let World::Command(pre) = &code.world else {
+            return Err(Error::Entry(
+                "this is a wasi:http component: it serves requests (`wasmlet serve`, or `handle_http`), it does not run as a command".into(),
+            ));
+        };
+        let executor = &*self.inner.executor;
+        let wasi = wasi::build_p2(inv, limits)?;
+        let fuel_start = executor.fuel_start(limits);
+        let budgeted = budget.is_some();
+        let state = ComponentCtx::new(wasi.ctx, code.outbound.clone());
+        let mut store = new_store(&executor.engine, state, limits, fuel_start, budget);
+        let call = async {
+            component::run_command(pre, &mut store)
+                .await
+                .map(Status::Exited)
+        };
+        let result = guarded(executor, limits, wall_start, budgeted, meter, call).await;
+        Ok(finish(
+            executor,
+            store,
+            result,
+            limits,
+            fuel_start,
+            wasi.stdout,
+            wasi.stderr,
+        ))
     }
 
     /// Checks the entry point exists and the arguments match its parameters.
     fn check_entry(&self, entry: &Entry) -> Result<(), Error> {
+        let (module, has_start) = match &self.inner.code {
+            Code::Module {
+                module, has_start, ..
+            } => (module, *has_start),
+            Code::Component(_) => {
+                return match entry {
+                    Entry::Start => Ok(()),
+                    Entry::Export { .. } => Err(Error::Entry(
+                        "components run through wasi:cli/run (or serve wasi:http); calling a named export is for core modules".into(),
+                    )),
+                };
+            }
+        };
         match entry {
-            Entry::Start if self.inner.has_start => Ok(()),
+            Entry::Start if has_start => Ok(()),
             Entry::Start => Err(Error::Entry(
                 "module has no `_start` export (is it a reactor? name an export to call, e.g. with --invoke)"
                     .into(),
             )),
             Entry::Export { name, params } => {
-                let Some(ExternType::Func(ty)) = self.inner.module.get_export(name) else {
-                    let exports: Vec<_> = self
-                        .inner
-                        .module
+                let Some(ExternType::Func(ty)) = module.get_export(name) else {
+                    let exports: Vec<_> = module
                         .exports()
                         .filter(|e| matches!(e.ty(), ExternType::Func(_)))
                         .map(|e| e.name().to_string())
@@ -319,7 +452,7 @@ impl Function {
         }
     }
 
-    fn check_limits(&self, limits: &Limits) -> Result<(), Error> {
+    pub(crate) fn check_limits(&self, limits: &Limits) -> Result<(), Error> {
         let config = &self.inner.executor.config;
         if limits.max_memory > config.pool.max_memory {
             return Err(Error::Setup(format!(
@@ -338,7 +471,15 @@ impl Function {
 
     /// Instantiates into a pooled slot and calls the entry point.
     async fn call(&self, store: &mut Store<StoreState>, entry: &Entry) -> wasmtime::Result<Status> {
-        let instance = self.inner.pre.instantiate_async(&mut *store).await?;
+        let Code::Module {
+            pre,
+            has_initialize,
+            ..
+        } = &self.inner.code
+        else {
+            unreachable!("components are called through their world");
+        };
+        let instance = pre.instantiate_async(&mut *store).await?;
         match entry {
             Entry::Start => {
                 let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
@@ -346,7 +487,7 @@ impl Function {
                 Ok(Status::Exited(0))
             }
             Entry::Export { name, params } => {
-                if self.inner.has_initialize && name != "_initialize" {
+                if *has_initialize && name != "_initialize" {
                     let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
                     init.call_async(&mut *store, ()).await?;
                 }
@@ -358,6 +499,65 @@ impl Function {
                 Ok(Status::Returned(results))
             }
         }
+    }
+}
+
+/// Runs a guest call under the invocation's time limits: the epoch ticks
+/// while it runs with a budget, and the wall-clock timer stops one that
+/// waits past the timeout (in a host call); the epoch callback stops one
+/// that computes past it.
+pub(crate) async fn guarded<F>(
+    executor: &Executor,
+    limits: &Limits,
+    wall_start: Instant,
+    budgeted: bool,
+    meter: Option<Arc<CpuMeter>>,
+    call: F,
+) -> wasmtime::Result<Status>
+where
+    F: Future<Output = wasmtime::Result<Status>>,
+{
+    // Only invocations with a time budget need the epoch to advance.
+    let _ticking = budgeted.then(|| executor.ticker.enter());
+    // The epoch callback stops a guest that runs past the deadline; the
+    // timer also stops one that waits past it (in a host call), and the
+    // CPU watch one whose waiting costs CPU elsewhere (filesystem calls).
+    let call = CpuWatch::new(call, meter.zip(limits.cpu_time));
+    match limits.timeout.and_then(|t| deadline(wall_start, t)) {
+        Some((at, timeout)) => tokio::time::timeout_at(at.into(), call)
+            .await
+            .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into())),
+        None => call.await,
+    }
+}
+
+/// The end of a guest run: its status, fuel and peak memory.
+pub(crate) fn finish<W: 'static>(
+    executor: &Executor,
+    store: Store<StoreState<W>>,
+    result: wasmtime::Result<Status>,
+    limits: &Limits,
+    fuel_start: Option<u64>,
+    stdout: Option<wasmtime_wasi::p2::pipe::MemoryOutputPipe>,
+    stderr: Option<wasmtime_wasi::p2::pipe::MemoryOutputPipe>,
+) -> Finished<W> {
+    let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
+    let status = match result {
+        Ok(status) => status,
+        Err(e) => classify(
+            e,
+            &store.data().limiter,
+            limits,
+            executor.config.pool.instances,
+        ),
+    };
+    Finished {
+        status,
+        fuel_consumed,
+        peak_memory: store.data().limiter.peak_memory,
+        stdout: stdout.map(|p| p.contents()),
+        stderr: stderr.map(|p| p.contents()),
+        store,
     }
 }
 

@@ -3,7 +3,7 @@
 //! A [`Runtime`] owns one wasmtime engine set up for serving: a pooling
 //! instance allocator, copy-on-write memory images, epoch interruption driven
 //! by a background ticker, and a content-addressed pre-compilation cache.
-//! [`Runtime::load_file`] turns a module into a [`Function`]: compiled once
+//! [`Runtime::load_file`] turns a module or a component into a [`Function`]: compiled once
 //! (or taken from the cache) and linked once against WASI preview 1, so that
 //! [`Function::invoke`] only has to instantiate into a pooled slot and call.
 //! Every invocation runs in a fresh store and instance with its own WASI
@@ -16,6 +16,12 @@
 //! - [`prescan`]: bounded compiles: caps checked before compiling, and how
 //!   to compile in a child process under a time and memory budget;
 //! - `runtime`: [`Runtime`]: loading, compiling, caching and linking;
+//! - `component`: components: detection, the WASI preview 2 and wasi:http
+//!   linker, the world a component is pre-linked as (`wasi:http/proxy` or
+//!   `wasi:cli/command`), and the outbound host allow-list
+//!   ([`OutboundHosts`]);
+//! - [`http`]: [`http::handle_http`], one request to a wasi:http
+//!   component in a fresh instance, with its usage record;
 //! - `executor`: what all invocations of a runtime share (engine, ticker,
 //!   pool slot permits), and driving an invocation on the calling thread;
 //! - `function`: [`Function`] and the invocation, a future: set-up, call
@@ -51,12 +57,14 @@
 pub mod artifact;
 pub mod cache;
 mod clock;
+mod component;
 pub mod config;
 mod engine;
 pub mod error;
 mod executor;
 mod fs_cpu;
 mod function;
+pub mod http;
 mod input;
 mod invocation;
 mod limiter;
@@ -67,6 +75,7 @@ mod store;
 mod usage;
 mod wasi;
 
+pub use component::OutboundHosts;
 pub use config::{CacheConfig, CompileLimits, Limits, PoolConfig, RuntimeConfig};
 pub use error::{ArtifactError, Error, LimitExceeded};
 pub use function::Function;

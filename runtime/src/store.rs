@@ -1,6 +1,10 @@
 //! The store of one invocation: what it holds ([`StoreState`]) and how it is
 //! set up for the invocation's limits (memory and tables through the
 //! limiter, fuel, and the epoch deadline that checks the time budget).
+//!
+//! `W` is the WASI state: a preview-1 context for core modules, a
+//! [`crate::component::ComponentCtx`] (WASI preview 2, its resource table and
+//! wasi:http) for components. Everything else is the same for both.
 
 use crate::config::Limits;
 use crate::limiter::{StoreLimiter, TimeBudget};
@@ -9,8 +13,8 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 /// What a store holds for one invocation.
-pub(crate) struct StoreState {
-    pub(crate) wasi: WasiP1Ctx,
+pub(crate) struct StoreState<W = WasiP1Ctx> {
+    pub(crate) wasi: W,
     pub(crate) limiter: StoreLimiter,
     budget: Option<TimeBudget>,
 }
@@ -35,13 +39,13 @@ impl StoreState {
 /// tasks run, and a `tokio::time::timeout` around the invocation can fire)
 /// and goes on for another tick. Without one, the guest is never
 /// interrupted (and the ticker does not run for it).
-pub(crate) fn new_store(
+pub(crate) fn new_store<W: Send + 'static>(
     engine: &Engine,
-    wasi: WasiP1Ctx,
+    wasi: W,
     limits: &Limits,
     fuel: Option<u64>,
     budget: Option<TimeBudget>,
-) -> Store<StoreState> {
+) -> Store<StoreState<W>> {
     let budgeted = budget.is_some();
     let mut store = Store::new(
         engine,

@@ -15,18 +15,38 @@ use crate::stdio;
 use std::os::fd::AsFd;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// A WASI context, with the pipes its captured stdout and stderr go to.
-pub(crate) struct Wasi {
-    pub(crate) ctx: WasiP1Ctx,
+/// `C` is a preview-1 context for modules, a preview-2 one for components.
+pub(crate) struct Wasi<C = WasiP1Ctx> {
+    pub(crate) ctx: C,
     pub(crate) stdout: Option<MemoryOutputPipe>,
     pub(crate) stderr: Option<MemoryOutputPipe>,
 }
 
-/// Builds the WASI context of `inv`. Must run inside a tokio runtime (the
-/// host-descriptor streams register with its reactor).
+/// Builds the preview-1 WASI context of `inv`. Must run inside a tokio
+/// runtime (the host-descriptor streams register with its reactor).
 pub(crate) fn build(inv: &Invocation, limits: &Limits) -> Result<Wasi, Error> {
+    let mut w = builder(inv, limits)?;
+    Ok(Wasi {
+        ctx: w.ctx.build_p1(),
+        stdout: w.stdout,
+        stderr: w.stderr,
+    })
+}
+
+/// The same context for a component (WASI preview 2).
+pub(crate) fn build_p2(inv: &Invocation, limits: &Limits) -> Result<Wasi<WasiCtx>, Error> {
+    let mut w = builder(inv, limits)?;
+    Ok(Wasi {
+        ctx: w.ctx.build(),
+        stdout: w.stdout,
+        stderr: w.stderr,
+    })
+}
+
+fn builder(inv: &Invocation, limits: &Limits) -> Result<Wasi<WasiCtxBuilder>, Error> {
     let mut b = WasiCtxBuilder::new();
     b.allow_blocking_current_thread(false)
         .args(&inv.args)
@@ -89,7 +109,7 @@ pub(crate) fn build(inv: &Invocation, limits: &Limits) -> Result<Wasi, Error> {
         _ => {}
     }
     Ok(Wasi {
-        ctx: b.build_p1(),
+        ctx: b,
         stdout,
         stderr,
     })

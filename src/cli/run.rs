@@ -101,13 +101,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: Some(limits),
         snapshot: None,
         allow_precompiled: args.allow_precompiled,
+        allowed_outbound_hosts: Vec::new(),
     };
     let size = std::fs::metadata(&args.module).map_or(0, |m| m.len());
     let message = format!("compiling {} ({size} bytes)", args.module.display());
     // Compiled here either way (in a child, under the compile budget): in
     // process it is the function; a sandbox's worker maps the same code.
     let loaded = with_spinner(message, || bounded::load(&runtime, &args.module, &opts))?;
-    let module = loaded.function.module().clone();
+    let module = loaded.function.module().cloned();
     let mut dirs: Vec<Preopen> = args.dirs.clone();
     let (function, sandbox) = if args.sandbox {
         // The jail holds exactly these directories, by absolute host path.
@@ -165,8 +166,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Entry::Start,
             std::iter::once(module_name).chain(args.args).collect(),
         ),
+        Some(_) if module.is_none() => {
+            anyhow::bail!(
+                "--invoke calls an export of a core module; a component runs through wasi:cli/run"
+            );
+        }
         Some(name) => {
-            let Some(ExternType::Func(ty)) = module.get_export(name) else {
+            let Some(ExternType::Func(ty)) = module.as_ref().and_then(|m| m.get_export(name))
+            else {
                 anyhow::bail!("module has no exported function `{name}`");
             };
             // As wasmtime does: the arguments are the export's parameters

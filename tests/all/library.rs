@@ -68,7 +68,7 @@ fn reactor_exports_run_after_initialize() {
         assert!(!f.is_command());
         // A snapshot has already run `_initialize`, so no longer exports it.
         assert_eq!(
-            f.module().get_export("_initialize").is_some(),
+            f.module().unwrap().get_export("_initialize").is_some(),
             mode == "plain"
         );
         let o = call(&f, "initialized", vec![]);

@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod cli_hardening;
 mod coldstart;
+mod components;
 mod concurrency;
 mod containerd;
 mod cri;

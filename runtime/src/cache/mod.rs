@@ -92,7 +92,7 @@ pub struct Cache {
 /// What a lookup found.
 pub(crate) enum Lookup {
     /// A usable entry, open, and its path.
-    Hit(File, PathBuf),
+    Hit(File, PathBuf, artifact::CodeKind),
     Miss,
     /// An entry was there but unusable (the message says why); it will be
     /// replaced.
@@ -149,17 +149,17 @@ impl Cache {
             Ok(None) => return Lookup::Miss,
             Err(why) => return Lookup::Bad(why),
         };
-        match artifact::read_trailer(&file, meta.len(), engine) {
-            Ok(t) if t.key == key.0 => {}
+        let kind = match artifact::read_trailer(&file, meta.len(), engine) {
+            Ok(t) if t.key == key.0 => t.kind,
             Ok(_) => return Lookup::Bad("it was written for another key".into()),
             Err(e) => return Lookup::Bad(e.to_string()),
-        }
+        };
         if let Ok(modified) = meta.modified()
             && modified.elapsed().is_ok_and(|age| age > TOUCH_AFTER)
         {
             let _ = file.set_modified(SystemTime::now());
         }
-        Lookup::Hit(file, path)
+        Lookup::Hit(file, path, kind)
     }
 
     /// Stores `payload` (wasmtime's serialized module) compiled by `engine`
@@ -168,6 +168,7 @@ impl Cache {
         &self,
         key: &Key,
         engine: [u8; 32],
+        kind: artifact::CodeKind,
         payload: &[u8],
     ) -> Result<PathBuf, Error> {
         self.create_dirs()?;
@@ -176,7 +177,7 @@ impl Cache {
             .prefix(TEMP_PREFIX)
             .tempfile_in(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))?;
-        let trailer = Trailer::new(engine, key.0, payload).encode();
+        let trailer = Trailer::new(engine, key.0, kind, payload).encode();
         tmp.write_all(payload)
             .and_then(|_| tmp.write_all(&trailer))
             .and_then(|_| tmp.as_file().sync_data())

@@ -1,0 +1,395 @@
+//! [`handle_http`]: one request to a wasi:http component, in a fresh
+//! instance, under the invocation's limits, with its usage record.
+//!
+//! ```text
+//!  handle_http                              guest task (spawned)
+//!  pool slot permit ─────────────────────▶  store, request + outparam resources,
+//!                                           instantiate (pre-linked), call `handle`
+//!  wait for the response head  ◀── outparam.set ──
+//!  read the body while the guest runs  ◀── body frames ──
+//!  guest done: exact usage, body = what was read
+//!  or HTTP_BODY_BUFFER read first: stream the rest,
+//!     usage so far, `final_usage` when it ends
+//! ```
+//!
+//! The guest runs in a task of its own because a response body is a
+//! stream the guest may still be writing when the head is returned. Most
+//! handlers write a small body and return; for them the whole body is read
+//! while the guest finishes, so the usage record in [`HttpOutcome`] is
+//! final. A guest that writes more than [`HTTP_BODY_BUFFER`] bytes is
+//! streamed: its usage so far is in `usage`, and the final record arrives
+//! on `final_usage` when it ends. Either way the time limits hold: past
+//! the timeout the guest is stopped and its body ends with an error.
+
+use crate::component::{ComponentCode, ComponentCtx, World};
+use crate::error::Error;
+use crate::function::{Code, Finished, Function, finish, guarded};
+use crate::invocation::{Invocation, Outcome, Status};
+use crate::store::new_store;
+use crate::usage::{Metered, Usage};
+use crate::wasi;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Frame;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::oneshot;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+/// The error type of an [`HttpBody`].
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body: any `http_body::Body` of `Bytes`, boxed
+/// (`hyper::body::Incoming` becomes one with
+/// `body.map_err(Into::into).boxed_unsync()`). Not `Sync`: the guest's body
+/// is a stream read by one task, as hyper needs.
+pub type HttpBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Bytes of a response body read while the guest finishes, before the
+/// response is returned with the rest streaming.
+pub const HTTP_BODY_BUFFER: usize = 256 << 10;
+
+/// The result of one request.
+#[derive(Debug)]
+pub struct HttpOutcome {
+    /// The guest's response, or why there is none: [`Error::Trap`] (the
+    /// guest trapped), [`Error::LimitExceeded`] (stopped by a limit; a
+    /// timeout is `LimitExceeded::Timeout`), [`Error::Http`] (the guest
+    /// answered with a wasi:http error code, or returned without a
+    /// response), [`Error::Exit`], or a set-up error.
+    pub response: Result<hyper::Response<HttpBody>, Error>,
+    /// What the invocation used: final unless `final_usage` is set, in
+    /// which case it is the use up to the response.
+    pub usage: Usage,
+    /// The guest's captured stderr (with [`crate::Output::Capture`]), when
+    /// the guest has finished.
+    pub stderr: Option<Bytes>,
+    /// For a response still streaming when returned: the final usage
+    /// record (and captured stderr) when the guest ends.
+    pub final_usage: Option<oneshot::Receiver<(Usage, Option<Bytes>)>>,
+}
+
+impl HttpOutcome {
+    fn failed(error: Error) -> Self {
+        HttpOutcome {
+            response: Err(error),
+            usage: Usage::default(),
+            stderr: None,
+            final_usage: None,
+        }
+    }
+}
+
+/// Aborts the guest task when dropped, unless disarmed (when the response
+/// is returned still streaming, the guest must go on).
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+type GuestResult = (Result<Finished<ComponentCtx>, Error>, std::time::Duration);
+
+/// Calls `func`'s `wasi:http/incoming-handler` with `req` in a fresh
+/// instance. `inv` gives the environment, directories, stdio and limits
+/// (`args` and `entry` are not used); it must be called inside a tokio
+/// runtime with time and IO enabled. When every pool slot is busy this
+/// waits for one. Dropping the future before the response stops the guest.
+pub async fn handle_http(
+    func: &Function,
+    req: hyper::Request<HttpBody>,
+    inv: Invocation,
+) -> HttpOutcome {
+    let inner = func.inner();
+    let Code::Component(ComponentCode {
+        world: World::Http(_),
+        ..
+    }) = &inner.code
+    else {
+        return HttpOutcome::failed(Error::Entry(
+            "not a wasi:http component (it does not export wasi:http/incoming-handler)".into(),
+        ));
+    };
+    let limits = inv.limits.clone().unwrap_or_else(|| inner.limits.clone());
+    if let Err(e) = func.check_limits(&limits) {
+        return HttpOutcome::failed(e);
+    }
+    let permit = match inner.executor.slots.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(e) => {
+            return HttpOutcome::failed(Error::Setup(format!("runtime is shutting down: {e}")));
+        }
+    };
+    let wall_start = Instant::now();
+    let (head_tx, head_rx) = oneshot::channel();
+    let func2 = func.clone();
+    let task = {
+        let start = func.start_clock(&limits);
+        let meter = start.meter.clone();
+        let watch = start.meter.clone();
+        let budget = start.budget;
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let run = async {
+                let inner = func2.inner();
+                let Code::Component(ComponentCode {
+                    world: World::Http(pre),
+                    outbound,
+                    ..
+                }) = &inner.code
+                else {
+                    unreachable!("checked before spawning");
+                };
+                let executor = &*inner.executor;
+                let wasi = wasi::build_p2(&inv, &limits)?;
+                let fuel_start = executor.fuel_start(&limits);
+                let budgeted = budget.is_some();
+                let state = ComponentCtx::new(wasi.ctx, outbound.clone());
+                let mut store = new_store(&executor.engine, state, &limits, fuel_start, budget);
+                let scheme = match req.uri().scheme_str() {
+                    Some("https") => Scheme::Https,
+                    _ => Scheme::Http,
+                };
+                let req = req.map(|b| b.map_err(to_wasi_error));
+                let call = async {
+                    let req = store.data_mut().http().new_incoming_request(scheme, req)?;
+                    let out = store.data_mut().http().new_response_outparam(head_tx)?;
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await?;
+                    Ok(Status::Exited(0))
+                };
+                let result = guarded(executor, &limits, wall_start, budgeted, watch, call).await;
+                Ok(finish(
+                    executor,
+                    store,
+                    result,
+                    &limits,
+                    fuel_start,
+                    wasi.stdout,
+                    wasi.stderr,
+                ))
+            };
+            Metered::new(run, meter).await
+        })
+    };
+    let mut guard = AbortOnDrop(Some(task.abort_handle()));
+    let mut task = task;
+    let mut head_rx = head_rx;
+    // The guest's store holds the outparam (the head's sender) until its
+    // outcome is taken: wait for either, and look for a head left behind
+    // by a guest that already ended.
+    let mut ended = None;
+    let head = tokio::select! {
+        biased;
+        h = &mut head_rx => h.ok(),
+        r = &mut task => {
+            match done(r, wall_start) {
+                Ok(out) => ended = Some(out),
+                Err(e) => return HttpOutcome::failed(e),
+            }
+            head_rx.try_recv().ok()
+        }
+    };
+    let resp = match head {
+        Some(Ok(resp)) => resp,
+        head => {
+            // No response: an error code, or the guest ended (or was
+            // stopped) without one.
+            let out = match ended {
+                Some(out) => out,
+                None => match done((&mut task).await, wall_start) {
+                    Ok(out) => out,
+                    Err(e) => return HttpOutcome::failed(e),
+                },
+            };
+            let error = match (&out.status, head) {
+                (Status::Exited(0) | Status::Returned(_), Some(Err(code))) => {
+                    Error::Http(format!("the guest answered with an error: {code:?}"))
+                }
+                (Status::Exited(0) | Status::Returned(_), _) => {
+                    Error::Http("the guest returned without setting a response".into())
+                }
+                (status, _) => status_error(status),
+            };
+            return HttpOutcome {
+                response: Err(error),
+                usage: out.usage,
+                stderr: out.stderr,
+                final_usage: None,
+            };
+        }
+    };
+    if let Some(out) = ended {
+        // The guest ended after answering: its body is all buffered.
+        let (parts, body) = resp.into_parts();
+        let mut frames = VecDeque::new();
+        if !out.success() {
+            frames.push_back(Err(Box::new(status_error(&out.status)) as BodyError));
+        }
+        let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
+        let body = Chain {
+            frames,
+            rest: out.success().then_some(rest),
+        };
+        return HttpOutcome {
+            response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
+            usage: out.usage,
+            stderr: out.stderr,
+            final_usage: None,
+        };
+    }
+    // The head is here: read the body while the guest finishes, up to the
+    // buffer's size.
+    let (parts, mut body) = resp.into_parts();
+    let mut frames = VecDeque::new();
+    let mut buffered = 0usize;
+    let mut body_done = false;
+    let finished = loop {
+        tokio::select! {
+            biased;
+            frame = body.frame(), if !body_done => match frame {
+                Some(Ok(f)) => {
+                    buffered += f.data_ref().map_or(0, Bytes::len);
+                    frames.push_back(Ok(f));
+                    if buffered >= HTTP_BODY_BUFFER {
+                        break None;
+                    }
+                }
+                Some(Err(e)) => {
+                    frames.push_back(Err(Box::new(e) as BodyError));
+                    body_done = true;
+                }
+                None => body_done = true,
+            },
+            r = &mut task => break Some(r),
+        }
+    };
+    let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
+    match finished {
+        Some(r) => {
+            let out = match done(r, wall_start) {
+                Ok(out) => out,
+                Err(e) => return HttpOutcome::failed(e),
+            };
+            // A guest stopped mid-body (a limit, a trap) leaves the body
+            // unfinished: it ends with that error.
+            if !out.success() && !body_done {
+                frames.push_back(Err(Box::new(status_error(&out.status)) as BodyError));
+            }
+            let body = if body_done || !out.success() {
+                Chain { frames, rest: None }
+            } else {
+                Chain {
+                    frames,
+                    rest: Some(rest),
+                }
+            };
+            HttpOutcome {
+                response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
+                usage: out.usage,
+                stderr: out.stderr,
+                final_usage: None,
+            }
+        }
+        None => {
+            // Still writing: stream the rest; the usage follows.
+            guard.0 = None;
+            let (tx, rx) = oneshot::channel();
+            let usage = Usage::new(wall_start.elapsed(), Default::default(), None, 0);
+            tokio::spawn(async move {
+                if let Ok(out) = done(task.await, wall_start) {
+                    let _ = tx.send((out.usage, out.stderr));
+                }
+            });
+            let body = Chain {
+                frames,
+                rest: Some(rest),
+            };
+            HttpOutcome {
+                response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
+                usage,
+                stderr: None,
+                final_usage: Some(rx),
+            }
+        }
+    }
+}
+
+/// The outcome of the guest task.
+fn done(
+    r: Result<GuestResult, tokio::task::JoinError>,
+    wall_start: Instant,
+) -> Result<Outcome, Error> {
+    match r {
+        Ok((Ok(f), cpu)) => Ok(f.outcome(wall_start, cpu)),
+        Ok((Err(e), _)) => Err(e),
+        Err(e) => Err(Error::Setup(format!("the request's task failed: {e}"))),
+    }
+}
+
+/// The error for a guest that did not end well.
+fn status_error(status: &Status) -> Error {
+    match status {
+        Status::Trapped(m) => Error::Trap(m.clone()),
+        Status::LimitExceeded(l) => Error::LimitExceeded(*l),
+        Status::Exited(code) => Error::Exit(*code),
+        Status::SandboxFailed(m) => Error::Sandbox(m.clone()),
+        Status::Returned(_) => Error::Trap("unexpected return".into()),
+    }
+}
+
+/// A request body error, as wasi:http reports it to the guest.
+fn to_wasi_error(e: BodyError) -> wasmtime_wasi_http::Error {
+    match e.downcast::<hyper::Error>() {
+        Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+        Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+    }
+}
+
+/// The frames read while the guest finished, then the rest of the body
+/// (if any).
+struct Chain {
+    frames: VecDeque<Result<Frame<Bytes>, BodyError>>,
+    rest: Option<HttpBody>,
+}
+
+impl hyper::body::Body for Chain {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(f) = self.frames.pop_front() {
+            return Poll::Ready(Some(f));
+        }
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+/// A request body from bytes (for tests, benchmarks and small callers).
+pub fn full_body(bytes: impl Into<Bytes>) -> HttpBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
