@@ -224,40 +224,15 @@ impl Function {
     /// blocking there): use `invoke_async` in async code.
     pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
         let start = self.start(&inv)?;
-        if let Code::Component(c) = &self.inner.code {
-            let run = std::pin::pin!(Metered::new(
-                self.run_command(
-                    c,
-                    &inv,
-                    start.limits,
-                    start.wall_start,
-                    start.budget,
-                    start.meter.clone(),
-                ),
-                start.meter,
-            ));
-            let (finished, cpu_time) = executor::block_on(run)?;
-            return Ok(finished?.outcome(start.wall_start, cpu_time));
-        }
         // Pinned here, once: the future is a few KiB, not worth moving.
-        let run = std::pin::pin!(Metered::new(
-            self.run(
-                &inv,
-                start.limits,
-                start.wall_start,
-                start.budget,
-                start.meter.clone(),
-            ),
-            start.meter,
-        ));
-        let (finished, cpu_time) = executor::block_on(run)?;
-        let finished = finished?;
-        if matches!(finished.status, Status::LimitExceeded(_)) {
+        let run = std::pin::pin!(self.metered(&inv, start));
+        let outcome = executor::block_on(run)??;
+        if matches!(outcome.status, Status::LimitExceeded(_)) {
             // A filesystem call it may have left running is not the next
             // invocation's (see `fs_cpu`).
             executor::retire_local_runtime();
         }
-        Ok(finished.outcome(start.wall_start, cpu_time))
+        Ok(outcome)
     }
 
     /// One invocation as a future, for async servers: polled by the
@@ -277,33 +252,26 @@ impl Function {
             .await
             .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
         let start = self.start(&inv)?;
+        self.metered(&inv, start).await
+    }
+
+    /// The invocation as a future, metered (its CPU time read around every
+    /// poll), for a module or a command component: resolves to its outcome.
+    async fn metered(&self, inv: &Invocation, start: Start<'_>) -> Result<Outcome, Error> {
+        let Start {
+            limits,
+            wall_start,
+            meter,
+            budget,
+        } = start;
         if let Code::Component(c) = &self.inner.code {
-            let (finished, cpu_time) = Metered::new(
-                self.run_command(
-                    c,
-                    &inv,
-                    start.limits,
-                    start.wall_start,
-                    start.budget,
-                    start.meter.clone(),
-                ),
-                start.meter,
-            )
-            .await;
-            return Ok(finished?.outcome(start.wall_start, cpu_time));
+            let run = self.run_command(c, inv, limits, wall_start, budget, meter.clone());
+            let (finished, cpu_time) = Metered::new(run, meter).await;
+            return Ok(finished?.outcome(wall_start, cpu_time));
         }
-        let (finished, cpu_time) = Metered::new(
-            self.run(
-                &inv,
-                start.limits,
-                start.wall_start,
-                start.budget,
-                start.meter.clone(),
-            ),
-            start.meter,
-        )
-        .await;
-        Ok(finished?.outcome(start.wall_start, cpu_time))
+        let run = self.run(inv, limits, wall_start, budget, meter.clone());
+        let (finished, cpu_time) = Metered::new(run, meter).await;
+        Ok(finished?.outcome(wall_start, cpu_time))
     }
 
     /// Checks the invocation, and starts its clock and (with time limits)
