@@ -12,10 +12,18 @@
 //!   memories must match);
 //! - [`artifact`]: the precompiled-artifact reader (trailer fields,
 //!   lengths, truncation and extension) on a valid artifact with fuzzed
-//!   edits: only a semantically unchanged trailer may load.
+//!   edits: only a semantically unchanged trailer may load;
+//! - [`parsers`]: the parsers of untrusted text and bytes: the sandbox
+//!   wire protocol ([`protocol`]), the CLI's flag values ([`cli_parsers`]),
+//!   the serve manifest ([`manifest`]), a WAGI function's output ([`wagi`])
+//!   and an OCI runtime spec ([`oci_spec`]).
 //!
 //! Each oracle panics on a finding (that is what the fuzzer looks for) and
 //! returns quietly on anything else.
+
+pub mod parsers;
+
+pub use parsers::{cli_parsers, manifest, oci_spec, protocol, wagi};
 
 use arbitrary::{Arbitrary, Unstructured};
 use std::sync::OnceLock;

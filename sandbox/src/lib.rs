@@ -34,6 +34,8 @@ mod config;
 mod error;
 #[cfg(feature = "escape-tests")]
 mod escape;
+#[doc(hidden)]
+pub mod fuzzing;
 mod harden;
 mod jail;
 mod protocol;

@@ -22,6 +22,8 @@
 pub mod admission;
 pub mod app;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod http;
 pub mod manifest;

@@ -41,3 +41,41 @@ fn fuzz_corpus_snapshot_diff() {
 fn fuzz_corpus_artifact() {
     replay("artifact", wasmlet_fuzz::artifact);
 }
+
+#[test]
+fn fuzz_corpus_protocol() {
+    replay("protocol", wasmlet_fuzz::protocol);
+}
+
+#[test]
+fn fuzz_corpus_cli_parsers() {
+    replay("cli_parsers", wasmlet_fuzz::cli_parsers);
+}
+
+#[test]
+fn fuzz_corpus_manifest() {
+    replay("manifest", wasmlet_fuzz::manifest);
+}
+
+#[test]
+fn fuzz_corpus_wagi() {
+    replay("wagi", wasmlet_fuzz::wagi);
+}
+
+#[test]
+fn fuzz_corpus_oci_spec() {
+    replay("oci_spec", wasmlet_fuzz::oci_spec);
+}
+
+/// The protocol seeds are frames both sides really decode (so the replay
+/// above exercises the decoders, not only their refusals).
+#[test]
+fn fuzz_protocol_seeds_decode() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/protocol");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let roundtrip = wasmlet_sandbox::fuzzing::wire_roundtrip;
+    assert_eq!(roundtrip(&read("reply-outcome")).1, 1);
+    assert_eq!(roundtrip(&read("reply-error")).1, 3);
+    assert_eq!(roundtrip(&read("request-invoke")).0, 1);
+    assert_eq!(roundtrip(&read("huge-length")), (0, 0));
+}
