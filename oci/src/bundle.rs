@@ -270,7 +270,12 @@ impl Spec {
             module.to_string()
         } else {
             // Relative to the working directory, as exec would take it.
-            let cwd = self.process.as_ref().map_or("/", |p| p.cwd.as_str());
+            let cwd = self.cwd();
+            if !cwd.starts_with('/') {
+                return Err(Error::Invalid(format!(
+                    "process.cwd {cwd:?} is not an absolute path (the OCI runtime spec requires one)"
+                )));
+            }
             format!("{}/{module}", cwd.trim_end_matches('/'))
         };
         Ok(Entrypoint { module, export })
@@ -411,10 +416,11 @@ pub fn cgroup_path(spec: &str) -> Result<String, Error> {
     let plain = !rel.is_empty()
         && rel
             .split('/')
-            .all(|p| !p.is_empty() && p != "." && p != "..");
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+        && !rel.chars().any(char::is_control);
     if !plain {
         return Err(bad(
-            "must be a path of plain names (no `..`, `.` or empty parts)",
+            "must be a path of plain names (no `..`, `.`, empty parts or control characters)",
         ));
     }
     Ok(rel)
