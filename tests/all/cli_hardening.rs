@@ -425,6 +425,44 @@ fn sigterm_during_compile_removes_temp_files_and_exits_143() {
     assert!(!dir.path().join("out.cwasm").exists());
 }
 
+/// `kill -9` cannot be caught: the compile child dies with its parent
+/// (PDEATHSIG), temp files may stay behind for the next write to remove,
+/// but nothing half-written is ever at the output path.
+#[test]
+fn sigkill_during_compile_leaves_no_output_and_the_next_compile_works() {
+    let dir = tempdir();
+    let tmp = tempdir();
+    let m = million_function_module(dir.path());
+    let out = dir.path().join("out.cwasm");
+    let status = signal_when(
+        wasmlet()
+            .env("TMPDIR", tmp.path())
+            .args([
+                "compile",
+                "--no-cache",
+                "--compile-cap",
+                "max_functions=2000000",
+            ])
+            .arg(&m)
+            .arg("-o")
+            .arg(&out),
+        || !wasmlet_temp_files(tmp.path()).is_empty(),
+        libc::SIGKILL,
+    );
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert!(!out.exists(), "a killed compile left {}", out.display());
+    let hello = wat_file(dir.path(), "hello.wat", TOOLS_WAT);
+    let r = run_cli(wasmlet().arg("compile").arg(&hello).arg("-o").arg(&out));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_cli(
+        wasmlet()
+            .args(["run", "--allow-precompiled", "--invoke", "add"])
+            .arg(&out)
+            .args(["2", "3"]),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "5\n"), "{}", r.stderr);
+}
+
 #[test]
 fn sigint_during_run_exits_130() {
     let dir = tempdir();

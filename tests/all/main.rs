@@ -2,6 +2,7 @@
 //! `wasmlet-runtime` library, with guests written in WAT (inline) and C
 //! (`tests/guests/*.c`, built with clang + wasi-libc on first use).
 
+mod adversarial;
 mod cache;
 mod cli;
 mod cli_hardening;
