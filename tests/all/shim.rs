@@ -272,3 +272,81 @@ fn fifty_tasks_started_at_once_all_complete() {
         c.assert_cleaned_up(NS, name);
     }
 }
+
+#[test]
+fn snapshot_annotation_starts_tasks_from_the_snapshot() {
+    if !can_run("snapshot_annotation_starts_tasks_from_the_snapshot") {
+        return;
+    }
+    let c = containerd();
+    let module = c_guest("snap_init");
+    // The same module: one image asks for a snapshot, one does not.
+    let snap = "wasmlet.test/snap-init-snapshot:1";
+    c.import_with(
+        NS,
+        &module,
+        snap,
+        &["--annotation", "wasmlet.io/snapshot=true"],
+    );
+    let plain = "wasmlet.test/snap-init-plain:1";
+    c.import(NS, &module, plain);
+    let run = |image: &str, extra: &[&str]| {
+        let name = id("snap");
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image, &name]);
+        let out = c.ctr(&args);
+        c.assert_cleaned_up(NS, &name);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Twice: the second start maps the cached snapshot; init ran once,
+    // before it was taken, never in a task.
+    for _ in 0..2 {
+        let (code, stdout, stderr) = run(snap, &[]);
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}\n{}", c.log());
+        assert!(stdout.contains("initialized=1 runs=1"), "{stdout}");
+    }
+    let (code, stdout, stderr) = run(plain, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("initialized=0 runs=0"), "{stdout}");
+    // The spec's annotation (`ctr run --annotation`) asks too, and
+    // overrides the image's.
+    let (code, stdout, stderr) = run(plain, &["--annotation", "wasmlet.io/snapshot=true"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("initialized=1 runs=1"), "{stdout}");
+    let (code, stdout, stderr) = run(snap, &["--annotation", "wasmlet.io/snapshot=false"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("initialized=0 runs=0"), "{stdout}");
+    // A value that is neither is refused, saying why.
+    let (code, _, stderr) = run(plain, &["--annotation", "wasmlet.io/snapshot=yes"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("expected true or false"), "{stderr}");
+}
+
+#[test]
+fn an_image_with_a_raw_wasm_layer_runs_through_the_stream_processor() {
+    if !can_run("an_image_with_a_raw_wasm_layer_runs_through_the_stream_processor") {
+        return;
+    }
+    let c = containerd();
+    // runwasi's layer media type; containerd unpacks it with `wasmlet oci
+    // wasm-layer` (its stream_processors config, see `containerd`).
+    let image = "wasmlet.test/hello-wasm-layer:1";
+    c.import_with(NS, &c_guest("hello"), image, &["--wasm-layer"]);
+    let name = id("wasm-layer");
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, image, &name]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    assert!(stdout.contains("hello from wasm"), "{stdout}");
+    c.assert_cleaned_up(NS, &name);
+}
