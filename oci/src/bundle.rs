@@ -420,7 +420,9 @@ pub fn image_annotations(rootfs: &Path) -> Result<HashMap<String, String>, Error
     // Small by construction; a larger file is not ours.
     file.take(MAX_ANNOTATIONS_FILE)
         .read_to_string(&mut text)
-        .map_err(io(rootfs.join(IMAGE_ANNOTATIONS_PATH.trim_start_matches('/'))))?;
+        .map_err(io(
+            rootfs.join(IMAGE_ANNOTATIONS_PATH.trim_start_matches('/'))
+        ))?;
     serde_json::from_str(&text).map_err(|e| {
         Error::Invalid(format!(
             "the image's {IMAGE_ANNOTATIONS_PATH}: not a JSON object of strings: {e}"

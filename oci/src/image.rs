@@ -351,8 +351,10 @@ mod tests {
             e.read_to_end(&mut data).unwrap();
             files.insert(name, data);
         }
-        let blob = |d: &Value| files[&format!("blobs/sha256/{}", &d.as_str().unwrap()[7..])].clone();
-        let manifest: Value = serde_json::from_slice(&blob(&Value::from(written.manifest))).unwrap();
+        let blob =
+            |d: &Value| files[&format!("blobs/sha256/{}", &d.as_str().unwrap()[7..])].clone();
+        let manifest: Value =
+            serde_json::from_slice(&blob(&Value::from(written.manifest))).unwrap();
         let config: Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
         assert_eq!(manifest["layers"][0]["mediaType"], WASM_LAYER_MEDIA_TYPE);
         assert_eq!(blob(&manifest["layers"][0]["digest"]), spec.module);

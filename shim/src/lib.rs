@@ -44,7 +44,9 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 /// path is.
 pub(crate) fn timing(step: &str) {
     if log::log_enabled!(log::Level::Debug) {
-        let ms = STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        let ms = STARTED
+            .get()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
         log::debug!("timing: {step} at {ms:.2} ms");
     }
 }

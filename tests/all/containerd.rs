@@ -281,10 +281,31 @@ state = "{state}"
                 left.push(format!("shim process {pid}: {args:?}"));
             }
         }
+        // `ctr` puts a task's cgroup at /<ns>/<id>; CRI (cgroupfs, no pod
+        // parent) at /<id> or under a parent: look one level down too.
         for root in ["memory", "cpu", "pids", "cpuacct", "unified"] {
-            let cg = Path::new("/sys/fs/cgroup").join(root).join(ns).join(id);
-            if cg.exists() {
-                left.push(format!("cgroup {}", cg.display()));
+            let root = Path::new("/sys/fs/cgroup").join(root);
+            let mut candidates = vec![root.join(id), root.join(ns).join(id)];
+            for parent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if parent.file_name() != ns {
+                    candidates.push(parent.path().join(id));
+                }
+            }
+            for cg in candidates {
+                if cg.exists() {
+                    left.push(format!("cgroup {}", cg.display()));
+                }
+            }
+        }
+        // containerd's state (bundles, CRI's FIFOs and logs) for it.
+        let mut dirs = vec![(self.run_dir.join("state"), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().contains(id) {
+                    left.push(format!("state {}", e.path().display()));
+                } else if depth < 6 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push((e.path(), depth + 1));
+                }
             }
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
