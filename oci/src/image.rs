@@ -259,8 +259,17 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    #[test]
-    fn writes_a_consistent_layout() {
+    /// A hello image (annotated `wasmlet.io/snapshot=true`) written to a
+    /// temporary directory: the directory, the spec, what was written and
+    /// the tarball's files.
+    fn write_test_image(
+        wasm_layer: bool,
+    ) -> (
+        tempfile::TempDir,
+        ImageSpec,
+        Written,
+        BTreeMap<String, Vec<u8>>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("img.tar");
         let spec = ImageSpec {
@@ -268,11 +277,17 @@ mod tests {
             file_name: "hello.wasm".into(),
             module: b"\0asm\x01\0\0\0".to_vec(),
             annotations: [("wasmlet.io/snapshot".to_string(), "true".to_string())].into(),
-            wasm_layer: false,
+            wasm_layer,
         };
         let written = write_image(&spec, &out).unwrap();
+        let files = read_tar(&out);
+        (dir, spec, written, files)
+    }
+
+    /// The files of an image tarball, by name.
+    fn read_tar(path: &Path) -> BTreeMap<String, Vec<u8>> {
         let mut files = BTreeMap::new();
-        let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
         for e in archive.entries().unwrap() {
             let mut e = e.unwrap();
             let name = e.path().unwrap().to_string_lossy().into_owned();
@@ -280,6 +295,12 @@ mod tests {
             e.read_to_end(&mut data).unwrap();
             files.insert(name, data);
         }
+        files
+    }
+
+    #[test]
+    fn writes_a_consistent_layout() {
+        let (dir, spec, written, files) = write_test_image(false);
         // Every blob is stored under its own digest.
         for (name, data) in &files {
             if let Some(hex) = name.strip_prefix("blobs/sha256/") {
@@ -332,25 +353,7 @@ mod tests {
 
     #[test]
     fn a_wasm_layer_image_names_the_processors_tar_as_its_diff_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("img.tar");
-        let spec = ImageSpec {
-            name: "example.com/hello:v1".into(),
-            file_name: "hello.wasm".into(),
-            module: b"\0asm\x01\0\0\0".to_vec(),
-            annotations: [("wasmlet.io/snapshot".to_string(), "true".to_string())].into(),
-            wasm_layer: true,
-        };
-        let written = write_image(&spec, &out).unwrap();
-        let mut files = BTreeMap::new();
-        let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
-        for e in archive.entries().unwrap() {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            e.read_to_end(&mut data).unwrap();
-            files.insert(name, data);
-        }
+        let (_dir, spec, written, files) = write_test_image(true);
         let blob =
             |d: &Value| files[&format!("blobs/sha256/{}", &d.as_str().unwrap()[7..])].clone();
         let manifest: Value =

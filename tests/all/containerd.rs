@@ -95,6 +95,8 @@ state = "{state}"
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{handler}]
     runtime_type = "{runtime}"
+    container_annotations = ["wasmlet.io/*"]
+    pod_annotations = ["wasmlet.io/*"]
 [stream_processors]
   [stream_processors."io.containerd.wasmlet.wasm-layer"]
     accepts = ["{wasm_layer}", "{wasm_module_layer}"]

@@ -163,17 +163,12 @@ async fn wait_exited(cri: &mut RuntimeServiceClient<Channel>, id: &str) -> Conta
     }
 }
 
-#[test]
-fn cri_pod_runs_wasm_containers_in_one_shim() {
-    if !can_run("cri_pod_runs_wasm_containers_in_one_shim") {
-        return;
-    }
-    let c = containerd();
-    // The pod's sandbox image: never run by the wasmlet shim, but CRI
-    // insists on having it (native, so runc pods can use it too).
+/// What a pod test needs: the pause image imported (native, so runc pods
+/// can use it too; the wasmlet shim never runs a pod's sandbox container),
+/// a directory for the containers' logs (and its path), a tokio runtime
+/// for the CRI client.
+fn pod_setup(c: &Containerd) -> (tempfile::TempDir, String, tokio::runtime::Runtime) {
     c.import_native(NS, "pause", PAUSE_IMAGE);
-    let image = "wasmlet.test/hello:1";
-    c.import(NS, &c_guest("hello"), image);
     let logs = crate::helpers::tempdir();
     let log_dir = logs.path().to_str().unwrap().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -181,9 +176,49 @@ fn cri_pod_runs_wasm_containers_in_one_shim() {
         .enable_all()
         .build()
         .unwrap();
+    (logs, log_dir, rt)
+}
+
+/// CreateContainer then StartContainer in `pod`; the container's id.
+async fn create_and_start(
+    cri: &mut RuntimeServiceClient<Channel>,
+    c: &Containerd,
+    pod: &str,
+    config: ContainerConfig,
+    sandbox_config: &PodSandboxConfig,
+) -> String {
+    let id = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+    id
+}
+
+#[test]
+fn cri_pod_runs_wasm_containers_in_one_shim() {
+    if !can_run("cri_pod_runs_wasm_containers_in_one_shim") {
+        return;
+    }
+    let c = containerd();
+    let (logs, log_dir, rt) = pod_setup(&c);
+    let image = "wasmlet.test/hello:1";
+    c.import(NS, &c_guest("hello"), image);
+    let snap_image = "wasmlet.test/snap-init-plain:1";
+    c.import(NS, &c_guest("snap_init"), snap_image);
     rt.block_on(async {
         let mut cri = client(&c).await;
-        wait_for_images(&c, &[PAUSE_IMAGE, image]).await;
+        wait_for_images(&c, &[PAUSE_IMAGE, image, snap_image]).await;
         let name = format!("pod{}", std::process::id());
         let config = pod_config(&name, &log_dir);
         let pod = cri
@@ -199,26 +234,21 @@ fn cri_pod_runs_wasm_containers_in_one_shim() {
         // (a memory limit), in the same pod.
         let mut ids = Vec::new();
         for (cname, code, memory) in [("plain", 0, None), ("limited", 3, Some(128i64 << 20))] {
-            let id = cri
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(cname, image, code, memory)),
-                    sandbox_config: Some(config.clone()),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
-                .into_inner()
-                .container_id;
-            cri.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+            let config_c = container_config(cname, image, code, memory);
+            let id = create_and_start(&mut cri, &c, &pod, config_c, &config).await;
             ids.push((cname, id, code));
         }
+        // A container annotation that CRI passes through to the spec (the
+        // runtime's `container_annotations`): started from a snapshot.
+        let mut snap_config = container_config("snap", snap_image, 0, None);
+        snap_config
+            .annotations
+            .insert("wasmlet.io/snapshot".into(), "true".into());
+        let snap = create_and_start(&mut cri, &c, &pod, snap_config, &config).await;
         // The pod's containers share one shim process.
         let all: Vec<&str> = std::iter::once(pod.as_str())
             .chain(ids.iter().map(|(_, id, _)| id.as_str()))
+            .chain(std::iter::once(snap.as_str()))
             .collect();
         assert_eq!(shims_for(&c, &all).len(), 1, "shims of pod {pod}");
         for (cname, id, code) in &ids {
@@ -236,6 +266,13 @@ fn cri_pod_runs_wasm_containers_in_one_shim() {
                 "{cname}: {log}"
             );
         }
+        let status = wait_exited(&mut cri, &snap).await;
+        assert_eq!(status.exit_code, 0, "snap: {status:?}");
+        let log = std::fs::read_to_string(logs.path().join("snap.log")).unwrap();
+        assert!(
+            log.contains(" stdout F initialized=1 runs=1"),
+            "snap: {log}"
+        );
         cri.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
         })
@@ -279,18 +316,11 @@ fn cri_bench_pod_of_ten_containers() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let c = containerd();
-    c.import_native(NS, "pause", PAUSE_IMAGE);
+    let (_logs, log_dir, rt) = pod_setup(&c);
     let wasm = "wasmlet.test/hello:1";
     c.import(NS, &c_guest("hello"), wasm);
     let native = "wasmlet.test/hello-native:1";
     c.import_native(NS, "hello", native);
-    let logs = crate::helpers::tempdir();
-    let log_dir = logs.path().to_str().unwrap().to_string();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async {
         let mut cri = client(&c).await;
         wait_for_images(&c, &[PAUSE_IMAGE, wasm, native]).await;
@@ -323,21 +353,8 @@ fn cri_bench_pod_of_ten_containers() {
                 let mut ids = Vec::new();
                 for k in 0..10 {
                     let cname = format!("{handler}-{round}-{k}");
-                    let id = cri
-                        .create_container(CreateContainerRequest {
-                            pod_sandbox_id: pod.clone(),
-                            config: Some(container_config(&cname, image, 0, None)),
-                            sandbox_config: Some(config.clone()),
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
-                        .into_inner()
-                        .container_id;
-                    cri.start_container(StartContainerRequest {
-                        container_id: id.clone(),
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+                    let ct = container_config(&cname, image, 0, None);
+                    let id = create_and_start(&mut cri, &c, &pod, ct, &config).await;
                     ids.push(id);
                 }
                 let mut own = Vec::new();
