@@ -106,8 +106,8 @@ const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 /// Sends events to containerd, in order, from a thread of its own: a
 /// request (create, start, delete) does not wait for containerd to take
-/// its event (a ttrpc round trip of about a millisecond), and an exit is
-/// reported without waiting for the one before it.
+/// its event (a ttrpc round trip of about a millisecond), nor does the
+/// thread that reports a task's exit.
 struct Publisher {
     queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Event>>>,
     /// Set once the thread has sent everything queued before `flush`.

@@ -250,7 +250,26 @@ fn cri_pod_runs_wasm_containers_in_one_shim() {
             .chain(ids.iter().map(|(_, id, _)| id.as_str()))
             .chain(std::iter::once(snap.as_str()))
             .collect();
-        assert_eq!(shims_for(&c, &all).len(), 1, "shims of pod {pod}");
+        // (A container's `start` runs a short-lived process that finds the
+        // pod's shim already serving and exits, possibly just after
+        // containerd got the address: give it a moment.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut shims = shims_for(&c, &all);
+        while shims.len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            shims = shims_for(&c, &all);
+        }
+        let cmdlines: Vec<String> = shims
+            .iter()
+            .map(|pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "{pid}: {}",
+                    String::from_utf8_lossy(&raw).replace('\0', " ")
+                )
+            })
+            .collect();
+        assert_eq!(shims.len(), 1, "shims of pod {pod}: {cmdlines:#?}");
         for (cname, id, code) in &ids {
             let status = wait_exited(&mut cri, id).await;
             assert_eq!(status.exit_code, *code as i32, "{cname}: {status:?}");
