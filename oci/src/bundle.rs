@@ -22,6 +22,18 @@ pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// (`sandbox`) from its workload containers (`container`).
 pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
+/// The annotation that asks for the module to be pre-initialized once
+/// (its init function run, the result snapshotted and cached) and every
+/// task started from the snapshot: `true` or `false`.
+pub const ANNOTATION_SNAPSHOT: &str = "wasmlet.io/snapshot";
+/// Where `wasmlet oci build` records an image's `wasmlet.io/` annotations
+/// inside its layer (a JSON object of strings), so the shim finds them in
+/// the rootfs: containerd hands a runtime the image's layers, never its
+/// config labels or manifest annotations.
+pub const IMAGE_ANNOTATIONS_PATH: &str = "/.wasmlet/annotations.json";
+/// The prefix of the annotations wasmlet reads.
+pub const ANNOTATION_PREFIX: &str = "wasmlet.io/";
+
 /// The parts of a runtime spec (`config.json`) wasmlet reads. Unknown
 /// fields are ignored: the format belongs to OCI and grows.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -369,6 +381,25 @@ impl Spec {
             .is_some_and(|t| t == "sandbox")
     }
 
+    /// Whether the module is to be started from a snapshot
+    /// ([`ANNOTATION_SNAPSHOT`]): the spec's annotation if it has one
+    /// (`ctr run --annotation`, or a Kubernetes annotation that containerd
+    /// passes through), else the image's, from [`IMAGE_ANNOTATIONS_PATH`]
+    /// in `rootfs`; neither means no.
+    pub fn wants_snapshot(&self, rootfs: &Path) -> Result<bool, Error> {
+        let value = match self.annotations.get(ANNOTATION_SNAPSHOT) {
+            Some(v) => Some(v.clone()),
+            None => image_annotations(rootfs)?.remove(ANNOTATION_SNAPSHOT),
+        };
+        match value.as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(Error::Invalid(format!(
+                "annotation {ANNOTATION_SNAPSHOT}={other:?}: expected true or false"
+            ))),
+        }
+    }
+
     /// The pod this container belongs to (CRI's sandbox id), if any.
     pub fn pod_sandbox_id(&self) -> Option<&str> {
         self.annotations
@@ -377,6 +408,35 @@ impl Spec {
             .filter(|s| !s.is_empty())
     }
 }
+
+/// The image's `wasmlet.io/` annotations as `wasmlet oci build` recorded
+/// them in its layer ([`IMAGE_ANNOTATIONS_PATH`]); none if the file is not
+/// there (an image from another tool).
+pub fn image_annotations(rootfs: &Path) -> Result<HashMap<String, String>, Error> {
+    let file = match open_in_root(rootfs, IMAGE_ANNOTATIONS_PATH) {
+        Ok(f) => f,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(HashMap::new());
+        }
+        Err(e) => return Err(e),
+    };
+    use std::io::Read;
+    let mut text = String::new();
+    // Small by construction; a larger file is not ours.
+    file.take(MAX_ANNOTATIONS_FILE)
+        .read_to_string(&mut text)
+        .map_err(io(
+            rootfs.join(IMAGE_ANNOTATIONS_PATH.trim_start_matches('/'))
+        ))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "the image's {IMAGE_ANNOTATIONS_PATH}: not a JSON object of strings: {e}"
+        ))
+    })
+}
+
+/// Largest [`IMAGE_ANNOTATIONS_PATH`] read.
+const MAX_ANNOTATIONS_FILE: u64 = 64 << 10;
 
 /// Turns either form of `linux.cgroupsPath` into a path relative to each
 /// hierarchy's root: `/a/b` gives `a/b`; systemd's `slice:prefix:name`
@@ -496,6 +556,35 @@ pub fn open_in_root(root: &Path, path: &str) -> Result<File, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_annotation_from_the_spec_or_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = |v: Option<&str>| {
+            let mut s = Spec::default();
+            if let Some(v) = v {
+                s.annotations.insert(ANNOTATION_SNAPSHOT.into(), v.into());
+            }
+            s
+        };
+        // Neither: no.
+        assert!(!spec(None).wants_snapshot(root.path()).unwrap());
+        assert!(spec(Some("true")).wants_snapshot(root.path()).unwrap());
+        let err = spec(Some("1")).wants_snapshot(root.path()).unwrap_err();
+        assert!(err.to_string().contains("expected true or false"), "{err}");
+        // The image's, unless the spec says otherwise.
+        std::fs::create_dir(root.path().join(".wasmlet")).unwrap();
+        std::fs::write(
+            root.path().join(".wasmlet/annotations.json"),
+            r#"{"wasmlet.io/snapshot":"true"}"#,
+        )
+        .unwrap();
+        assert!(spec(None).wants_snapshot(root.path()).unwrap());
+        assert!(!spec(Some("false")).wants_snapshot(root.path()).unwrap());
+        std::fs::write(root.path().join(".wasmlet/annotations.json"), "[1]").unwrap();
+        let err = spec(None).wants_snapshot(root.path()).unwrap_err();
+        assert!(err.to_string().contains("JSON object"), "{err}");
+    }
 
     #[test]
     fn reads_what_the_shim_needs() {

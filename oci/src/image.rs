@@ -19,6 +19,16 @@ use std::path::Path;
 
 /// Media type of the plain tar layer.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// runwasi's media type of a layer that is a wasm binary itself (a
+/// component or a core module), not a tar.
+pub const WASM_LAYER_MEDIA_TYPE: &str =
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+/// The W3C wasm module layer media type, which some tools write instead.
+pub const WASM_MODULE_LAYER_MEDIA_TYPE: &str = "application/vnd.w3c.wasm.module.v1+wasm";
+/// Where a wasm layer's binary lands in the rootfs once containerd's
+/// stream processor (`wasmlet oci wasm-layer`, see [`wasm_layer_tar`]) has
+/// turned it into a tar; the entrypoint of images with such a layer.
+pub const WASM_LAYER_FILE: &str = "module.wasm";
 /// Media type of the manifest.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Media type of the config.
@@ -37,6 +47,11 @@ pub struct ImageSpec {
     pub module: Vec<u8>,
     /// Annotations of the manifest, also set as the config's labels.
     pub annotations: BTreeMap<String, String>,
+    /// Store the module as a raw wasm layer ([`WASM_LAYER_MEDIA_TYPE`],
+    /// runwasi's form) instead of a tar: containerd then needs the stream
+    /// processor `wasmlet oci wasm-layer` to unpack it, and the module is
+    /// `/`[`WASM_LAYER_FILE`] whatever its file name.
+    pub wasm_layer: bool,
 }
 
 /// The digests of what was written.
@@ -72,18 +87,45 @@ pub fn write_image(spec: &ImageSpec, out: &Path) -> Result<Written, Error> {
             spec.file_name
         )));
     }
-    let layer = layer_tar(&spec.file_name, &spec.module)?;
-    let layer_digest = digest(&layer);
+    let ours: BTreeMap<&str, &str> = spec
+        .annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with(crate::bundle::ANNOTATION_PREFIX))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ours = (!ours.is_empty()).then(|| serde_json::to_vec(&ours).expect("JSON of strings"));
+    // Each layer: its blob, media type and diff id (the digest of the tar
+    // containerd unpacks, after a stream processor if there is one).
+    let mut layers: Vec<(Vec<u8>, &str, String)> = Vec::new();
+    let entry_name = if spec.wasm_layer {
+        layers.push((
+            spec.module.clone(),
+            WASM_LAYER_MEDIA_TYPE,
+            digest(&wasm_layer_tar(&spec.module)?),
+        ));
+        if let Some(json) = &ours {
+            let tar = annotations_tar(json)?;
+            let d = digest(&tar);
+            layers.push((tar, LAYER_MEDIA_TYPE, d));
+        }
+        WASM_LAYER_FILE
+    } else {
+        let tar = layer_tar(&spec.file_name, &spec.module, ours.as_deref())?;
+        let d = digest(&tar);
+        layers.push((tar, LAYER_MEDIA_TYPE, d));
+        &spec.file_name
+    };
+    let diff_ids: Vec<&str> = layers.iter().map(|(_, _, d)| d.as_str()).collect();
     let labels: Value = spec.annotations.clone().into_iter().collect();
     let config = json!({
         "architecture": host_arch(),
         "os": "linux",
         "config": {
-            "Entrypoint": [format!("/{}", spec.file_name)],
+            "Entrypoint": [format!("/{entry_name}")],
             "WorkingDir": "/",
             "Labels": labels,
         },
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
     let config = serde_json::to_vec(&config).expect("JSON of plain values");
     let mut annotations: BTreeMap<String, String> = spec.annotations.clone();
@@ -95,7 +137,7 @@ pub fn write_image(spec: &ImageSpec, out: &Path) -> Result<Written, Error> {
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
         "config": descriptor(CONFIG_MEDIA_TYPE, &config),
-        "layers": [descriptor(LAYER_MEDIA_TYPE, &layer)],
+        "layers": layers.iter().map(|(blob, media_type, _)| descriptor(media_type, blob)).collect::<Vec<_>>(),
         "annotations": annotations,
     });
     let manifest = serde_json::to_vec(&manifest).expect("JSON of plain values");
@@ -119,7 +161,8 @@ pub fn write_image(spec: &ImageSpec, out: &Path) -> Result<Written, Error> {
     let result = (|| -> std::io::Result<()> {
         append(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         append(&mut tar, "index.json", &index)?;
-        for blob in [&layer, &config, &manifest] {
+        let blobs = layers.iter().map(|(b, _, _)| b).chain([&config, &manifest]);
+        for blob in blobs {
             let name = format!("blobs/sha256/{}", &digest(blob)["sha256:".len()..]);
             append(&mut tar, &name, blob)?;
         }
@@ -137,20 +180,59 @@ pub fn write_image(spec: &ImageSpec, out: &Path) -> Result<Written, Error> {
     })
 }
 
-/// The layer: one regular file, mode 0755 (so a runtime that checks for an
-/// executable entrypoint accepts it), owned by root.
-fn layer_tar(name: &str, module: &[u8]) -> Result<Vec<u8>, Error> {
+/// The layer: the module, one regular file, mode 0755 (so a runtime that
+/// checks for an executable entrypoint accepts it), owned by root; and the
+/// `wasmlet.io/` annotations at [`crate::bundle::IMAGE_ANNOTATIONS_PATH`]
+/// if there are any.
+fn layer_tar(name: &str, module: &[u8], annotations: Option<&[u8]>) -> Result<Vec<u8>, Error> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(module.len() as u64);
-    header.set_mode(0o755);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, name, module)
-        .and_then(|_| tar.into_inner())
-        .map_err(|e| Error::Invalid(format!("building the layer: {e}")))
+    let result = (|| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(module.len() as u64);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, name, module)?;
+        if let Some(json) = annotations {
+            append_annotations(&mut tar, json)?;
+        }
+        tar.into_inner()
+    })();
+    result.map_err(|e| Error::Invalid(format!("building the layer: {e}")))
+}
+
+/// What the stream processor `wasmlet oci wasm-layer` makes of a raw wasm
+/// layer: a tar holding it as `/`[`WASM_LAYER_FILE`]. Deterministic (fixed
+/// owner, mode and time), so an image can name its digest as the layer's
+/// diff id, which containerd checks after unpacking.
+pub fn wasm_layer_tar(module: &[u8]) -> Result<Vec<u8>, Error> {
+    layer_tar(WASM_LAYER_FILE, module, None)
+}
+
+/// A layer holding only the `wasmlet.io/` annotations file (next to a raw
+/// wasm layer, which cannot hold it).
+fn annotations_tar(json: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let result = (|| {
+        append_annotations(&mut tar, json)?;
+        tar.into_inner()
+    })();
+    result.map_err(|e| Error::Invalid(format!("building the layer: {e}")))
+}
+
+/// The annotations file and its directory.
+fn append_annotations<W: Write>(tar: &mut tar::Builder<W>, json: &[u8]) -> std::io::Result<()> {
+    let path = crate::bundle::IMAGE_ANNOTATIONS_PATH.trim_start_matches('/');
+    let mut dir = tar::Header::new_gnu();
+    dir.set_size(0);
+    dir.set_mode(0o755);
+    dir.set_mtime(0);
+    dir.set_entry_type(tar::EntryType::Directory);
+    let parent = path.rsplit_once('/').map_or("", |(d, _)| d);
+    tar.append_data(&mut dir, format!("{parent}/"), &[][..])?;
+    append(tar, path, json)
 }
 
 fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
@@ -177,8 +259,17 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    #[test]
-    fn writes_a_consistent_layout() {
+    /// A hello image (annotated `wasmlet.io/snapshot=true`) written to a
+    /// temporary directory: the directory, the spec, what was written and
+    /// the tarball's files.
+    fn write_test_image(
+        wasm_layer: bool,
+    ) -> (
+        tempfile::TempDir,
+        ImageSpec,
+        Written,
+        BTreeMap<String, Vec<u8>>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("img.tar");
         let spec = ImageSpec {
@@ -186,10 +277,17 @@ mod tests {
             file_name: "hello.wasm".into(),
             module: b"\0asm\x01\0\0\0".to_vec(),
             annotations: [("wasmlet.io/snapshot".to_string(), "true".to_string())].into(),
+            wasm_layer,
         };
         let written = write_image(&spec, &out).unwrap();
+        let files = read_tar(&out);
+        (dir, spec, written, files)
+    }
+
+    /// The files of an image tarball, by name.
+    fn read_tar(path: &Path) -> BTreeMap<String, Vec<u8>> {
         let mut files = BTreeMap::new();
-        let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
         for e in archive.entries().unwrap() {
             let mut e = e.unwrap();
             let name = e.path().unwrap().to_string_lossy().into_owned();
@@ -197,6 +295,12 @@ mod tests {
             e.read_to_end(&mut data).unwrap();
             files.insert(name, data);
         }
+        files
+    }
+
+    #[test]
+    fn writes_a_consistent_layout() {
+        let (dir, spec, written, files) = write_test_image(false);
         // Every blob is stored under its own digest.
         for (name, data) in &files {
             if let Some(hex) = name.strip_prefix("blobs/sha256/") {
@@ -227,12 +331,45 @@ mod tests {
             manifest["layers"][0]["digest"].as_str().unwrap()["sha256:".len()..].to_string();
         let layer = &files[&format!("blobs/sha256/{layer_hex}")];
         let mut layer_archive = tar::Archive::new(&layer[..]);
-        let mut e = layer_archive.entries().unwrap().next().unwrap().unwrap();
+        let mut entries = layer_archive.entries().unwrap();
+        let mut e = entries.next().unwrap().unwrap();
         assert_eq!(e.path().unwrap().to_str(), Some("hello.wasm"));
         let mut module = Vec::new();
         e.read_to_end(&mut module).unwrap();
         assert_eq!(module, spec.module);
+        // The wasmlet.io/ annotations, where the shim finds them.
+        let mut found = None;
+        for e in entries {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_str() == Some(".wasmlet/annotations.json") {
+                let mut text = String::new();
+                e.read_to_string(&mut text).unwrap();
+                found = Some(text);
+            }
+        }
+        assert_eq!(found.as_deref(), Some(r#"{"wasmlet.io/snapshot":"true"}"#));
         assert!(!dir.path().join("img.tar.tmp").exists());
+    }
+
+    #[test]
+    fn a_wasm_layer_image_names_the_processors_tar_as_its_diff_id() {
+        let (_dir, spec, written, files) = write_test_image(true);
+        let blob =
+            |d: &Value| files[&format!("blobs/sha256/{}", &d.as_str().unwrap()[7..])].clone();
+        let manifest: Value =
+            serde_json::from_slice(&blob(&Value::from(written.manifest))).unwrap();
+        let config: Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], WASM_LAYER_MEDIA_TYPE);
+        assert_eq!(blob(&manifest["layers"][0]["digest"]), spec.module);
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            digest(&wasm_layer_tar(&spec.module).unwrap()).as_str()
+        );
+        assert_eq!(config["config"]["Entrypoint"][0], "/module.wasm");
+        // The annotations ride in a plain tar layer of their own.
+        assert_eq!(manifest["layers"][1]["mediaType"], LAYER_MEDIA_TYPE);
+        let second = blob(&manifest["layers"][1]["digest"]);
+        assert_eq!(config["rootfs"]["diff_ids"][1], digest(&second).as_str());
     }
 
     #[test]
@@ -243,6 +380,7 @@ mod tests {
             file_name: "m.wasm".into(),
             module: vec![],
             annotations: BTreeMap::new(),
+            wasm_layer: false,
         };
         assert!(write_image(&spec, &dir.path().join("a.tar")).is_err());
         spec.name = "ok".into();

@@ -36,8 +36,24 @@ pub use executor::{Executor, Instance};
 pub use service::{RUNTIME_TYPE, TaskService, WasmletShim};
 pub use wasm::{DEFAULT_SHIM_CACHE_DIR, WasmExecutor};
 
+/// When this process started (its `main`), for the debug-level timing
+/// lines of the start path (`containerd --log-level debug` shows them).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Logs, at debug level, how far into this process a step of the start
+/// path is.
+pub(crate) fn timing(step: &str) {
+    if log::log_enabled!(log::Level::Debug) {
+        let ms = STARTED
+            .get()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        log::debug!("timing: {step} at {ms:.2} ms");
+    }
+}
+
 /// The shim binary's entry point.
 pub fn main() {
+    STARTED.get_or_init(std::time::Instant::now);
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == "sandbox-worker")

@@ -30,6 +30,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct WasmletShim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// The events queue, drained before the process exits.
+    events: std::sync::OnceLock<Arc<Publisher>>,
 }
 
 impl Shim for WasmletShim {
@@ -39,6 +41,7 @@ impl Shim for WasmletShim {
         WasmletShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            events: std::sync::OnceLock::new(),
         }
     }
 
@@ -51,6 +54,8 @@ impl Shim for WasmletShim {
             .and_then(|s| s.pod_sandbox_id().map(String::from))
             .unwrap_or_else(|| opts.id.clone());
         let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // Where the serving process finds its address when it shuts down.
+        containerd_shim::synchronous::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -67,35 +72,104 @@ impl Shim for WasmletShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The last events (a task's exit and delete) reach containerd
+        // before the process goes.
+        if let Some(events) = self.events.get() {
+            events.flush(EVENTS_FLUSH_TIMEOUT);
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        crate::timing("task service");
         let executor = match WasmExecutor::new() {
-            Ok(e) => e,
+            Ok(e) => Arc::new(e),
             Err(e) => {
                 log::error!("{e}");
                 std::process::exit(1);
             }
         };
-        let events = Arc::new(Publisher {
-            remote: publisher,
-            namespace: self.namespace.clone(),
-        });
+        // The engine and its instance pool are built while containerd
+        // connects and sends the first task (the first create waits for it).
+        executor.warm_up();
+        let events = Arc::new(Publisher::start(publisher, self.namespace.clone()));
+        let _ = self.events.set(events.clone());
         TaskService {
-            tasks: Tasks::new(Arc::new(executor), events),
+            tasks: Tasks::new(executor, events),
             exit: self.exit.clone(),
         }
     }
 }
 
-/// Sends events to containerd.
+/// How long a shim that is shutting down waits for its last events to
+/// reach containerd.
+const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sends events to containerd, in order, from a thread of its own: a
+/// request (create, start, delete) does not wait for containerd to take
+/// its event (a ttrpc round trip of about a millisecond), nor does the
+/// thread that reports a task's exit.
 struct Publisher {
-    remote: RemotePublisher,
-    namespace: String,
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+    /// Set once the thread has sent everything queued before `flush`.
+    done: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Publisher {
+    fn start(remote: RemotePublisher, namespace: String) -> Publisher {
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let finished = done.clone();
+        let sender = Sender { remote, namespace };
+        let spawned = std::thread::Builder::new()
+            .name("wasmlet-events".into())
+            .spawn(move || {
+                for event in rx {
+                    sender.send(event);
+                }
+                *finished.0.lock().expect("events lock") = true;
+                finished.1.notify_all();
+            });
+        if let Err(e) = spawned {
+            // Without the thread, events would never be sent: say so loudly.
+            log::error!("cannot start the events thread: {e}");
+            std::process::exit(1);
+        }
+        Publisher {
+            queue: std::sync::Mutex::new(Some(tx)),
+            done,
+        }
+    }
+
+    /// Closes the queue and waits (at most `timeout`) until all of it is sent.
+    fn flush(&self, timeout: std::time::Duration) {
+        drop(self.queue.lock().expect("events lock").take());
+        let (lock, cv) = &*self.done;
+        let sent = lock.lock().expect("events lock");
+        let (sent, _) = cv
+            .wait_timeout_while(sent, timeout, |sent| !*sent)
+            .expect("events lock");
+        if !*sent {
+            log::warn!("events not all sent to containerd after {timeout:?}");
+        }
+    }
 }
 
 impl EventSink for Publisher {
     fn publish(&self, event: Event) {
+        if let Some(tx) = &*self.queue.lock().expect("events lock") {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// The events thread's end: containerd's event service.
+struct Sender {
+    remote: RemotePublisher,
+    namespace: String,
+}
+
+impl Sender {
+    fn send(&self, event: Event) {
         let (topic, msg): (&str, Box<dyn MessageDyn>) = match event {
             Event::Create { id, bundle, pid } => {
                 let mut e = TaskCreate::new();
@@ -143,6 +217,7 @@ impl EventSink for Publisher {
                 (topics::TASK_DELETE_EVENT_TOPIC, Box::new(e))
             }
         };
+        crate::timing(topic);
         if let Err(e) = self.remote.publish(
             ttrpc::context::Context::default(),
             topic,
@@ -214,7 +289,9 @@ impl containerd_shim::Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
         };
+        crate::timing("create request");
         let pid = self.tasks.create(spec)?;
+        crate::timing("create done");
         let mut resp = api::CreateTaskResponse::new();
         resp.pid = pid;
         Ok(resp)
@@ -226,7 +303,9 @@ impl containerd_shim::Task for TaskService {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         no_exec(&req.exec_id)?;
+        crate::timing("start request");
         let pid = self.tasks.start(&req.id)?;
+        crate::timing("start done");
         let mut resp = api::StartResponse::new();
         resp.pid = pid;
         Ok(resp)
@@ -279,6 +358,7 @@ impl containerd_shim::Task for TaskService {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         no_exec(&req.exec_id)?;
+        crate::timing("delete request");
         let (pid, status, at) = self.tasks.delete(&req.id)?;
         let mut resp = api::DeleteResponse::new();
         resp.pid = pid;

@@ -30,7 +30,7 @@ use std::time::Duration;
 use wasmlet_oci::bundle::{Resources, Spec, open_in_root};
 use wasmlet_runtime::{
     Entry, Input, Invocation, LimitExceeded, Limits, LoadOptions, Outcome, Output, Preopen,
-    Runtime, RuntimeConfig, Status,
+    Runtime, RuntimeConfig, SnapshotOptions, Status,
 };
 use wasmlet_sandbox::{DirGrant, Sandbox, SandboxConfig, WORKER_TASKS, WorkerCommand};
 
@@ -73,6 +73,19 @@ impl WasmExecutor {
         })
     }
 
+    /// Builds the engine and its instance pool on a thread of its own, so
+    /// the first task does not wait for all of it (a failure is reported
+    /// by that task's create, which tries again).
+    pub fn warm_up(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("wasmlet-warm-up".into())
+            .spawn(move || {
+                let _ = me.runtime();
+                crate::timing("runtime built");
+            });
+    }
+
     fn runtime(&self) -> Result<Runtime> {
         let mut slot = self.runtime.lock().expect("runtime lock");
         if let Some(rt) = &*slot {
@@ -106,8 +119,11 @@ impl Executor for WasmExecutor {
             }));
         }
         let rootfs = spec.rootfs(&req.bundle);
+        crate::timing("spec read");
         let mounted = mount_rootfs(req, &rootfs)?;
+        crate::timing("rootfs mounted");
         let stdio = Stdio::open(req)?;
+        crate::timing("stdio open");
         let prepared = (|| {
             let entry = spec.entrypoint()?;
             let module = open_in_root(&rootfs, &entry.module)?;
@@ -117,8 +133,15 @@ impl Executor for WasmExecutor {
                 limits.max_memory = limits.max_memory.min(m);
             }
             let runtime = self.runtime()?;
+            crate::timing("runtime ready");
+            // Snapshotted once (and cached like compiled code), if asked.
+            let snapshot = spec.wants_snapshot(&rootfs)?.then(|| SnapshotOptions {
+                caps: runtime.config().compile.caps(),
+                ..SnapshotOptions::default()
+            });
             let opts = LoadOptions {
                 limits: Some(limits.clone()),
+                snapshot,
                 ..LoadOptions::default()
             };
             let function = runtime.load_open_file(
@@ -126,6 +149,7 @@ impl Executor for WasmExecutor {
                 rootfs.join(entry.module.trim_start_matches('/')),
                 &opts,
             )?;
+            crate::timing("module loaded");
             let mut dirs = vec![Preopen {
                 host: rootfs.clone(),
                 guest: "/".into(),
@@ -634,6 +658,7 @@ impl Instance for InShim {
                 sig = rx => Err(sig.unwrap_or(libc::SIGKILL as u32)),
             };
             // The invocation (with its handles on the streams) is gone here.
+            crate::timing("guest ended");
             let exit = match result {
                 Ok(r) => finish(r, &stdio),
                 Err(signal) => {

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 pub enum OciCommand {
     /// Pack a module into an OCI image tarball (`ctr image import` takes it as is).
     Build(BuildArgs),
+    /// containerd stream processor: a raw wasm layer on stdin, a tar holding
+    /// it as /module.wasm on stdout (see docs/kubernetes.md).
+    WasmLayer,
 }
 
 #[derive(Args, Debug)]
@@ -26,6 +29,12 @@ pub struct BuildArgs {
     /// An annotation on the image, e.g. wasmlet.io/snapshot=true (repeatable).
     #[arg(long = "annotation", value_name = "K=V", value_parser = annotation)]
     annotations: Vec<(String, String)>,
+    /// Store the module as a raw wasm layer (runwasi's media type
+    /// application/vnd.bytecodealliance.wasm.component.layer.v0+wasm) as
+    /// /module.wasm; containerd needs `wasmlet oci wasm-layer` as its
+    /// stream processor to unpack it.
+    #[arg(long)]
+    wasm_layer: bool,
 }
 
 fn annotation(s: &str) -> Result<(String, String), String> {
@@ -36,7 +45,10 @@ fn annotation(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn oci(cmd: OciCommand) -> anyhow::Result<()> {
-    let OciCommand::Build(args) = cmd;
+    let args = match cmd {
+        OciCommand::Build(args) => args,
+        OciCommand::WasmLayer => return wasm_layer(),
+    };
     let max = wasmlet_oci::image::MAX_MODULE_SIZE;
     let module = super::read_module(&args.module, max)?;
     if !module.starts_with(b"\0asm") {
@@ -57,8 +69,35 @@ pub fn oci(cmd: OciCommand) -> anyhow::Result<()> {
         file_name,
         module,
         annotations,
+        wasm_layer: args.wasm_layer,
     };
     let written = wasmlet_oci::image::write_image(&spec, &args.output)?;
     println(&format!("{} {}", spec.name, written.manifest))?;
+    Ok(())
+}
+
+/// `wasmlet oci wasm-layer`: what containerd runs to unpack a raw wasm
+/// layer (its `stream_processors` config): the layer on stdin, the tar
+/// [`wasmlet_oci::image::wasm_layer_tar`] makes of it on stdout.
+fn wasm_layer() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let max = wasmlet_oci::image::MAX_MODULE_SIZE;
+    let mut module = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(max + 1)
+        .read_to_end(&mut module)
+        .context("reading the wasm layer from stdin")?;
+    if module.len() as u64 > max {
+        anyhow::bail!("the wasm layer is larger than {max} bytes");
+    }
+    if !module.starts_with(b"\0asm") {
+        anyhow::bail!("the layer on stdin is not a WebAssembly binary (no \\0asm header)");
+    }
+    let tar = wasmlet_oci::image::wasm_layer_tar(&module)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&tar)
+        .and_then(|()| out.flush())
+        .context("writing the layer tar to stdout")?;
     Ok(())
 }

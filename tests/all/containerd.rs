@@ -1,7 +1,8 @@
 //! A private containerd for the shim tests: Debian's `containerd` started
 //! as root with its own config, root, state and (short) socket path, with
-//! the built shim first in its PATH and containerd's CRI plugin on
-//! (host-network pods only: empty CNI directories). Tests that run at the same time share
+//! the built shim first in its PATH, containerd's CRI plugin on
+//! (host-network pods only: empty CNI directories) and `wasmlet oci
+//! wasm-layer` as the stream processor of raw wasm layers. Tests that run at the same time share
 //! one daemon; the last one to finish stops it by its PID and removes what
 //! it created.
 
@@ -94,6 +95,14 @@ state = "{state}"
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{handler}]
     runtime_type = "{runtime}"
+    container_annotations = ["wasmlet.io/*"]
+    pod_annotations = ["wasmlet.io/*"]
+[stream_processors]
+  [stream_processors."io.containerd.wasmlet.wasm-layer"]
+    accepts = ["{wasm_layer}", "{wasm_module_layer}"]
+    returns = "application/vnd.oci.image.layer.v1.tar"
+    path = "{wasmlet}"
+    args = ["oci", "wasm-layer"]
 "#,
             root = dir.join("root").display(),
             state = run_dir.join("state").display(),
@@ -102,6 +111,9 @@ state = "{state}"
             pause = PAUSE_IMAGE,
             handler = CRI_HANDLER,
             runtime = RUNTIME,
+            wasm_layer = wasmlet_oci::image::WASM_LAYER_MEDIA_TYPE,
+            wasm_module_layer = wasmlet_oci::image::WASM_MODULE_LAYER_MEDIA_TYPE,
+            wasmlet = bin_dir().join("wasmlet").display(),
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
         // Empty: host-network pods only, no CNI plugin.
@@ -187,6 +199,46 @@ state = "{state}"
     /// Imports (once) an image made by `wasmlet oci build` from `module`
     /// under `name`, into namespace `ns`.
     pub fn import(&self, ns: &str, module: &Path, name: &str) {
+        self.import_with(ns, module, name, &["--annotation", "wasmlet.io/test=1"]);
+    }
+
+    /// [`Containerd::import`] with more `wasmlet oci build` arguments.
+    pub fn import_with(&self, ns: &str, module: &Path, name: &str, build_args: &[&str]) {
+        self.import_once(ns, name, |tar| {
+            let out = crate::helpers::wasmlet()
+                .args(["oci", "build"])
+                .arg(module)
+                .arg("-o")
+                .arg(tar)
+                .args(["--name", name])
+                .args(build_args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "wasmlet oci build: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+    }
+
+    /// Imports (once) an image holding the static native program
+    /// `tests/guests/<program>.c` as its entrypoint (for runc).
+    pub fn import_native(&self, ns: &str, program: &str, name: &str) {
+        let exe = crate::helpers::native_program(program);
+        self.import_once(ns, name, |tar| {
+            let spec = wasmlet_oci::image::ImageSpec {
+                name: name.into(),
+                file_name: program.into(),
+                module: std::fs::read(&exe).unwrap(),
+                annotations: Default::default(),
+                wasm_layer: false,
+            };
+            wasmlet_oci::image::write_image(&spec, tar).unwrap();
+        });
+    }
+
+    fn import_once(&self, ns: &str, name: &str, write: impl FnOnce(&Path)) {
         let mut imported = self.imported.lock().unwrap();
         let key = (ns.to_string(), name.to_string());
         if imported.contains(&key) {
@@ -194,20 +246,8 @@ state = "{state}"
         }
         let tar = self
             .dir
-            .join(format!("{}.tar", name.replace(['/', ':'], "_")));
-        let out = crate::helpers::wasmlet()
-            .args(["oci", "build"])
-            .arg(module)
-            .arg("-o")
-            .arg(&tar)
-            .args(["--name", name, "--annotation", "wasmlet.io/test=1"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "wasmlet oci build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .join(format!("{ns}-{}.tar", name.replace(['/', ':'], "_")));
+        write(&tar);
         self.ctr_ok(&["-n", ns, "image", "import", tar.to_str().unwrap()]);
         imported.push(key);
     }
@@ -243,10 +283,31 @@ state = "{state}"
                 left.push(format!("shim process {pid}: {args:?}"));
             }
         }
+        // `ctr` puts a task's cgroup at /<ns>/<id>; CRI (cgroupfs, no pod
+        // parent) at /<id> or under a parent: look one level down too.
         for root in ["memory", "cpu", "pids", "cpuacct", "unified"] {
-            let cg = Path::new("/sys/fs/cgroup").join(root).join(ns).join(id);
-            if cg.exists() {
-                left.push(format!("cgroup {}", cg.display()));
+            let root = Path::new("/sys/fs/cgroup").join(root);
+            let mut candidates = vec![root.join(id), root.join(ns).join(id)];
+            for parent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if parent.file_name() != ns {
+                    candidates.push(parent.path().join(id));
+                }
+            }
+            for cg in candidates {
+                if cg.exists() {
+                    left.push(format!("cgroup {}", cg.display()));
+                }
+            }
+        }
+        // containerd's state (bundles, CRI's FIFOs and logs) for it.
+        let mut dirs = vec![(self.run_dir.join("state"), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().contains(id) {
+                    left.push(format!("state {}", e.path().display()));
+                } else if depth < 6 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push((e.path(), depth + 1));
+                }
             }
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -31,6 +31,36 @@ pub fn c_reactor(name: &str) -> PathBuf {
     build_c(name, &["-mexec-model=reactor"])
 }
 
+/// Builds `tests/guests/<name>.c` as a static native program (for runc,
+/// the containerd benchmarks' and CRI tests' reference runtime).
+pub fn native_program(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/guests")
+        .join(format!("{name}.c"));
+    let dir = scratch().join("native");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let result = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cc ({e}): install gcc and libc6-dev"));
+    assert!(
+        result.status.success(),
+        "building {} (static): {}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.insert(name.to_string(), out.clone());
+    out
+}
+
 /// Builds `examples/<rel>.c` (e.g. `serve/hello`) into a command module.
 pub fn c_example(rel: &str) -> PathBuf {
     build_c_in("examples", rel, &[])

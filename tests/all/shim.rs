@@ -272,3 +272,143 @@ fn fifty_tasks_started_at_once_all_complete() {
         c.assert_cleaned_up(NS, name);
     }
 }
+
+#[test]
+fn snapshot_annotation_starts_tasks_from_the_snapshot() {
+    if !can_run("snapshot_annotation_starts_tasks_from_the_snapshot") {
+        return;
+    }
+    let c = containerd();
+    let module = c_guest("snap_init");
+    // The same module: one image asks for a snapshot, one does not.
+    let snap = "wasmlet.test/snap-init-snapshot:1";
+    c.import_with(
+        NS,
+        &module,
+        snap,
+        &["--annotation", "wasmlet.io/snapshot=true"],
+    );
+    let plain = "wasmlet.test/snap-init-plain:1";
+    c.import(NS, &module, plain);
+    let run = |image: &str, extra: &[&str]| {
+        let name = id("snap");
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image, &name]);
+        let out = c.ctr(&args);
+        c.assert_cleaned_up(NS, &name);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Twice: the second start maps the cached snapshot; init ran once,
+    // before it was taken, never in a task.
+    for _ in 0..2 {
+        let (code, stdout, stderr) = run(snap, &[]);
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}\n{}", c.log());
+        assert!(
+            stdout.contains("initialized=1 runs=1"),
+            "{stdout}\n{stderr}"
+        );
+    }
+    let (code, stdout, stderr) = run(plain, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("initialized=0 runs=0"),
+        "{stdout}\n{stderr}"
+    );
+    // The spec's annotation (`ctr run --annotation`) asks too, and
+    // overrides the image's.
+    let (code, stdout, stderr) = run(plain, &["--annotation", "wasmlet.io/snapshot=true"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("initialized=1 runs=1"),
+        "{stdout}\n{stderr}"
+    );
+    let (code, stdout, stderr) = run(snap, &["--annotation", "wasmlet.io/snapshot=false"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("initialized=0 runs=0"),
+        "{stdout}\n{stderr}"
+    );
+    // A value that is neither is refused, saying why.
+    let (code, _, stderr) = run(plain, &["--annotation", "wasmlet.io/snapshot=yes"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("expected true or false"), "{stderr}");
+}
+
+#[test]
+fn an_image_with_a_raw_wasm_layer_runs_through_the_stream_processor() {
+    if !can_run("an_image_with_a_raw_wasm_layer_runs_through_the_stream_processor") {
+        return;
+    }
+    let c = containerd();
+    // runwasi's layer media type; containerd unpacks it with `wasmlet oci
+    // wasm-layer` (its stream_processors config, see `containerd`).
+    let image = "wasmlet.test/hello-wasm-layer:1";
+    c.import_with(NS, &c_guest("hello"), image, &["--wasm-layer"]);
+    let name = id("wasm-layer");
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, image, &name]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    assert!(stdout.contains("hello from wasm"), "{stdout}");
+    c.assert_cleaned_up(NS, &name);
+}
+
+/// Runs `wasmlet oci wasm-layer` with `input` on stdin: its exit code,
+/// stdout bytes and stderr.
+fn wasm_layer_processor(input: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = crate::helpers::wasmlet()
+        .args(["oci", "wasm-layer"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_wasm_layer_processor_writes_a_deterministic_tar_and_refuses_other_input() {
+    let module = std::fs::read(c_guest("hello")).unwrap();
+    let (code, tar, stderr) = wasm_layer_processor(&module);
+    assert_eq!(code, 0, "{stderr}");
+    // The same tar `wasmlet oci build --wasm-layer` names as the diff id.
+    assert_eq!(tar, wasmlet_oci::image::wasm_layer_tar(&module).unwrap());
+    assert_eq!(wasm_layer_processor(&module).1, tar, "not deterministic");
+    // Its one file is the module, as module.wasm (a ustar header: name at
+    // 0, octal size at 124, data from 512).
+    let name = &tar[..100];
+    assert_eq!(
+        &name[..name.iter().position(|&b| b == 0).unwrap()],
+        b"module.wasm"
+    );
+    let size = std::str::from_utf8(&tar[124..135]).unwrap();
+    let size = usize::from_str_radix(size.trim_matches(|c| c == '\0' || c == ' '), 8).unwrap();
+    assert_eq!(&tar[512..512 + size], &module[..]);
+    // Anything but wasm: one clear line, nothing on stdout.
+    let (code, out, stderr) = wasm_layer_processor(b"#!/bin/sh\necho hi\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(out.is_empty());
+    let run = crate::helpers::Run {
+        code,
+        stdout: String::new(),
+        stderr,
+    };
+    run.assert_one_line_error("not a WebAssembly binary");
+}
