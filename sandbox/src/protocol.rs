@@ -143,6 +143,12 @@ impl WireInvocation {
             Input::Inherit => (None, true),
             Input::File(_) => return Err("a sandboxed invocation cannot read a file handle".into()),
         };
+        if !inv.context.is_empty() {
+            return Err(
+                "a sandboxed invocation cannot carry an embedder context (it does not cross into the worker process)"
+                    .into(),
+            );
+        }
         let entry = match &inv.entry {
             Entry::Start => None,
             Entry::Export { name, params } => Some((
@@ -200,6 +206,7 @@ impl WireInvocation {
                 },
             },
             limits: self.limits,
+            context: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod components;
 mod concurrency;
 mod containerd;
 mod cri;
+mod embed;
 mod escape;
 mod fs;
 mod fuzz_corpus;

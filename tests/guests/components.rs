@@ -23,6 +23,10 @@ pub enum Kind {
     Http,
     /// A `wasi:cli/command` component (a C program with `main`).
     Command,
+    /// A `wasi:cli/command` component that also imports the embedder's
+    /// interfaces: the world (second) of the WIT package in
+    /// `tests/guests/<dir>/` (first) is embedded before encoding.
+    CustomCommand(&'static str, &'static str),
 }
 
 fn guests_dir() -> PathBuf {
@@ -50,7 +54,7 @@ pub fn build_component(name: &str, kind: Kind, dir: &Path) -> PathBuf {
                 .arg(format!("-I{}", bindings.display()))
                 .arg(bindings.join("http_guest.c"));
         }
-        Kind::Command => {}
+        Kind::Command | Kind::CustomCommand(..) => {}
     }
     let result = cmd
         .arg("-o")
@@ -81,6 +85,19 @@ pub fn build_component(name: &str, kind: Kind, dir: &Path) -> PathBuf {
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER
         }
         Kind::Command => {
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
+        }
+        Kind::CustomCommand(wit, world) => {
+            let mut resolve = wit_parser::Resolve::default();
+            let (pkg, _) = resolve.push_dir(guests.join(wit)).unwrap();
+            let world = resolve.select_world(&[pkg], Some(world)).unwrap();
+            wit_component::embed_component_metadata(
+                &mut module,
+                &resolve,
+                world,
+                wit_component::StringEncoding::UTF8,
+            )
+            .unwrap();
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
         }
     };
