@@ -24,6 +24,8 @@
 //! Also [`blocking`]: running a future to completion from code that may be
 //! inside a tokio runtime (init here, `Function::invoke` in the runtime).
 
+#![warn(missing_docs)]
+
 pub mod blocking;
 mod check;
 mod error;
