@@ -369,3 +369,19 @@ pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<std
         Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedder_context_does_not_cross_into_a_worker() {
+        let inv = Invocation {
+            context: wasmlet_runtime::Context::new().with(7u32),
+            ..Default::default()
+        };
+        let err = WireInvocation::from_invocation(&inv).unwrap_err();
+        assert!(err.contains("embedder context"), "{err}");
+        assert!(WireInvocation::from_invocation(&Invocation::default()).is_ok());
+    }
+}
