@@ -7,11 +7,21 @@
 //!   what a process-per-request platform pays.
 //!
 //! Both wasm strategies run the same module and capture its stdout.
+//!
+//! The `embed` group (the embedding API): `hello_val` calls a reactor's
+//! export `hello(i32, i32) -> i32` (writes "hello\n", returns the sum)
+//! through `Function::invoke` with `Val` arguments and results;
+//! `hello_typed` the same export through `Function::typed`;
+//! `host_calls_10k` a guest loop of 10,000 calls of an embedder's no-op
+//! host function, and `empty_loop_10k` the same loop without the call (one
+//! host call is the difference over 10,000).
 //! `scripts/bench-report` turns the results into the table in BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use wasmlet_runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
+use wasmlet_runtime::{
+    Entry, HostCx, Invocation, LoadOptions, Runtime, RuntimeBuilder, RuntimeConfig, Status, Val,
+};
 use wasmtime::{Engine, Linker, Module, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -108,5 +118,75 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// HELLO as a reactor export taking and returning values, and the host
+/// call loops.
+const EMBED: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "platform" "noop" (func $noop))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello\n")
+  (func (export "hello") (param i32 i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.add (local.get 0) (local.get 1)))
+  (func (export "host_calls") (param $n i32)
+    (loop $more
+      (call $noop)
+      (br_if $more (local.tee $n (i32.sub (local.get $n) (i32.const 1))))))
+  (func (export "empty_loop") (param $n i32)
+    (loop $more
+      (br_if $more (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))))"#;
+
+fn bench_embed(c: &mut Criterion) {
+    let mut config = RuntimeConfig::default();
+    config.cache.enabled = false;
+    let rt = RuntimeBuilder::new(config)
+        .host_func("platform", "noop", |_cx: HostCx<'_>| {})
+        .build()
+        .unwrap();
+    let f = rt
+        .load_bytes(EMBED.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let val = || Invocation {
+        entry: Entry::Export {
+            name: "hello".into(),
+            params: vec![Val::I32(1), Val::I32(2)],
+        },
+        ..Default::default()
+    };
+    let hello = f.typed::<(i32, i32), i32>("hello").unwrap();
+    let host_calls = f.typed::<u32, ()>("host_calls").unwrap();
+    let empty_loop = f.typed::<u32, ()>("empty_loop").unwrap();
+    assert!(
+        matches!(f.invoke(val()).unwrap().status, Status::Returned(v) if v[0].unwrap_i32() == 3)
+    );
+    assert_eq!(
+        hello.invoke((1, 2), Invocation::default()).unwrap().results,
+        Some(3)
+    );
+    assert!(
+        host_calls
+            .invoke(10_000, Invocation::default())
+            .unwrap()
+            .results
+            .is_some()
+    );
+    let mut group = c.benchmark_group("embed");
+    group.bench_function("hello_val", |b| {
+        b.iter(|| black_box(f.invoke(val()).unwrap()))
+    });
+    group.bench_function("hello_typed", |b| {
+        b.iter(|| black_box(hello.invoke((1, 2), Invocation::default()).unwrap()))
+    });
+    group.bench_function("host_calls_10k", |b| {
+        b.iter(|| black_box(host_calls.invoke(10_000, Invocation::default()).unwrap()))
+    });
+    group.bench_function("empty_loop_10k", |b| {
+        b.iter(|| black_box(empty_loop.invoke(10_000, Invocation::default()).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_embed);
 criterion_main!(benches);

@@ -33,7 +33,11 @@ fn rss_bytes() -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10_000);
+    let n: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10_000);
     let sleep_secs: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let mut config = RuntimeConfig::default();
     config.cache.enabled = false;
@@ -50,7 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     // One invocation first, so that lazily made state (the pool's first
     // slot, tokio's timer wheel) is not counted per instance.
-    let short = rt.load_bytes(GUEST.replace("SLEEP_NS", "1").as_bytes(), &LoadOptions::default())?;
+    let short = rt.load_bytes(
+        GUEST.replace("SLEEP_NS", "1").as_bytes(),
+        &LoadOptions::default(),
+    )?;
     tokio.block_on(short.invoke_async(Invocation::default()))?;
     let before = rss_bytes();
 
@@ -81,14 +88,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // measure + SLEEP, all had started when memory was measured.
     let all_in_flight = total <= elapsed_at_measure + Duration::from_secs(sleep_secs);
     let per = during.saturating_sub(before) as f64 / n as f64;
-    println!("in flight: {n} (sleeping {sleep_secs} s each); measured {elapsed_at_measure:.2?} after the first start");
-    println!("resident: {:.1} MiB before, {:.1} MiB with all in flight", before as f64 / 1048576.0, during as f64 / 1048576.0);
-    println!("per in-flight instance: {:.1} KiB resident (of which the guest's own touched memory: 4 KiB, one page)", per / 1024.0);
+    println!(
+        "in flight: {n} (sleeping {sleep_secs} s each); measured {elapsed_at_measure:.2?} after the first start"
+    );
+    println!(
+        "resident: {:.1} MiB before, {:.1} MiB with all in flight",
+        before as f64 / 1048576.0,
+        during as f64 / 1048576.0
+    );
+    println!(
+        "per in-flight instance: {:.1} KiB resident (of which the guest's own touched memory: 4 KiB, one page)",
+        per / 1024.0
+    );
     println!(
         "all {n} were in flight when measured: {}",
-        if all_in_flight { "yes" } else { "not shown (the last finished too late): use a longer sleep" }
+        if all_in_flight {
+            "yes"
+        } else {
+            "not shown (the last finished too late): use a longer sleep"
+        }
     );
-    println!("finished: {ok} ok, {} failed, all done after {total:.2?}", failed.len());
+    println!(
+        "finished: {ok} ok, {} failed, all done after {total:.2?}",
+        failed.len()
+    );
     if let Some(first) = failed.first() {
         println!("first failure: {first}");
     }

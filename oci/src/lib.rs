@@ -11,6 +11,8 @@
 //!   import` accepts as is;
 //! - `error`: [`Error`].
 
+#![warn(missing_docs)]
+
 pub mod bundle;
 mod error;
 pub mod image;

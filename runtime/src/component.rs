@@ -34,9 +34,10 @@ pub(crate) fn is_component_binary(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
 }
 
-/// What a component's invocation keeps in its store, besides the limiter:
-/// WASI preview 2, the resource table, wasi:http and its outbound policy.
-pub(crate) struct ComponentCtx {
+/// What a component's invocation keeps in its store, besides the limiter
+/// and the context: WASI preview 2, the resource table, wasi:http and its
+/// outbound policy. Opaque; public so that [`ComponentState`] can be named.
+pub struct ComponentCtx {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) http: WasiHttpCtx,
@@ -54,8 +55,10 @@ impl ComponentCtx {
     }
 }
 
-/// The store state of a component invocation.
-pub(crate) type ComponentState = StoreState<ComponentCtx>;
+/// The store data of a component invocation: what a host interface added
+/// with [`crate::RuntimeBuilder::component_linker`] is given (its context
+/// is [`StoreState::context_mut`]).
+pub type ComponentState = StoreState<ComponentCtx>;
 
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {

@@ -2,8 +2,8 @@
 //!
 //! These structs are plain data (`deny_unknown_fields`, every default a named
 //! constant). The live objects that enforce them are built from them: the
-//! wasmtime `Engine` (see [`crate::engine`]) and the per-invocation limiter
-//! (see [`crate::limiter`]).
+//! wasmtime `Engine` (see `engine.rs`) and the per-invocation limiter (see
+//! `limiter.rs`).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -9,6 +9,7 @@
 
 use crate::component::{self, ComponentCode, ComponentCtx, World};
 use crate::config::Limits;
+use crate::context::Context;
 use crate::error::{Error, LimitExceeded};
 use crate::executor::{self, Executor};
 use crate::invocation::{Entry, Invocation, Outcome, Status};
@@ -222,10 +223,11 @@ impl Function {
     /// (so the invocation never leaves the thread). Called from inside a
     /// tokio runtime, it runs on a helper thread instead (tokio forbids
     /// blocking there): use `invoke_async` in async code.
-    pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
+    pub fn invoke(&self, mut inv: Invocation) -> Result<Outcome, Error> {
+        let context = std::mem::take(&mut inv.context);
         let start = self.start(&inv)?;
         // Pinned here, once: the future is a few KiB, not worth moving.
-        let run = std::pin::pin!(self.metered(&inv, start));
+        let run = std::pin::pin!(self.metered(&inv, start, context));
         let outcome = executor::block_on(run)??;
         if matches!(outcome.status, Status::LimitExceeded(_)) {
             // A filesystem call it may have left running is not the next
@@ -243,7 +245,7 @@ impl Function {
     /// epoch tick. Dropping the future cancels the invocation. When every
     /// pool slot is busy with async invocations this waits for one to free
     /// up, where [`Function::invoke`] reports `PoolFull`.
-    pub async fn invoke_async(&self, inv: Invocation) -> Result<Outcome, Error> {
+    pub async fn invoke_async(&self, mut inv: Invocation) -> Result<Outcome, Error> {
         let _slot = self
             .inner
             .executor
@@ -251,13 +253,19 @@ impl Function {
             .acquire()
             .await
             .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
+        let context = std::mem::take(&mut inv.context);
         let start = self.start(&inv)?;
-        self.metered(&inv, start).await
+        self.metered(&inv, start, context).await
     }
 
     /// The invocation as a future, metered (its CPU time read around every
     /// poll), for a module or a command component: resolves to its outcome.
-    async fn metered(&self, inv: &Invocation, start: Start<'_>) -> Result<Outcome, Error> {
+    async fn metered(
+        &self,
+        inv: &Invocation,
+        start: Start<'_>,
+        context: Context,
+    ) -> Result<Outcome, Error> {
         let Start {
             limits,
             wall_start,
@@ -265,18 +273,18 @@ impl Function {
             budget,
         } = start;
         if let Code::Component(c) = &self.inner.code {
-            let run = self.run_command(c, inv, limits, wall_start, budget, meter.clone());
+            let run = self.run_command(c, inv, limits, wall_start, budget, meter.clone(), context);
             let (finished, cpu_time) = Metered::new(run, meter).await;
             return Ok(finished?.outcome(wall_start, cpu_time));
         }
-        let run = self.run(inv, limits, wall_start, budget, meter.clone());
+        let run = self.run(inv, limits, wall_start, budget, meter.clone(), context);
         let (finished, cpu_time) = Metered::new(run, meter).await;
         Ok(finished?.outcome(wall_start, cpu_time))
     }
 
     /// Checks the invocation, and starts its clock and (with time limits)
     /// its budget, which reads the CPU used so far from the meter.
-    fn start<'a>(&'a self, inv: &'a Invocation) -> Result<Start<'a>, Error> {
+    pub(crate) fn start<'a>(&'a self, inv: &'a Invocation) -> Result<Start<'a>, Error> {
         let limits = inv.limits.as_ref().unwrap_or(&self.inner.limits);
         self.check_limits(limits)?;
         self.check_entry(&inv.entry)?;
@@ -308,12 +316,14 @@ impl Function {
         wall_start: Instant,
         budget: Option<TimeBudget>,
         meter: Option<Arc<CpuMeter>>,
+        context: Context,
     ) -> Result<Finished, Error> {
         let executor = &*self.inner.executor;
         let wasi = wasi::build(inv, limits)?;
         let fuel_start = executor.fuel_start(limits);
         let budgeted = budget.is_some();
         let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
+        store.data_mut().context = context;
         let result = guarded(
             executor,
             limits,
@@ -335,6 +345,7 @@ impl Function {
     }
 
     /// The same for a `wasi:cli/run` component.
+    #[allow(clippy::too_many_arguments)] // `run`'s, and the component's code
     async fn run_command(
         &self,
         code: &ComponentCode,
@@ -343,6 +354,7 @@ impl Function {
         wall_start: Instant,
         budget: Option<TimeBudget>,
         meter: Option<Arc<CpuMeter>>,
+        context: Context,
     ) -> Result<Finished<ComponentCtx>, Error> {
         let World::Command(pre) = &code.world else {
             return Err(Error::Entry(
@@ -355,6 +367,7 @@ impl Function {
         let budgeted = budget.is_some();
         let state = ComponentCtx::new(wasi.ctx, code.outbound.clone());
         let mut store = new_store(&executor.engine, state, limits, fuel_start, budget);
+        store.data_mut().context = context;
         let call = async {
             component::run_command(pre, &mut store)
                 .await

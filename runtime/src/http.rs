@@ -128,6 +128,8 @@ pub async fn handle_http(
             return HttpOutcome::failed(Error::Setup(format!("runtime is shutting down: {e}")));
         }
     };
+    let mut inv = inv;
+    let context = std::mem::take(&mut inv.context);
     let wall_start = Instant::now();
     let (head_tx, head_rx) = oneshot::channel();
     let func2 = func.clone();
@@ -155,6 +157,7 @@ pub async fn handle_http(
                 let budgeted = budget.is_some();
                 let state = ComponentCtx::new(wasi.ctx, outbound.clone());
                 let mut store = new_store(&executor.engine, state, &limits, fuel_start, budget);
+                store.data_mut().context = context;
                 let scheme = match req.uri().scheme_str() {
                     Some("https") => Scheme::Https,
                     _ => Scheme::Http,

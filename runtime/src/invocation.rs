@@ -2,6 +2,7 @@
 //! ([`Outcome`]).
 
 use crate::Limits;
+use crate::context::Context;
 use crate::error::{Error, LimitExceeded};
 use crate::usage::Usage;
 use bytes::Bytes;
@@ -27,6 +28,11 @@ pub struct Invocation {
     pub entry: Entry,
     /// Limits for this call; `None` uses the function's.
     pub limits: Option<Limits>,
+    /// The embedder's values for this call (which tenant, which request),
+    /// seen by host functions and by no other invocation. Moved into the
+    /// invocation's store; host functions report back through values
+    /// shared with the caller (an `Arc`).
+    pub context: Context,
 }
 
 /// A preopened directory.

@@ -9,7 +9,29 @@
 //! Every invocation runs in a fresh store and instance with its own WASI
 //! context and [`Limits`], and returns an [`Outcome`] with a [`Usage`] record.
 //!
+//! An embedder extends what guests can call with a [`RuntimeBuilder`]: host
+//! functions for core modules ([`RuntimeBuilder::host_func`], given a
+//! [`HostCx`] with bounds-checked guest memory and the invocation's
+//! [`Context`]), and host interfaces for components
+//! ([`RuntimeBuilder::component_linker`], for `wasmtime::component::bindgen!`
+//! bindings). [`Function::typed`] calls a reactor's export with Rust values.
+//!
+//! The API exposes wasmtime types where they are the vocabulary (`Val`,
+//! `Engine`, `Module`, `Linker`, `Caller`, the component `Linker`): this
+//! crate re-exports the wasmtime it is built with as
+//! [`wasmlet_runtime::wasmtime`](crate::wasmtime), so an embedder uses that
+//! path (and `bindgen!`'s `wasmtime_crate` option) instead of depending on
+//! wasmtime itself, and a wasmtime upgrade of wasmlet is one upgrade for
+//! the embedder too. A wasmtime major version is a breaking change of this
+//! crate.
+//!
 //! Map of the crate:
+//! - `builder`: [`RuntimeBuilder`]: a runtime with host functions and host
+//!   interfaces;
+//! - `host`: what host functions are ([`HostFunc`]) and get ([`HostCx`],
+//!   [`GuestMemory`]);
+//! - `context`: the embedder's per-invocation values ([`Context`]);
+//! - `typed`: typed calls ([`Function::typed`], [`TypedFunction`]);
 //! - [`config`]: serde configuration ([`RuntimeConfig`], [`Limits`]) with
 //!   named defaults;
 //! - `engine`: the wasmtime `Engine` built from it, and the epoch ticker;
@@ -46,6 +68,7 @@
 //! imports it.
 //!
 //! ```no_run
+//! // examples/embed_minimal.rs is the same, runnable.
 //! use wasmlet_runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
 //! let rt = Runtime::new(RuntimeConfig::default())?;
 //! let hello = rt.load_file("hello.wasm", &LoadOptions::default())?;
@@ -54,16 +77,21 @@
 //! # Ok::<(), wasmlet_runtime::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod artifact;
+mod builder;
 pub mod cache;
 mod clock;
 mod component;
 pub mod config;
+mod context;
 mod engine;
 pub mod error;
 mod executor;
 mod fs_cpu;
 mod function;
+mod host;
 pub mod http;
 mod input;
 mod invocation;
@@ -72,8 +100,19 @@ pub mod prescan;
 mod runtime;
 mod stdio;
 mod store;
+mod typed;
 mod usage;
 mod wasi;
+
+/// The wasmtime this crate is built with (see the crate docs).
+pub use wasmtime;
+
+pub use builder::RuntimeBuilder;
+pub use component::{ComponentCtx, ComponentState};
+pub use context::Context;
+pub use host::{GuestMemory, HostCx, HostFunc, MemoryError};
+pub use store::StoreState;
+pub use typed::{TypedFunction, TypedOutcome, WasmScalar, WasmTypes};
 
 pub use component::OutboundHosts;
 pub use config::{CacheConfig, CompileLimits, Limits, PoolConfig, RuntimeConfig};

@@ -115,6 +115,13 @@ impl TimeBudget {
         }
         Ok(())
     }
+
+    /// The wall-clock deadline and the timeout it comes from, if any
+    /// (read before a synchronous host function runs, and checked when it
+    /// returns: the guest may return without another epoch check).
+    pub(crate) fn wall_deadline(&self) -> Option<(Instant, Duration)> {
+        self.wall_deadline
+    }
 }
 
 /// How often a waiting invocation's CPU budget is checked.

@@ -7,16 +7,38 @@
 //! wasi:http) for components. Everything else is the same for both.
 
 use crate::config::Limits;
+use crate::context::Context;
 use crate::limiter::{StoreLimiter, TimeBudget};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-/// What a store holds for one invocation.
-pub(crate) struct StoreState<W = WasiP1Ctx> {
+/// What the store of one invocation holds: its WASI state (`W`: WASI
+/// preview 1 for a core module, [`crate::ComponentCtx`] for a component),
+/// its limiter and time budget, and the embedder's [`Context`].
+///
+/// Opaque but for the context: it is public so that an embedder can name
+/// it where wasmtime asks for the store's data type (a
+/// `wasmtime::Linker<StoreState>` in [`crate::RuntimeBuilder::linker`], a
+/// `wasmtime::component::Linker<ComponentState>` in
+/// [`crate::RuntimeBuilder::component_linker`], a `Caller`).
+pub struct StoreState<W = WasiP1Ctx> {
     pub(crate) wasi: W,
     pub(crate) limiter: StoreLimiter,
-    budget: Option<TimeBudget>,
+    pub(crate) budget: Option<TimeBudget>,
+    pub(crate) context: Context,
+}
+
+impl<W> StoreState<W> {
+    /// The invocation's context.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The invocation's context, mutably.
+    pub fn context_mut(&mut self) -> &mut Context {
+        &mut self.context
+    }
 }
 
 impl StoreState {
@@ -26,6 +48,7 @@ impl StoreState {
             wasi: WasiCtxBuilder::new().build_p1(),
             limiter: StoreLimiter::new(limits),
             budget: None,
+            context: Context::new(),
         }
     }
 }
@@ -53,6 +76,7 @@ pub(crate) fn new_store<W: Send + 'static>(
             wasi,
             limiter: StoreLimiter::new(limits),
             budget,
+            context: Context::new(),
         },
     );
     store.limiter(|s| &mut s.limiter);

@@ -24,12 +24,19 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// One unified hierarchy.
-    V2 { root: PathBuf },
+    V2 {
+        /// The hierarchy's mount point.
+        root: PathBuf,
+    },
     /// One hierarchy per controller (`cpu` and `cpuacct` may be the same).
     V1 {
+        /// The `memory` controller's hierarchy.
         memory: PathBuf,
+        /// The `cpu` controller's hierarchy.
         cpu: PathBuf,
+        /// The `cpuacct` controller's hierarchy.
         cpuacct: PathBuf,
+        /// The `pids` controller's hierarchy.
         pids: PathBuf,
         /// Used (when mounted) to stop a sandbox's processes before killing
         /// them, so none can fork or escape the kill.
@@ -46,8 +53,11 @@ pub enum CgroupError {
     /// A cgroup file could not be written or read.
     #[error("{path}: {source}{hint}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: io::Error,
+        /// A suffix saying what to do about it, or empty.
         hint: &'static str,
     },
 }

@@ -29,6 +29,8 @@
 //!   deadlines, deaths and replacement;
 //! - `error`: [`Error`].
 
+#![warn(missing_docs)]
+
 pub mod cgroup;
 mod config;
 mod error;

@@ -143,6 +143,12 @@ impl WireInvocation {
             Input::Inherit => (None, true),
             Input::File(_) => return Err("a sandboxed invocation cannot read a file handle".into()),
         };
+        if !inv.context.is_empty() {
+            return Err(
+                "a sandboxed invocation cannot carry an embedder context (it does not cross into the worker process)"
+                    .into(),
+            );
+        }
         let entry = match &inv.entry {
             Entry::Start => None,
             Entry::Export { name, params } => Some((
@@ -200,6 +206,7 @@ impl WireInvocation {
                 },
             },
             limits: self.limits,
+            context: Default::default(),
         }
     }
 }
@@ -360,5 +367,21 @@ pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<std
         }
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
         Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedder_context_does_not_cross_into_a_worker() {
+        let inv = Invocation {
+            context: wasmlet_runtime::Context::new().with(7u32),
+            ..Default::default()
+        };
+        let err = WireInvocation::from_invocation(&inv).unwrap_err();
+        assert!(err.contains("embedder context"), "{err}");
+        assert!(WireInvocation::from_invocation(&Invocation::default()).is_ok());
     }
 }

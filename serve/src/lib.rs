@@ -19,6 +19,8 @@
 //!   admin endpoints, signals, reloads and graceful shutdown;
 //! - [`error`]: typed errors.
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod app;
 pub mod error;

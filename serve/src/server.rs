@@ -647,6 +647,7 @@ async fn call(
         stderr: Output::Capture,
         entry: Entry::Start,
         limits: None,
+        context: Default::default(),
     };
     func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
     if func.snapshot_start {

@@ -182,6 +182,7 @@ impl Executor for WasmExecutor {
                 stderr: Output::Null,
                 entry,
                 limits: None,
+                context: Default::default(),
             };
             Ok::<_, Error>((runtime, function, opts, inv, resources))
         })();

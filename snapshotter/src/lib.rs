@@ -10,12 +10,12 @@
 //! The pipeline, one pass per module (the heavy lifting of instrumenting,
 //! reading state and rewriting is `wasmtime-wizer`'s, at the same version as
 //! our wasmtime):
-//! 0. [`prescan`]: refuse modules over the [`CompileCaps`] before anything
+//! 0. [`mod@prescan`]: refuse modules over the [`CompileCaps`] before anything
 //!    expensive reads them;
-//! 1. [`check`]: validate, refuse what cannot be snapshotted faithfully, and
+//! 1. `check`: validate, refuse what cannot be snapshotted faithfully, and
 //!    pick the init function;
 //! 2. instrument (wizer): export every memory and global so they can be read;
-//! 3. [`init`]: instantiate in wasmtime under limits, with WASI only if
+//! 3. `init`: instantiate in wasmtime under limits, with WASI only if
 //!    allowed, and run `_initialize` and the init function;
 //! 4. snapshot + rewrite (wizer): non-zero memory as merged data segments,
 //!    globals as constants, the init exports removed;
@@ -23,6 +23,8 @@
 //!
 //! Also [`blocking`]: running a future to completion from code that may be
 //! inside a tokio runtime (init here, `Function::invoke` in the runtime).
+
+#![warn(missing_docs)]
 
 pub mod blocking;
 mod check;

@@ -203,6 +203,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stderr: Output::Inherit,
         entry,
         limits: None,
+        context: Default::default(),
     };
     let outcome = match &sandbox {
         Some(sb) => {

@@ -15,7 +15,7 @@ use wasmlet_runtime::{
 };
 
 #[path = "../guests/components.rs"]
-mod build;
+pub(crate) mod build;
 
 fn component(name: &str, kind: build::Kind) -> PathBuf {
     build::build_component(name, kind, &scratch().join("components"))

@@ -11,6 +11,7 @@ mod components;
 mod concurrency;
 mod containerd;
 mod cri;
+mod embed;
 mod escape;
 mod fs;
 mod fuzz_corpus;

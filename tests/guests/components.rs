@@ -23,6 +23,10 @@ pub enum Kind {
     Http,
     /// A `wasi:cli/command` component (a C program with `main`).
     Command,
+    /// A `wasi:cli/command` component that also imports the embedder's
+    /// interfaces: the world (second) of the WIT package in
+    /// `tests/guests/<dir>/` (first) is embedded before encoding.
+    CustomCommand(&'static str, &'static str),
 }
 
 fn guests_dir() -> PathBuf {
@@ -50,7 +54,7 @@ pub fn build_component(name: &str, kind: Kind, dir: &Path) -> PathBuf {
                 .arg(format!("-I{}", bindings.display()))
                 .arg(bindings.join("http_guest.c"));
         }
-        Kind::Command => {}
+        Kind::Command | Kind::CustomCommand(..) => {}
     }
     let result = cmd
         .arg("-o")
@@ -68,19 +72,14 @@ pub fn build_component(name: &str, kind: Kind, dir: &Path) -> PathBuf {
     let mut module = std::fs::read(&core).unwrap();
     let adapter = match kind {
         Kind::Http => {
-            let mut resolve = wit_parser::Resolve::default();
-            let (pkg, _) = resolve.push_dir(guests.join("wit")).unwrap();
-            let world = resolve.select_world(&[pkg], Some("http-guest")).unwrap();
-            wit_component::embed_component_metadata(
-                &mut module,
-                &resolve,
-                world,
-                wit_component::StringEncoding::UTF8,
-            )
-            .unwrap();
+            embed_world(&mut module, &guests.join("wit"), "http-guest");
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER
         }
         Kind::Command => {
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
+        }
+        Kind::CustomCommand(wit, world) => {
+            embed_world(&mut module, &guests.join(wit), world);
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
         }
     };
@@ -99,4 +98,19 @@ pub fn build_component(name: &str, kind: Kind, dir: &Path) -> PathBuf {
     std::fs::write(&out, component).unwrap();
     built.insert((name.to_string(), dir.to_path_buf()), out.clone());
     out
+}
+
+/// Embeds `world` of the WIT package in `wit_dir` into a core module, for
+/// the encoder to turn its imports and exports into the component's.
+fn embed_world(module: &mut Vec<u8>, wit_dir: &Path, world: &str) {
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve.push_dir(wit_dir).unwrap();
+    let world = resolve.select_world(&[pkg], Some(world)).unwrap();
+    wit_component::embed_component_metadata(
+        module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
 }
