@@ -385,6 +385,36 @@ impl hyper::body::Body for Chain {
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
+
+    /// Exact when the whole body is buffered (hyper then sends a
+    /// `content-length` instead of chunks).
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let buffered: u64 = self
+            .frames
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .ok()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64)
+            })
+            .sum();
+        match &self.rest {
+            None if self.frames.iter().all(Result::is_ok) => {
+                hyper::body::SizeHint::with_exact(buffered)
+            }
+            None => hyper::body::SizeHint::default(),
+            Some(rest) => {
+                let r = rest.size_hint();
+                let mut h = hyper::body::SizeHint::new();
+                h.set_lower(r.lower() + buffered);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + buffered);
+                }
+                h
+            }
+        }
+    }
 }
 
 /// A request body from bytes (for tests, benchmarks and small callers).
