@@ -575,13 +575,9 @@ async fn call(
         }
         Err(_) => return body_timeout(settings.body_timeout),
     };
-    let admitted = match func
-        .admission
-        .admit(&app.global, &func.metrics, &shared.metrics)
-        .await
-    {
+    let admitted = match admit(shared, app, func).await {
         Ok(a) => a,
-        Err(cause) => return overloaded(func, cause),
+        Err(busy) => return busy,
     };
     let Handler::Wagi(function) = &func.handler else {
         unreachable!("http handled above")
@@ -770,13 +766,9 @@ async fn call_http(
     id: &str,
 ) -> Handled {
     let settings = &app.manifest.server;
-    let admitted = match func
-        .admission
-        .admit(&app.global, &func.metrics, &shared.metrics)
-        .await
-    {
+    let admitted = match admit(shared, app, func).await {
         Ok(a) => a,
-        Err(cause) => return overloaded(func, cause),
+        Err(busy) => return busy,
     };
     // wasi:http needs an authority; the guest sees the request id.
     if !parts.headers.contains_key(http::header::HOST)
@@ -862,6 +854,18 @@ async fn call_http(
     log_failure(func, id, &handled);
     handled.usage = usage;
     handled
+}
+
+/// A permit to run `func`, or its 503.
+async fn admit(
+    shared: &Shared,
+    app: &App,
+    func: &Func,
+) -> Result<crate::admission::Admitted, Handled> {
+    func.admission
+        .admit(&app.global, &func.metrics, &shared.metrics)
+        .await
+        .map_err(|cause| overloaded(func, cause))
 }
 
 fn overloaded(func: &Func, cause: Cause) -> Handled {
