@@ -1112,3 +1112,50 @@ fn serve_http_component_kind_checks() {
     )
     .assert_one_line_error("[function.sandbox]");
 }
+
+#[test]
+fn serve_http_component_overload_gives_503_with_retry_after() {
+    let dir = tempdir();
+    let manifest = http_manifest(dir.path(), "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "max_concurrency = 8",
+        "max_concurrency = 1\nqueue_depth = 0\nqueue_timeout = \"100ms\"",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let server = Serve::start(&manifest);
+    // One request holds the only instance (until its 3 s timeout)...
+    let addr = server.addr;
+    let busy = std::thread::spawn(move || request(addr, "GET", "/sleep", &[], b""));
+    let start = Instant::now();
+    while !server
+        .metrics()
+        .contains("wasmlet_instances_in_flight{function=\"web\"} 1\n")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the sleeper never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = server.get("/hello");
+    // ...so the next is turned away at once, with Retry-After.
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(busy.join().unwrap().status, 504);
+    // Then it serves again, and nothing was left in flight.
+    assert_eq!(server.get("/hello").status, 200);
+    let m = server.metrics();
+    assert!(
+        m.contains("wasmlet_instances_in_flight{function=\"web\"} 0\n"),
+        "{m}"
+    );
+    let rejected: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wasmlet_errors_total{function=\"web\",cause=\"queue_full\"} ")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(rejected >= 1, "{m}");
+}
