@@ -2,24 +2,26 @@
 //! instance, under the invocation's limits, with its usage record.
 //!
 //! ```text
-//!  handle_http                              guest task (spawned)
+//!  handle_http                              guest future (polled here)
 //!  pool slot permit ─────────────────────▶  store, request + outparam resources,
 //!                                           instantiate (pre-linked), call `handle`
 //!  wait for the response head  ◀── outparam.set ──
 //!  read the body while the guest runs  ◀── body frames ──
 //!  guest done: exact usage, body = what was read
-//!  or HTTP_BODY_BUFFER read first: stream the rest,
-//!     usage so far, `final_usage` when it ends
+//!  or HTTP_BODY_BUFFER read first: the guest moves to a task of its
+//!     own, the rest streams, usage so far, `final_usage` when it ends
 //! ```
 //!
-//! The guest runs in a task of its own because a response body is a
-//! stream the guest may still be writing when the head is returned. Most
-//! handlers write a small body and return; for them the whole body is read
-//! while the guest finishes, so the usage record in [`HttpOutcome`] is
-//! final. A guest that writes more than [`HTTP_BODY_BUFFER`] bytes is
-//! streamed: its usage so far is in `usage`, and the final record arrives
-//! on `final_usage` when it ends. Either way the time limits hold: past
-//! the timeout the guest is stopped and its body ends with an error.
+//! The guest's future is polled by the caller's task, beside the response
+//! head and body it produces: no task spawn and no cross-thread wake-up
+//! for the usual handler, which writes a small body and returns; its whole
+//! body is read while the guest finishes, so the usage record in
+//! [`HttpOutcome`] is final. A guest that writes more than
+//! [`HTTP_BODY_BUFFER`] bytes is streamed: the guest's future is moved to a
+//! task of its own (a body is a stream the guest may still be writing),
+//! its usage so far is in `usage`, and the final record arrives on
+//! `final_usage` when it ends. Either way the time limits hold: past the
+//! timeout the guest is stopped and its body ends with an error.
 
 use crate::component::{ComponentCode, ComponentCtx, World};
 use crate::error::Error;
@@ -84,18 +86,6 @@ impl HttpOutcome {
     }
 }
 
-/// Aborts the guest task when dropped, unless disarmed (when the response
-/// is returned still streaming, the guest must go on).
-struct AbortOnDrop(Option<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
-        }
-    }
-}
-
 type GuestResult = (Result<Finished<ComponentCtx>, Error>, std::time::Duration);
 
 /// Calls `func`'s `wasi:http/incoming-handler` with `req` in a fresh
@@ -133,13 +123,13 @@ pub async fn handle_http(
     let wall_start = Instant::now();
     let (head_tx, head_rx) = oneshot::channel();
     let func2 = func.clone();
-    let task = {
+    let mut task = {
         let start = func.start_clock(&limits);
         let meter = start.meter.clone();
         let watch = start.meter.clone();
         let budget = start.budget;
         let limits = limits.clone();
-        tokio::spawn(async move {
+        Box::pin(async move {
             let _permit = permit;
             let run = async {
                 let inner = func2.inner();
@@ -187,8 +177,6 @@ pub async fn handle_http(
             Metered::new(run, meter).await
         })
     };
-    let mut guard = AbortOnDrop(Some(task.abort_handle()));
-    let mut task = task;
     let mut head_rx = head_rx;
     // The guest's store holds the outparam (the head's sender) until its
     // outcome is taken: wait for either, and look for a head left behind
@@ -308,7 +296,6 @@ pub async fn handle_http(
         }
         None => {
             // Still writing: stream the rest; the usage follows.
-            guard.0 = None;
             let (tx, rx) = oneshot::channel();
             let usage = Usage::new(wall_start.elapsed(), Default::default(), None, 0);
             tokio::spawn(async move {
@@ -330,15 +317,11 @@ pub async fn handle_http(
     }
 }
 
-/// The outcome of the guest task.
-fn done(
-    r: Result<GuestResult, tokio::task::JoinError>,
-    wall_start: Instant,
-) -> Result<Outcome, Error> {
+/// The outcome of the guest's future.
+fn done(r: GuestResult, wall_start: Instant) -> Result<Outcome, Error> {
     match r {
-        Ok((Ok(f), cpu)) => Ok(f.outcome(wall_start, cpu)),
-        Ok((Err(e), _)) => Err(e),
-        Err(e) => Err(Error::Setup(format!("the request's task failed: {e}"))),
+        (Ok(f), cpu) => Ok(f.outcome(wall_start, cpu)),
+        (Err(e), _) => Err(e),
     }
 }
 
@@ -387,6 +370,36 @@ impl hyper::body::Body for Chain {
 
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    /// Exact when the whole body is buffered (hyper then sends a
+    /// `content-length` instead of chunks).
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let buffered: u64 = self
+            .frames
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .ok()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64)
+            })
+            .sum();
+        match &self.rest {
+            None if self.frames.iter().all(Result::is_ok) => {
+                hyper::body::SizeHint::with_exact(buffered)
+            }
+            None => hyper::body::SizeHint::default(),
+            Some(rest) => {
+                let r = rest.size_hint();
+                let mut h = hyper::body::SizeHint::new();
+                h.set_lower(r.lower() + buffered);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + buffered);
+                }
+                h
+            }
+        }
     }
 }
 

@@ -295,7 +295,19 @@ fn load_function(
             }
             Handler::Wagi(function)
         }
-        Kind::Http => Handler::Http(crate::http::load(runtime, &spec.module, &opts)?),
+        Kind::Http => {
+            if sniffed == Kind::Wagi {
+                return Err(
+                    "kind = \"http\" but the module is a core module: wasi:http functions are components exporting wasi:http/incoming-handler"
+                        .into(),
+                );
+            }
+            let opts = LoadOptions {
+                allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+                ..opts
+            };
+            Handler::Http(crate::http::load(runtime, &spec.module, &opts)?)
+        }
     };
     let snapshot_start = spec.snapshot
         && std::fs::read(&spec.module)

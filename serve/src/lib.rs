@@ -10,8 +10,8 @@
 //! - `handler`: how a function handles a request: WAGI or wasi:http;
 //! - `wagi`: the WAGI (CGI) convention: request to environment and stdin,
 //!   stdout to response;
-//! - `http`: the `kind = "http"` seam (wasi:http components), refused at
-//!   load in this build;
+//! - `http`: `kind = "http"` (wasi:http components): loading, the request
+//!   body under the server's limits, outcomes to statuses;
 //! - [`admission`]: per-function concurrency, bounded queues with a wait
 //!   timeout, and the host-wide cap on instances in flight;
 //! - [`metrics`]: the Prometheus figures of the admin listener;

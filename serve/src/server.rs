@@ -14,13 +14,14 @@
 use crate::app::{App, Func, stamp};
 use crate::error::{LoadError, ServeError};
 use crate::handler::Handler;
+use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
 use crate::wagi::{CgiRequest, parse_output};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,9 +36,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use wasmlet_runtime::{Entry, Input, Invocation, LimitExceeded, Output, RuntimeConfig, Status};
 
-/// A response or request body: streamed, boxed (the agreed
-/// `wasmlet_runtime::http::HttpBody` shape).
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A response body: streamed, boxed, the runtime's
+/// [`wasmlet_runtime::http::HttpBody`] (a wasi:http guest's response body
+/// goes to the client as it is).
+pub type Body = wasmlet_runtime::http::HttpBody;
 
 /// How often the manifest and its modules are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -398,9 +400,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    wasmlet_runtime::http::full_body(bytes)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
@@ -545,36 +545,17 @@ async fn call(
     let settings = &app.manifest.server;
     let (parts, body) = req.into_parts();
     let max_body = settings.max_body_size;
-    if let Handler::Http(h) = &func.handler {
-        // Streamed: the component reads the body as it comes.
-        let admitted = match func
-            .admission
-            .admit(&app.global, &func.metrics, &shared.metrics)
-            .await
-        {
-            Ok(a) => a,
-            Err(cause) => return overloaded(func, cause),
-        };
-        let handled = h
-            .handle(
-                Request::from_parts(parts, body.boxed()),
-                Invocation::default(),
-            )
-            .await;
-        drop(admitted);
-        return handled;
-    }
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
-        return failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Cause::BodyTooLarge,
-            &format!("request body is larger than the limit of {max_body} bytes"),
-        );
+        return body_too_large(max_body);
+    }
+    if let Handler::Http(h) = &func.handler {
+        // Streamed: the component reads the body as it comes.
+        return call_http(shared, app, func, h, parts, body, id).await;
     }
     let read = Limited::new(body, max_body as usize).collect();
     let body = match tokio::time::timeout(settings.body_timeout, read).await {
@@ -583,11 +564,7 @@ async fn call(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Cause::BodyTooLarge,
-                &format!("request body is larger than the limit of {max_body} bytes"),
-            );
+            return body_too_large(max_body);
         }
         Ok(Err(e)) => {
             return failure(
@@ -596,28 +573,11 @@ async fn call(
                 &format!("cannot read the request body: {e}"),
             );
         }
-        Err(_) => {
-            let mut h = failure(
-                StatusCode::REQUEST_TIMEOUT,
-                Cause::BodyTimeout,
-                &format!(
-                    "request body not received within {}",
-                    humantime::format_duration(settings.body_timeout)
-                ),
-            );
-            h.response
-                .headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return h;
-        }
+        Err(_) => return body_timeout(settings.body_timeout),
     };
-    let admitted = match func
-        .admission
-        .admit(&app.global, &func.metrics, &shared.metrics)
-        .await
-    {
+    let admitted = match admit(shared, app, func).await {
         Ok(a) => a,
-        Err(cause) => return overloaded(func, cause),
+        Err(busy) => return busy,
     };
     let Handler::Wagi(function) = &func.handler else {
         unreachable!("http handled above")
@@ -676,24 +636,9 @@ async fn call(
     );
     let usage = Some(outcome.usage_json());
     let mut handled = match &outcome.status {
-        Status::Trapped(msg) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Cause::Trap,
-            &format!("guest trapped: {msg}"),
-        ),
-        Status::LimitExceeded(l @ LimitExceeded::Timeout(_)) => {
-            failure(StatusCode::GATEWAY_TIMEOUT, Cause::Timeout, &l.to_string())
+        Status::Trapped(_) | Status::LimitExceeded(_) | Status::SandboxFailed(_) => {
+            status_failure(&outcome.status)
         }
-        Status::LimitExceeded(l) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Cause::Limit,
-            &l.to_string(),
-        ),
-        Status::SandboxFailed(m) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Cause::Setup,
-            &format!("sandbox failed: {m}"),
-        ),
         Status::Exited(_) | Status::Returned(_) => {
             let code = match outcome.status {
                 Status::Exited(c) => c,
@@ -734,18 +679,194 @@ async fn call(
             }
         }
     };
+    log_failure(func, id, &handled);
+    handled.usage = usage;
+    handled
+}
+
+/// The response for a guest stopped by a trap, a limit or its sandbox:
+/// trap 500, wall-clock timeout 504, any other limit 500, sandbox 500.
+fn status_failure(status: &Status) -> Handled {
+    match status {
+        Status::Trapped(msg) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::Trap,
+            &format!("guest trapped: {msg}"),
+        ),
+        Status::LimitExceeded(l @ LimitExceeded::Timeout(_)) => {
+            failure(StatusCode::GATEWAY_TIMEOUT, Cause::Timeout, &l.to_string())
+        }
+        Status::LimitExceeded(l) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::Limit,
+            &l.to_string(),
+        ),
+        Status::SandboxFailed(m) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::Setup,
+            &format!("sandbox failed: {m}"),
+        ),
+        Status::Exited(code) => failure(
+            StatusCode::BAD_GATEWAY,
+            Cause::BadOutput,
+            &format!("function exited with code {code} without a response"),
+        ),
+        Status::Returned(_) => failure(
+            StatusCode::BAD_GATEWAY,
+            Cause::BadOutput,
+            "function returned without a response",
+        ),
+    }
+}
+
+/// Logs why a request failed (its `x-wasmlet-error`), tagged.
+fn log_failure(func: &Func, id: &str, handled: &Handled) {
     if let Some(cause) = handled.cause {
         let detail = handled
             .response
             .headers()
             .get("x-wasmlet-error")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
         tracing::warn!(function = %func.spec.name, request_id = %id, cause = cause.label(), "{detail}");
     }
+}
+
+fn body_too_large(max_body: u64) -> Handled {
+    failure(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Cause::BodyTooLarge,
+        &format!("request body is larger than the limit of {max_body} bytes"),
+    )
+}
+
+fn body_timeout(limit: Duration) -> Handled {
+    let mut h = failure(
+        StatusCode::REQUEST_TIMEOUT,
+        Cause::BodyTimeout,
+        &format!(
+            "request body not received within {}",
+            humantime::format_duration(limit)
+        ),
+    );
+    h.response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    h
+}
+
+/// One request to a wasi:http component: admission, the body streamed to
+/// the guest under the server's limits, the guest's response streamed back.
+async fn call_http(
+    shared: &Shared,
+    app: &App,
+    func: &Func,
+    handler: &HttpHandler,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    id: &str,
+) -> Handled {
+    let settings = &app.manifest.server;
+    let admitted = match admit(shared, app, func).await {
+        Ok(a) => a,
+        Err(busy) => return busy,
+    };
+    // wasi:http needs an authority; the guest sees the request id.
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&shared.local.to_string())
+    {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    let fault = Arc::new(FaultCell::default());
+    let body = RequestBody::new(
+        body,
+        settings.max_body_size,
+        settings.body_timeout,
+        fault.clone(),
+    );
+    let inv = Invocation {
+        args: vec![func.spec.name.clone()],
+        env: func.env.clone(),
+        dirs: func.dirs.clone(),
+        stdin: Input::Null,
+        stdout: Output::Null,
+        stderr: Output::Capture,
+        entry: Entry::Start,
+        limits: None,
+    };
+    func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
+    func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
+    let out = handler.handle(Request::from_parts(parts, body), inv).await;
+    drop(admitted);
+    let max_log = settings.max_log_per_invocation as usize;
+    if let Some(stderr) = &out.stderr {
+        log_stderr(&func.spec.name, id, stderr, max_log);
+    }
+    let status_of = |r: &Result<Response<Body>, wasmlet_runtime::Error>| match r {
+        Ok(_) => Status::Exited(0),
+        Err(wasmlet_runtime::Error::Trap(m)) => Status::Trapped(m.clone()),
+        Err(wasmlet_runtime::Error::LimitExceeded(l)) => Status::LimitExceeded(*l),
+        Err(_) => Status::Exited(1),
+    };
+    let usage = shared.opts.usage.then(|| {
+        wasmlet_runtime::Outcome {
+            status: status_of(&out.response),
+            usage: out.usage.clone(),
+            stdout: None,
+            stderr: None,
+        }
+        .usage_json()
+    });
+    if let Some(rx) = out.final_usage {
+        // Still streaming: the guest's stderr and final usage come later.
+        let (name, id, log_usage) = (func.spec.name.clone(), id.to_string(), shared.opts.usage);
+        tokio::spawn(async move {
+            if let Ok((usage, stderr)) = rx.await {
+                log_stderr(&name, &id, stderr.as_deref().unwrap_or_default(), max_log);
+                if log_usage {
+                    let mut v = serde_json::to_value(&usage).unwrap_or_default();
+                    v["function"] = name.into();
+                    v["request_id"] = id.into();
+                    v["final"] = true.into();
+                    tracing::info!(target: "wasmlet::usage", "usage {v}");
+                }
+            }
+        });
+    }
+    let mut handled = match (fault.get(), out.response) {
+        (Some(BodyFault::TooLarge), _) => body_too_large(settings.max_body_size),
+        (Some(BodyFault::Timeout), _) => body_timeout(settings.body_timeout),
+        (None, Ok(response)) => Handled {
+            response,
+            cause: None,
+            usage: None,
+        },
+        (None, Err(e)) => match crate::http::error_status(e) {
+            Ok(status) => status_failure(&status),
+            Err((true, why)) => failure(StatusCode::BAD_GATEWAY, Cause::BadOutput, &why),
+            Err((false, why)) => failure(StatusCode::INTERNAL_SERVER_ERROR, Cause::Setup, &why),
+        },
+    };
+    log_failure(func, id, &handled);
     handled.usage = usage;
     handled
+}
+
+/// A permit to run `func`, or its 503.
+async fn admit(
+    shared: &Shared,
+    app: &App,
+    func: &Func,
+) -> Result<crate::admission::Admitted, Handled> {
+    func.admission
+        .admit(&app.global, &func.metrics, &shared.metrics)
+        .await
+        .map_err(|cause| overloaded(func, cause))
 }
 
 fn overloaded(func: &Func, cause: Cause) -> Handled {

@@ -17,7 +17,8 @@ use wasmlet_runtime::{
 #[path = "../guests/components.rs"]
 pub(crate) mod build;
 
-fn component(name: &str, kind: build::Kind) -> PathBuf {
+/// `tests/guests/<name>.c` built as a component of `kind` (once per run).
+pub(crate) fn component(name: &str, kind: build::Kind) -> PathBuf {
     build::build_component(name, kind, &scratch().join("components"))
 }
 

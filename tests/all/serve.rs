@@ -165,6 +165,25 @@ fn request(
     read_response(&mut s)
 }
 
+/// A POST of `chunks` chunks of 4 KiB of `b` with chunked transfer
+/// encoding (no length declared); write errors are ignored (the server may
+/// answer and close before the end).
+fn post_chunked(addr: SocketAddr, path: &str, chunks: usize) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for _ in 0..chunks {
+        let _ = s.write_all(b"1000\r\n");
+        let _ = s.write_all(&[b'b'; 0x1000]);
+        let _ = s.write_all(b"\r\n");
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    read_response(&mut s)
+}
+
 fn read_response(s: &mut TcpStream) -> Resp {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
@@ -186,14 +205,38 @@ fn parse_response(raw: &[u8]) -> Resp {
         .unwrap()
         .parse()
         .unwrap();
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v): &(String, String)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
     Resp {
         status,
         headers,
-        body: raw[end + 4..].to_vec(),
+        body,
+    }
+}
+
+/// The data of a chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            panic!("unterminated chunk size line");
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16)
+            .expect("a chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
     }
 }
 
@@ -431,16 +474,7 @@ fn serve_maps_each_limit_to_its_status() {
         request(server.addr, "POST", "/t/echo", &[], &big).status,
         413
     );
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.write_all(b"POST /t/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    for _ in 0..20 {
-        let _ = s.write_all(b"1000\r\n");
-        let _ = s.write_all(&[b'b'; 0x1000]);
-        let _ = s.write_all(b"\r\n");
-    }
-    let _ = s.write_all(b"0\r\n\r\n");
-    assert_eq!(read_response(&mut s).status, 413);
+    assert_eq!(post_chunked(server.addr, "/t/echo", 20).status, 413);
     // Headers over max_header_size: 431.
     let long = "v".repeat(10 * 1024);
     let r = request(server.addr, "GET", "/t/hello", &[("X-Long", &long)], b"");
@@ -759,7 +793,7 @@ fn serve_check_and_manifest_errors() {
     let r = bad("queue_depth = 128", "queue_size = 128");
     r.assert_one_line_error("unknown field `queue_size`");
     let r = bad("kind = \"wagi\"", "kind = \"http\"");
-    r.assert_one_line_error("not supported in this build yet");
+    r.assert_one_line_error("the module is a core module");
     assert!(r.stderr.contains("function `hello`"), "{}", r.stderr);
     let r = bad(
         "[[function.trigger]]",
@@ -872,4 +906,256 @@ fn serve_reloads_when_a_module_changes() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The wasi:http guest (`tests/guests/http_hello.c`) as a component, and a
+/// manifest serving its routes as function `web` (kind left out: inferred).
+fn http_manifest(dir: &Path, allowed: &str) -> PathBuf {
+    let module = crate::components::component("http_hello", crate::components::build::Kind::Http);
+    let mut text = format!(
+        r#"
+[server]
+max_body_size = "64KiB"
+max_header_size = "8KiB"
+body_timeout = "2s"
+max_log_per_invocation = 200
+
+[[function]]
+name = "web"
+module = "{m}"
+allowed_outbound_hosts = [{allowed}]
+[function.limits]
+memory = "16MiB"
+cpu_time = "300ms"
+timeout = "3s"
+max_concurrency = 8
+"#,
+        m = module.display()
+    );
+    for route in [
+        "/hello",
+        "/echo",
+        "/trap",
+        "/loop",
+        "/sleep",
+        "/none",
+        "/log",
+        "/outbound",
+        "/big",
+    ] {
+        text.push_str(&format!(
+            "[[function.trigger]]\ntype = \"http\"\nroute = \"{route}\"\n"
+        ));
+    }
+    let p = dir.join("wasmlet.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A one-shot HTTP server on 127.0.0.1: answers every request `200 ok`.
+fn upstream() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+#[test]
+fn serve_http_component_end_to_end() {
+    let dir = tempdir();
+    let up = upstream();
+    let server = Serve::start(&http_manifest(dir.path(), &format!("\"http://{up}\"")));
+    let cause = |r: &Resp| r.header("x-wasmlet-error").unwrap_or("").to_string();
+    // Hello: the guest's status, headers and body; a request id.
+    let r = server.get("/hello");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "hello from wasi:http\n");
+    assert_eq!(r.header("x-guest"), Some("wasmlet"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("x-request-id").map(str::len), Some(16), "{r:?}");
+    // Headers and body both ways; the client's sane request id is kept.
+    let r = request(
+        server.addr,
+        "POST",
+        "/echo",
+        &[("X-Echo", "there and back"), ("X-Request-Id", "req-42")],
+        b"ping",
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.text(), "POST ping");
+    assert_eq!(r.header("x-echo"), Some("there and back"));
+    assert_eq!(r.header("x-request-id"), Some("req-42"));
+    // A chunked body within the limit is streamed to the guest.
+    let r = post_chunked(server.addr, "/echo", 4);
+    assert_eq!(r.status, 201);
+    assert_eq!(r.text(), format!("POST {}", "b".repeat(0x4000)));
+    // A streamed (4 MiB) response body arrives whole.
+    assert_eq!(server.get("/big").body.len(), 4 << 20);
+    // Trap 500, CPU limit 500, wall-clock timeout 504, no response 502.
+    let r = server.get("/trap");
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(cause(&r).contains("trap"), "{r:?}");
+    let r = server.get("/loop");
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(cause(&r).contains("CPU time limit of 300ms"), "{r:?}");
+    let r = server.get("/sleep");
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(cause(&r).contains("timeout"), "{r:?}");
+    let r = server.get("/none");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(cause(&r).contains("without setting a response"), "{r:?}");
+    // Bodies over max_body_size: 413, declared or streamed (chunked).
+    let big = vec![b'a'; 70 * 1024];
+    assert_eq!(request(server.addr, "POST", "/echo", &[], &big).status, 413);
+    let r = post_chunked(server.addr, "/echo", 20);
+    assert_eq!(r.status, 413, "{r:?}");
+    // Headers over max_header_size: 431.
+    let long = "v".repeat(20 * 1024);
+    let r = request(server.addr, "GET", "/hello", &[("X-Long", &long)], b"");
+    assert_eq!(r.status, 431);
+    // A body that stalls: 408 after body_timeout.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly some")
+        .unwrap();
+    let start = Instant::now();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // Outbound: the allowed host answers; any other is refused.
+    let r = request(
+        server.addr,
+        "GET",
+        "/outbound",
+        &[("X-Target", &up.to_string())],
+        b"",
+    );
+    assert_eq!(r.text(), "status=200", "{r:?}");
+    let other = format!("localhost:{}", up.port());
+    let r = request(
+        server.addr,
+        "GET",
+        "/outbound",
+        &[("X-Target", &other)],
+        b"",
+    );
+    assert_eq!(r.text(), "error=HTTP-request-denied", "{r:?}");
+    // Guest stderr: in the log, line by line, tagged.
+    let r = request(
+        server.addr,
+        "GET",
+        "/log",
+        &[("X-Request-Id", "log-req")],
+        b"",
+    );
+    assert_eq!(r.text(), "logged");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    let tagged: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("log-req") && l.contains("stderr:"))
+        .collect();
+    assert_eq!(tagged.len(), 2, "{log}");
+    assert!(tagged[0].contains("guest says hello") && tagged[0].contains("web"));
+    // No failure took the server down; the metrics saw each cause.
+    assert_eq!(server.get("/hello").status, 200);
+    let m = server.metrics();
+    for (cause, n) in [
+        ("trap", 1),
+        ("timeout", 1),
+        ("limit", 1),
+        ("bad_output", 1),
+        ("body_too_large", 2),
+        ("body_timeout", 1),
+    ] {
+        let line = format!("wasmlet_errors_total{{function=\"web\",cause=\"{cause}\"}} {n}\n");
+        assert!(m.contains(&line), "{line} not in {m}");
+    }
+    assert!(
+        m.contains("wasmlet_instances_in_flight{function=\"web\"} 0\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn serve_http_component_kind_checks() {
+    let dir = tempdir();
+    let manifest = http_manifest(dir.path(), "");
+    let r = run_cli(wasmlet().arg("serve").arg(&manifest).arg("--check"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("web: http function"), "{}", r.stdout);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let bad = |from: &str, to: &str| {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+        run_cli(wasmlet().arg("serve").arg(&p).arg("--check"))
+    };
+    bad("name = \"web\"", "name = \"web\"\nkind = \"wagi\"")
+        .assert_one_line_error("the module is a component");
+    bad(
+        "allowed_outbound_hosts = []",
+        "allowed_outbound_hosts = [\"a b\"]",
+    )
+    .assert_one_line_error("allowed outbound host `a b`");
+    bad("name = \"web\"", "name = \"web\"\nsnapshot = true")
+        .assert_one_line_error("not pre-initialized");
+    bad(
+        "[function.limits]",
+        "[function.sandbox]\nmemory = \"64MiB\"\n[function.limits]",
+    )
+    .assert_one_line_error("[function.sandbox]");
+}
+
+#[test]
+fn serve_http_component_overload_gives_503_with_retry_after() {
+    let dir = tempdir();
+    let manifest = http_manifest(dir.path(), "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "max_concurrency = 8",
+        "max_concurrency = 1\nqueue_depth = 0\nqueue_timeout = \"100ms\"",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let server = Serve::start(&manifest);
+    // One request holds the only instance (until its 3 s timeout)...
+    let addr = server.addr;
+    let busy = std::thread::spawn(move || request(addr, "GET", "/sleep", &[], b""));
+    let start = Instant::now();
+    while !server
+        .metrics()
+        .contains("wasmlet_instances_in_flight{function=\"web\"} 1\n")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the sleeper never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = server.get("/hello");
+    // ...so the next is turned away at once, with Retry-After.
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(busy.join().unwrap().status, 504);
+    // Then it serves again, and nothing was left in flight.
+    assert_eq!(server.get("/hello").status, 200);
+    let m = server.metrics();
+    assert!(
+        m.contains("wasmlet_instances_in_flight{function=\"web\"} 0\n"),
+        "{m}"
+    );
+    let rejected: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wasmlet_errors_total{function=\"web\",cause=\"queue_full\"} ")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(rejected >= 1, "{m}");
 }

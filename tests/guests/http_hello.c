@@ -9,6 +9,7 @@
 //   /loop      computes forever
 //   /sleep     waits 60 s on a monotonic-clock pollable
 //   /none      returns without a response
+//   /log       writes two lines to stderr, then 200 "logged"
 //   /outbound  GET http://<x-target header>/ with wasi:http/outgoing-handler:
 //              200 "status=N", or 200 "error=<error code>"
 #include "http_guest.h"
@@ -247,6 +248,10 @@ void exports_wasi_http_incoming_handler_handle(
         text(out, 200, "woke up");
     } else if (path_is(&path, "/none")) {
         // No response.
+    } else if (path_is(&path, "/log")) {
+        fprintf(stderr, "guest says hello\nand a second line\n");
+        fflush(stderr);
+        text(out, 200, "logged");
     } else if (path_is(&path, "/outbound")) {
         outbound(req, out);
     } else {
