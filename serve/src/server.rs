@@ -798,6 +798,7 @@ async fn call_http(
         stderr: Output::Capture,
         entry: Entry::Start,
         limits: None,
+        context: Default::default(),
     };
     func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
     func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);

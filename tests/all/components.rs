@@ -223,8 +223,10 @@ fn http_loop_and_sleep_are_stopped_by_the_timeout() {
         spin.response
     );
     assert!(spin.usage.wall_time >= Duration::from_millis(300));
+    // The spinning guest is charged the CPU it got (a loaded machine gives
+    // it well under the 300 ms; the sleeping one gets almost none).
     assert!(
-        spin.usage.cpu_time >= Duration::from_millis(100),
+        spin.usage.cpu_time >= Duration::from_millis(30),
         "{:?}",
         spin.usage
     );
@@ -235,7 +237,7 @@ fn http_loop_and_sleep_are_stopped_by_the_timeout() {
     );
     assert!(sleep.usage.wall_time >= Duration::from_millis(300));
     assert!(
-        sleep.usage.cpu_time < Duration::from_millis(100),
+        sleep.usage.cpu_time < Duration::from_millis(30),
         "{:?}",
         sleep.usage
     );
