@@ -230,6 +230,12 @@ fn load_function(
 ) -> Result<Func, String> {
     let sniffed = sniff_kind(&spec.module)?;
     let kind = spec.kind.unwrap_or(sniffed);
+    if kind == Kind::Http && !spec.events.is_empty() {
+        return Err(
+            "schedule and file triggers run WASI commands (kind = \"wagi\"); this function is a wasi:http component"
+                .into(),
+        );
+    }
     if spec.sandbox.is_some() {
         return Err(
             "[function.sandbox] (jailed workers) is not supported by `wasmlet serve` in this build yet; remove the table to run the function in-process"

@@ -15,18 +15,26 @@
 //! - [`admission`]: per-function concurrency, bounded queues with a wait
 //!   timeout, and the host-wide cap on instances in flight;
 //! - [`metrics`]: the Prometheus figures of the admin listener;
+//! - [`usage_log`]: the durable usage log, one JSON line per invocation,
+//!   written by one thread (batched, fdatasynced, rotated);
+//! - [`bill`]: `wasmlet usage`, the usage log read back as a bill;
+//! - `trigger`: schedule (cron or interval) and file (watched directory)
+//!   triggers;
 //! - [`server`]: listeners, the request path and its status mapping, the
 //!   admin endpoints, signals, reloads and graceful shutdown;
 //! - [`error`]: typed errors.
 
 pub mod admission;
 pub mod app;
+pub mod bill;
 pub mod error;
 mod handler;
 mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod server;
+mod trigger;
+pub mod usage_log;
 mod wagi;
 
 pub use app::App;
