@@ -240,8 +240,9 @@ impl Server {
                             if e.is_parse_too_large() {
                                 // hyper answered 431 itself: no request, no route.
                                 let id = usage.ids.generate();
-                                let line = http_line(None, &id, chrono::Utc::now())
+                                let mut line = http_line(None, &id, chrono::Utc::now())
                                     .rejected("header_too_large");
+                                line["http_status"] = 431.into();
                                 usage.usage.record(line).await;
                             }
                         }
@@ -556,7 +557,8 @@ async fn handle(
     let mut response = match app.route(&path) {
         None => {
             shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            let line = http_line(None, &id, start_time).rejected("no_route");
+            let mut line = http_line(None, &id, start_time).rejected("no_route");
+            line["http_status"] = 404.into();
             shared.usage.record(line).await;
             text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
         }

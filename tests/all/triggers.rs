@@ -178,8 +178,10 @@ backoff = "50ms"
     let staging = dir.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let server = Serve::start(&m);
-    until(Duration::from_secs(10), "the inbox", || {
-        inbox.join("done").is_dir()
+    // Watching (and the start-up scan done): from now on only complete
+    // files are taken.
+    until(Duration::from_secs(10), "the watch", || {
+        server.log().contains("watching")
     });
     drop_file(&inbox, &staging, "good.txt", b"twelve bytes");
     drop_file(&inbox, &staging, "bad.txt", b"poison!");
@@ -244,8 +246,10 @@ fn file_events_a_thousand_at_once() {
     let staging = dir.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let mut server = Serve::start(&m);
-    until(Duration::from_secs(10), "the inbox", || {
-        inbox.join("done").is_dir()
+    // Watching (and the start-up scan done): from now on only complete
+    // files are taken.
+    until(Duration::from_secs(10), "the watch", || {
+        server.log().contains("watching")
     });
     for i in 0..1000 {
         drop_file(
@@ -287,8 +291,10 @@ fn file_events_survive_a_sigkill_mid_stream_exactly_once() {
     let staging = dir.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let server = Serve::start(&m);
-    until(Duration::from_secs(10), "the inbox", || {
-        inbox.join("done").is_dir()
+    // Watching (and the start-up scan done): from now on only complete
+    // files are taken.
+    until(Duration::from_secs(10), "the watch", || {
+        server.log().contains("watching")
     });
     // 200 events of 20 ms each, every tenth poisoned.
     for i in 0..200 {
