@@ -298,7 +298,7 @@ impl Writer {
                     );
                     let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
                     s.write_errors += 1;
-                    if s.error.is_none() || s.write_errors % 20 == 0 {
+                    if s.error.is_none() || s.write_errors.is_multiple_of(20) {
                         tracing::error!(target: "wasmlet::usage", "{msg}");
                     }
                     s.error = Some(msg);
@@ -316,10 +316,11 @@ impl Writer {
         let mut i = 0;
         let mut buf = Vec::new();
         while i < lines.len() {
-            if self.len > 0 && self.len + lines[i].len() as u64 > self.max_size {
-                if let Err(e) = self.rotate() {
-                    return (i, Some(e));
-                }
+            if self.len > 0
+                && self.len + lines[i].len() as u64 > self.max_size
+                && let Err(e) = self.rotate()
+            {
+                return (i, Some(e));
             }
             buf.clear();
             let mut j = i;

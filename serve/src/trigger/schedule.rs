@@ -473,8 +473,7 @@ mod tests {
         if s.overlap != Overlap::Allow {
             assert!(max_active.load(Ordering::SeqCst) <= 1);
         }
-        let v = seen.lock().unwrap().clone();
-        v
+        seen.lock().unwrap().clone()
     }
 
     #[tokio::test(start_paused = true)]
