@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use wasmlet_runtime::{Entry, Input, Invocation, LimitExceeded, Output, RuntimeConfig, Status};
+use wasmlet_runtime::{Invocation, LimitExceeded, RuntimeConfig, Status};
 
 /// A response or request body: streamed, boxed (the agreed
 /// `wasmlet_runtime::http::HttpBody` shape).
@@ -720,23 +720,7 @@ async fn call(
         .cloned()
         .collect();
     env.extend(cgi_env);
-    let inv = Invocation {
-        args,
-        env,
-        dirs: func.dirs.clone(),
-        stdin: Input::Bytes(body),
-        stdout: Output::Capture,
-        stderr: Output::Capture,
-        entry: Entry::Start,
-        limits: None,
-    };
-    func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
-    if func.snapshot_start {
-        func.metrics.snapshot_starts.fetch_add(1, Ordering::Relaxed);
-    } else {
-        func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
-    }
-    let result = function.invoke_async(inv).await;
+    let result = func.invoke_command(function, args, env, body).await;
     drop(admitted);
     let outcome = match result {
         Ok(o) => o,

@@ -154,6 +154,19 @@ timezone = "Asia/Kolkata"
     drop(server);
 }
 
+/// Starts the server on `m` and waits until its file trigger on `inbox`
+/// watches (and its start-up scan is done: from then on only complete
+/// files are taken); the server, the inbox and a staging directory.
+fn watching(dir: &Path, m: &Path) -> (Serve, PathBuf, PathBuf) {
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let server = Serve::start(m);
+    until(Duration::from_secs(10), "the watch", || {
+        server.log().contains("watching")
+    });
+    (server, dir.join("inbox"), staging)
+}
+
 /// Writes `name` into `dir` the safe way: elsewhere, then renamed in.
 fn drop_file(dir: &Path, staging: &Path, name: &str, body: &[u8]) {
     let tmp = staging.join(name);
@@ -174,15 +187,7 @@ retries = 2
 backoff = "50ms"
 "#,
     );
-    let inbox = dir.path().join("inbox");
-    let staging = dir.path().join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    let server = Serve::start(&m);
-    // Watching (and the start-up scan done): from now on only complete
-    // files are taken.
-    until(Duration::from_secs(10), "the watch", || {
-        server.log().contains("watching")
-    });
+    let (server, inbox, staging) = watching(dir.path(), &m);
     drop_file(&inbox, &staging, "good.txt", b"twelve bytes");
     drop_file(&inbox, &staging, "bad.txt", b"poison!");
     // A partial write: half now, the rest a moment later, then closed. The
@@ -242,15 +247,7 @@ fn file_events_a_thousand_at_once() {
         "max_concurrency = 8",
         "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\n",
     );
-    let inbox = dir.path().join("inbox");
-    let staging = dir.path().join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    let mut server = Serve::start(&m);
-    // Watching (and the start-up scan done): from now on only complete
-    // files are taken.
-    until(Duration::from_secs(10), "the watch", || {
-        server.log().contains("watching")
-    });
+    let (mut server, inbox, staging) = watching(dir.path(), &m);
     for i in 0..1000 {
         drop_file(
             &inbox,
@@ -287,15 +284,7 @@ fn file_events_survive_a_sigkill_mid_stream_exactly_once() {
         "max_concurrency = 4",
         "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\nretries = 1\nbackoff = \"50ms\"\n",
     );
-    let inbox = dir.path().join("inbox");
-    let staging = dir.path().join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    let server = Serve::start(&m);
-    // Watching (and the start-up scan done): from now on only complete
-    // files are taken.
-    until(Duration::from_secs(10), "the watch", || {
-        server.log().contains("watching")
-    });
+    let (server, inbox, staging) = watching(dir.path(), &m);
     // 200 events of 20 ms each, every tenth poisoned.
     for i in 0..200 {
         let body = if i % 10 == 0 { "poison" } else { "sleep 20" };

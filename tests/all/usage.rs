@@ -140,8 +140,18 @@ fn usage_log_one_line_per_request_with_its_id_and_metrics_agree() {
     assert_eq!(by_id("exit-three")["exit_code"], 3);
     assert_eq!(by_id("lost-1")["function"], Value::Null);
     assert_eq!(by_id("lost-1")["reason"], "no_route");
-    // The counters add up what the log holds.
-    let m = server.metrics();
+    // The counters add up what the log holds (counted just after each
+    // batch is synced: wait for the last one).
+    let start = Instant::now();
+    let m = loop {
+        let m = server.metrics();
+        if metric(&m, "wasmlet_usage_lines_total") >= all.len() as f64
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(
         metric(&m, "wasmlet_usage_invocations_total{function=\"t\"}"),
         12.0,

@@ -19,11 +19,10 @@ use crate::server::{Shared, log_stderr};
 use crate::usage_log::{LineHead, is_success};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use wasmlet_runtime::{Entry, Input, Invocation, Output, Status};
+use wasmlet_runtime::Status;
 
 /// Longest wait between two tries to get an instance of a busy function.
 const MAX_ADMISSION_BACKOFF: Duration = Duration::from_secs(1);
@@ -147,23 +146,8 @@ pub(crate) async fn invoke(ctx: &Ctx, event: Event) -> Result<(), String> {
         .collect();
     env.push(("WASMLET_TRIGGER".into(), ctx.trigger.clone()));
     env.extend(event.env);
-    let inv = Invocation {
-        args: vec![func.spec.name.clone()],
-        env,
-        dirs: func.dirs.clone(),
-        stdin: Input::Bytes(event.stdin),
-        stdout: Output::Capture,
-        stderr: Output::Capture,
-        entry: Entry::Start,
-        limits: None,
-    };
-    func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
-    if func.snapshot_start {
-        func.metrics.snapshot_starts.fetch_add(1, Ordering::Relaxed);
-    } else {
-        func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
-    }
-    let result = function.invoke_async(inv).await;
+    let args = vec![func.spec.name.clone()];
+    let result = func.invoke_command(function, args, env, event.stdin).await;
     drop(admitted);
     let outcome = match result {
         Ok(o) => o,
