@@ -10,10 +10,11 @@
 //! ```
 //!
 //! Group commit: each batch is written and `fdatasync`ed before the next is
-//! taken, so a line is on disk at most one batch (one write and one sync,
-//! well under [`SYNC_INTERVAL`] on a working disk) after it was queued. A
-//! SIGKILL loses at most the lines queued but not yet synced: those of
-//! requests whose responses were sent in that last window.
+//! taken, and batches start at least [`MIN_BATCH_INTERVAL`] apart, so a line
+//! is on disk at most that interval plus one write and one sync (well under
+//! [`SYNC_INTERVAL`] on a working disk) after it was queued. A SIGKILL loses
+//! at most the lines queued but not yet synced: those of requests whose
+//! responses were sent in that last window.
 //!
 //! A batch never straddles two files: when the file would pass its size
 //! limit the writer renames it to `NAME.N` (N one more than the highest
@@ -42,6 +43,9 @@ pub const DEFAULT_USAGE_LOG_MAX_SIZE: u64 = 64 << 20;
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
 /// The longest a queued line waits to be synced on a working disk.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest time between two batches: lines queued meanwhile share one
+/// write and one `fdatasync` (at most ~100 syncs a second under load).
+pub const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// How often a failed write is retried.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Lines written as one batch at most.
@@ -288,6 +292,9 @@ impl Writer {
                     if took > SYNC_INTERVAL {
                         tracing::warn!(target: "wasmlet::usage",
                             "usage log: a batch took {took:?} to write and sync (more than {SYNC_INTERVAL:?})");
+                    }
+                    if let Some(rest) = MIN_BATCH_INTERVAL.checked_sub(took) {
+                        std::thread::sleep(rest);
                     }
                 }
                 Some(e) => {
