@@ -4,7 +4,8 @@
 //! They are started once, from the manifest the server started with, and
 //! find their function by name in the *current* functions at each event, so
 //! a reload that changes a module is taken at the next event; a change to
-//! a trigger's own settings takes a restart (a reload says so in the log).
+//! a trigger's own settings takes a restart (a reload does not restart
+//! triggers, and does not warn about it yet).
 //! An event goes through the function's admission like a request (its
 //! concurrency and the server-wide cap), runs the function as a WASI
 //! command (stdin, environment, preopened directories of the manifest) and
