@@ -3,6 +3,7 @@
 //! prints its path: how `scripts/bench-serve` gets the wasi:http hello.
 //! Usage: cargo run --release --example build_component -- NAME http|command DIR
 
+#[allow(dead_code)] // (the tests use the rest of it)
 #[path = "../tests/guests/components.rs"]
 mod build;
 

@@ -13,8 +13,12 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
-use wasmlet_runtime::{Limits, LoadOptions, Preopen, Runtime, RuntimeConfig, SnapshotOptions};
+use wasmlet_runtime::{
+    Entry, Function, Input, Invocation, Limits, LoadOptions, Outcome, Output, Preopen, Runtime,
+    RuntimeConfig, SnapshotOptions,
+};
 
 /// A loaded function.
 pub(crate) struct Func {
@@ -29,6 +33,38 @@ pub(crate) struct Func {
     pub snapshot_start: bool,
     /// `Retry-After` seconds for its 503s.
     pub retry_after: u64,
+}
+
+impl Func {
+    /// Runs `function` (this function's WASI command) once with `args`,
+    /// `env` and `stdin`, its preopened directories, stdout and stderr
+    /// captured; counted in its metrics.
+    pub(crate) async fn invoke_command(
+        &self,
+        function: &Function,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        stdin: bytes::Bytes,
+    ) -> Result<Outcome, wasmlet_runtime::Error> {
+        let inv = Invocation {
+            args,
+            env,
+            dirs: self.dirs.clone(),
+            stdin: Input::Bytes(stdin),
+            stdout: Output::Capture,
+            stderr: Output::Capture,
+            entry: Entry::Start,
+            limits: None,
+            context: Default::default(),
+        };
+        self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
+        if self.snapshot_start {
+            self.metrics.snapshot_starts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
+        }
+        function.invoke_async(inv).await
+    }
 }
 
 /// The serving state built from one manifest.
@@ -230,6 +266,12 @@ fn load_function(
 ) -> Result<Func, String> {
     let sniffed = sniff_kind(&spec.module)?;
     let kind = spec.kind.unwrap_or(sniffed);
+    if kind == Kind::Http && !spec.events.is_empty() {
+        return Err(
+            "schedule and file triggers run WASI commands (kind = \"wagi\"); this function is a wasi:http component"
+                .into(),
+        );
+    }
     if spec.sandbox.is_some() {
         return Err(
             "[function.sandbox] (jailed workers) is not supported by `wasmlet serve` in this build yet; remove the table to run the function in-process"

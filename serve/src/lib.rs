@@ -15,6 +15,11 @@
 //! - [`admission`]: per-function concurrency, bounded queues with a wait
 //!   timeout, and the host-wide cap on instances in flight;
 //! - [`metrics`]: the Prometheus figures of the admin listener;
+//! - [`usage_log`]: the durable usage log, one JSON line per invocation,
+//!   written by one thread (batched, fdatasynced, rotated);
+//! - [`bill`]: `wasmlet usage`, the usage log read back as a bill;
+//! - `trigger`: schedule (cron or interval) and file (watched directory)
+//!   triggers;
 //! - [`server`]: listeners, the request path and its status mapping, the
 //!   admin endpoints, signals, reloads and graceful shutdown;
 //! - [`error`]: typed errors.
@@ -23,6 +28,7 @@
 
 pub mod admission;
 pub mod app;
+pub mod bill;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -31,6 +37,8 @@ mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod server;
+mod trigger;
+pub mod usage_log;
 mod wagi;
 
 pub use app::App;

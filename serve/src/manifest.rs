@@ -16,6 +16,12 @@
 //! [[function.trigger]]
 //! type = "http"
 //! route = "/hello"                     # "/api/..." is a prefix route
+//! [[function.trigger]]
+//! type = "schedule"                    # cron = "0 */5 * * * *" or every = "30s"
+//! every = "30s"
+//! [[function.trigger]]
+//! type = "file"                        # each complete file in `dir` is one event
+//! dir = "inbox"
 //! ```
 
 use crate::error::ManifestError;
@@ -79,7 +85,25 @@ pub struct Manifest {
     pub server: ServerSettings,
     /// The functions, in manifest order.
     pub functions: Vec<FunctionSpec>,
+    /// The usage log (`usage_log`, resolved against the manifest's
+    /// directory; default [`crate::usage_log::DEFAULT_USAGE_LOG`] there).
+    pub usage_log: PathBuf,
+    /// Size past which the usage log is rotated.
+    pub usage_log_max_size: u64,
+    /// Where triggers keep their state (`state_dir`; default
+    /// [`DEFAULT_STATE_DIR`] beside the manifest).
+    pub state_dir: PathBuf,
 }
+
+/// Directory, beside the manifest, where triggers keep their state (a
+/// schedule's last run) unless `state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = ".wasmlet-state";
+/// Default attempts of a file event beyond the first.
+pub const DEFAULT_FILE_RETRIES: u32 = 3;
+/// Default wait before the first retry of a file event (doubled each time).
+pub const DEFAULT_FILE_BACKOFF: Duration = Duration::from_secs(1);
+/// Default largest file a file trigger hands to its function.
+pub const DEFAULT_FILE_MAX_SIZE: u64 = 64 << 20;
 
 /// The raw file.
 #[derive(Debug, Deserialize)]
@@ -91,6 +115,10 @@ struct RawManifest {
     server: ServerSettings,
     #[serde(default)]
     function: Vec<Spanned<RawFunction>>,
+    usage_log: Option<PathBuf>,
+    #[serde(default, deserialize_with = "opt_size")]
+    usage_log_max_size: Option<u64>,
+    state_dir: Option<PathBuf>,
 }
 
 /// The `[server]` table: what applies to every function.
@@ -215,6 +243,8 @@ pub struct FunctionSpec {
     pub sandbox: Option<SandboxSettings>,
     /// Routes.
     pub routes: Vec<Route>,
+    /// Schedule and file triggers.
+    pub events: Vec<EventTrigger>,
     /// Line of its `[[function]]` table, for later messages.
     pub line: usize,
 }
@@ -305,6 +335,121 @@ pub enum Trigger {
         /// `/exact` or `/prefix/...`.
         route: String,
     },
+    /// A cron expression or a fixed interval.
+    Schedule {
+        /// The trigger's name (`WASMLET_TRIGGER`); default `schedule`.
+        name: Option<String>,
+        /// `[sec] min hour day-of-month month day-of-week [year]`.
+        cron: Option<String>,
+        /// A fixed interval instead: `"30s"`, `"5m"`.
+        #[serde(default, deserialize_with = "opt_duration")]
+        every: Option<Duration>,
+        /// An IANA time zone for `cron` (default `UTC`).
+        timezone: Option<String>,
+        /// When a run is due while the previous one still runs.
+        #[serde(default)]
+        overlap: Overlap,
+        /// Runs that fell due while the server was down.
+        #[serde(default)]
+        missed: Missed,
+    },
+    /// Each complete file that appears in a directory.
+    File {
+        /// The trigger's name (`WASMLET_TRIGGER`); default `file`.
+        name: Option<String>,
+        /// The watched directory, relative to the manifest's.
+        dir: PathBuf,
+        /// Attempts after the first failed one.
+        retries: Option<u32>,
+        /// Wait before the first retry; doubled for each next one.
+        #[serde(default, deserialize_with = "opt_duration")]
+        backoff: Option<Duration>,
+        /// Largest file taken; a larger one goes to `failed/`.
+        #[serde(default, deserialize_with = "opt_size")]
+        max_size: Option<u64>,
+    },
+}
+
+/// A schedule's policy for a run that falls due while the previous one runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Do not start it (default).
+    #[default]
+    Skip,
+    /// Start it when the running one ends; at most one waits.
+    QueueOne,
+    /// Start it anyway.
+    Allow,
+}
+
+/// A schedule's policy for the runs that fell due while the server was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// Forget them (default).
+    #[default]
+    Skip,
+    /// Run once at start-up, for the latest of them.
+    RunOnce,
+}
+
+/// A checked schedule or file trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventTrigger {
+    /// A schedule.
+    Schedule(ScheduleSpec),
+    /// A watched directory.
+    File(FileSpec),
+}
+
+impl EventTrigger {
+    /// The trigger's name.
+    pub fn name(&self) -> &str {
+        match self {
+            EventTrigger::Schedule(s) => &s.name,
+            EventTrigger::File(f) => &f.name,
+        }
+    }
+}
+
+/// When a schedule fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum When {
+    /// A cron expression (checked), in `timezone`.
+    Cron(String),
+    /// Every so often, counted from the previous run.
+    Every(Duration),
+}
+
+/// A checked schedule trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSpec {
+    /// Its name.
+    pub name: String,
+    /// When it fires.
+    pub when: When,
+    /// The time zone of `when`.
+    pub timezone: chrono_tz::Tz,
+    /// Overlapping runs.
+    pub overlap: Overlap,
+    /// Runs missed while down.
+    pub missed: Missed,
+}
+
+/// A checked file trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSpec {
+    /// Its name.
+    pub name: String,
+    /// The watched directory, resolved against the manifest's.
+    pub dir: PathBuf,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// First retry's wait.
+    pub backoff: Duration,
+    /// Largest file.
+    pub max_size: u64,
 }
 
 /// A checked HTTP route.
@@ -482,7 +627,13 @@ impl Manifest {
                 }
             }
             let mut froutes = Vec::new();
+            let mut events: Vec<EventTrigger> = Vec::new();
             for t in &f.trigger {
+                let bad = |m: String| at(Some(t.span()), format!("function `{name}`: {m}"));
+                if let Some(e) = event_trigger(t.get_ref(), &dir, &events).map_err(bad)? {
+                    events.push(e);
+                    continue;
+                }
                 match t.get_ref() {
                     Trigger::Http { route } => {
                         let r = Route::parse(route)
@@ -497,6 +648,7 @@ impl Manifest {
                         }
                         froutes.push(r);
                     }
+                    Trigger::Schedule { .. } | Trigger::File { .. } => {}
                 }
             }
             let (line, _, _) = locate(text, fspan.start);
@@ -511,6 +663,7 @@ impl Manifest {
                 limits: f.limits,
                 sandbox: f.sandbox,
                 routes: froutes,
+                events,
                 line,
             });
         }
@@ -522,15 +675,110 @@ impl Manifest {
         }
         Ok(Manifest {
             path: path.to_owned(),
-            dir,
             listen: raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             admin_listen: raw
                 .admin_listen
                 .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into()),
             server: raw.server,
             functions,
+            usage_log: dir.join(
+                raw.usage_log
+                    .unwrap_or_else(|| crate::usage_log::DEFAULT_USAGE_LOG.into()),
+            ),
+            usage_log_max_size: raw
+                .usage_log_max_size
+                .unwrap_or(crate::usage_log::DEFAULT_USAGE_LOG_MAX_SIZE),
+            state_dir: dir.join(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
+            dir,
         })
     }
+}
+
+/// A schedule or file trigger checked (`None` for an HTTP one); `before`
+/// are the function's event triggers checked so far (names are unique).
+fn event_trigger(
+    t: &Trigger,
+    dir: &Path,
+    before: &[EventTrigger],
+) -> Result<Option<EventTrigger>, String> {
+    let name = |given: &Option<String>, kind: &str| -> Result<String, String> {
+        let n = match given {
+            Some(n) => n.clone(),
+            None => {
+                let same = before.iter().filter(|e| e.name().starts_with(kind)).count();
+                if same == 0 {
+                    kind.to_string()
+                } else {
+                    format!("{kind}-{}", same + 1)
+                }
+            }
+        };
+        let valid = !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(format!(
+                "trigger name `{n}`: use 1 to 64 letters, digits, `-` or `_`"
+            ));
+        }
+        if before.iter().any(|e| e.name() == n) {
+            return Err(format!("trigger name `{n}` is used twice"));
+        }
+        Ok(n)
+    };
+    Ok(Some(match t {
+        Trigger::Http { .. } => return Ok(None),
+        Trigger::Schedule {
+            name: given,
+            cron,
+            every,
+            timezone,
+            overlap,
+            missed,
+        } => {
+            let when = match (cron, every) {
+                (Some(c), None) => {
+                    c.parse::<croner::Cron>()
+                        .map_err(|e| format!("cron `{c}`: {e}"))?;
+                    When::Cron(c.clone())
+                }
+                (None, Some(d)) => When::Every(*d),
+                _ => {
+                    return Err(
+                        "a schedule trigger takes either `cron` or `every` (e.g. every = \"30s\")"
+                            .into(),
+                    );
+                }
+            };
+            let timezone = match timezone {
+                None => chrono_tz::UTC,
+                Some(z) => z.parse().map_err(|_| {
+                    format!("timezone `{z}` is not an IANA time zone name (e.g. \"Europe/Paris\")")
+                })?,
+            };
+            EventTrigger::Schedule(ScheduleSpec {
+                name: name(given, "schedule")?,
+                when,
+                timezone,
+                overlap: *overlap,
+                missed: *missed,
+            })
+        }
+        Trigger::File {
+            name: given,
+            dir: watched,
+            retries,
+            backoff,
+            max_size,
+        } => EventTrigger::File(FileSpec {
+            name: name(given, "file")?,
+            dir: dir.join(watched),
+            retries: retries.unwrap_or(DEFAULT_FILE_RETRIES),
+            backoff: backoff.unwrap_or(DEFAULT_FILE_BACKOFF),
+            max_size: max_size.unwrap_or(DEFAULT_FILE_MAX_SIZE),
+        }),
+    }))
 }
 
 /// The 1-based line and column of byte `offset` in `text`, and the field

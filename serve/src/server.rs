@@ -9,6 +9,9 @@
 //!  SIGHUP / manifest or module changed ─▶ App::load off the request path
 //!      ─▶ swapped in (old requests finish on the old functions)
 //!  SIGTERM / SIGINT ─▶ stop accepting, readyz 503, drain ≤ drain_timeout, exit
+//!  every request (404/413/431/503 too) ─▶ one usage-log line, queued
+//!      before the response is sent (see [`crate::usage_log`]);
+//!  schedule and file triggers run beside it (see [`crate::trigger`])
 //! ```
 
 use crate::app::{App, Func, stamp};
@@ -17,6 +20,7 @@ use crate::handler::Handler;
 use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
+use crate::usage_log::{LineHead, UsageLog};
 use crate::wagi::{CgiRequest, parse_output};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -64,6 +68,8 @@ pub struct ServeOptions {
     pub runtime: RuntimeConfig,
     /// Log each invocation's usage record (one JSON object per line).
     pub usage: bool,
+    /// Overrides the manifest's `usage_log`.
+    pub usage_log: Option<PathBuf>,
 }
 
 /// What a handler produced for one request.
@@ -89,7 +95,7 @@ pub struct Server {
     admin: std::net::TcpListener,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     app: RwLock<Arc<App>>,
     metrics: Arc<Metrics>,
     opts: ServeOptions,
@@ -97,6 +103,8 @@ struct Shared {
     admin_token: Option<String>,
     ids: RequestIds,
     local: SocketAddr,
+    /// The usage log every trigger appends to.
+    pub(crate) usage: UsageLog,
 }
 
 impl Server {
@@ -122,6 +130,12 @@ impl Server {
                 "server.max_header_size must be at least {MIN_HEAD_BUFFER} bytes"
             )));
         }
+        let usage_path = opts
+            .usage_log
+            .clone()
+            .unwrap_or_else(|| manifest.usage_log.clone());
+        let usage = UsageLog::open(&usage_path, manifest.usage_log_max_size)
+            .map_err(|e| ServeError::Start(e.to_string()))?;
         let app = App::load(manifest, &opts.runtime, None, &metrics)?;
         let bind = |addr: &str| {
             std::net::TcpListener::bind(addr)
@@ -146,6 +160,7 @@ impl Server {
                 admin_token,
                 ids: RequestIds::new(),
                 local,
+                usage,
             }),
             listener,
             admin,
@@ -160,6 +175,11 @@ impl Server {
     /// The admin listener's address.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.admin.local_addr()
+    }
+
+    /// The usage log's path.
+    pub fn usage_log(&self) -> &std::path::Path {
+        self.shared.usage.path()
     }
 
     /// The functions served.
@@ -191,6 +211,7 @@ impl Server {
         let reload = Arc::new(tokio::sync::Notify::new());
         let reload_task = tokio::spawn(reload_loop(shared.clone(), reload.clone()));
         let settings = shared.current().manifest.server.clone();
+        let triggers = crate::trigger::start(shared.clone());
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -211,12 +232,21 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
+                    let usage = shared.clone();
                     let svc = service_fn(move |req| handle(shared.clone(), peer, req));
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, "connection: {e}");
+                            if e.is_parse_too_large() {
+                                // hyper answered 431 itself: no request, no route.
+                                let id = usage.ids.generate();
+                                let mut line = http_line(None, &id, chrono::Utc::now())
+                                    .rejected("header_too_large");
+                                line["http_status"] = 431.into();
+                                usage.usage.record(line).await;
+                            }
                         }
                     });
                 }
@@ -245,7 +275,14 @@ impl Server {
                 humantime::format_duration(settings.drain_timeout)
             ),
         }
+        triggers.stop(settings.drain_timeout).await;
         admin_task.abort();
+        if !shared.usage.flush(settings.drain_timeout).await {
+            tracing::error!(
+                "the usage log {} could not be synced before exiting",
+                shared.usage.path().display()
+            );
+        }
         Ok(())
     }
 }
@@ -271,8 +308,23 @@ fn forward_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<i32>, ServeE
 }
 
 impl Shared {
-    fn current(&self) -> Arc<App> {
+    pub(crate) fn current(&self) -> Arc<App> {
         self.app.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A fresh request or event id.
+    pub(crate) fn new_id(&self) -> String {
+        self.ids.generate()
+    }
+
+    /// The server's figures.
+    pub(crate) fn metrics_ref(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether the server is shutting down.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -364,7 +416,10 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/readyz" if shared.draining.load(Ordering::Acquire) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match shared.usage.error() {
+            Some(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+            None => text(StatusCode::OK, "ready\n"),
+        },
         "/metrics" => {
             if let Some(token) = &shared.admin_token {
                 let given = req
@@ -381,7 +436,10 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                     return r;
                 }
             }
-            let mut r = text(StatusCode::OK, &shared.metrics.render());
+            let mut r = text(
+                StatusCode::OK,
+                &(shared.metrics.render() + &shared.usage.render()),
+            );
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -492,12 +550,16 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let start_time = chrono::Utc::now();
     let id = request_id(&shared, &req);
     let app = shared.current();
     let path = req.uri().path().to_string();
     let mut response = match app.route(&path) {
         None => {
             shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            let mut line = http_line(None, &id, start_time).rejected("no_route");
+            line["http_status"] = 404.into();
+            shared.usage.record(line).await;
             text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
         }
         Some((func, route)) => {
@@ -508,14 +570,19 @@ async fn handle(
             if let Some(cause) = handled.cause {
                 func.metrics.error(cause);
             }
-            if shared.opts.usage
-                && let Some(mut usage) = handled.usage
-            {
-                usage["function"] = func.spec.name.clone().into();
-                usage["request_id"] = id.clone().into();
-                usage["http_status"] = status.as_u16().into();
-                tracing::info!(target: "wasmlet::usage", "usage {usage}");
+            let mut head = http_line(Some(func), &id, start_time);
+            let mut line = match handled.usage {
+                Some(usage) => head.ran(usage),
+                None => {
+                    head.memory_limit_bytes = None;
+                    head.rejected(handled.cause.map_or("none", Cause::label))
+                }
+            };
+            line["http_status"] = status.as_u16().into();
+            if shared.opts.usage {
+                tracing::info!(target: "wasmlet::usage", "usage {line}");
             }
+            shared.usage.record(line).await;
             handled.response
         }
     };
@@ -530,6 +597,21 @@ async fn handle(
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(response)
+}
+
+/// The head of an HTTP request's usage line.
+fn http_line<'a>(
+    func: Option<&'a Func>,
+    id: &'a str,
+    start_time: chrono::DateTime<chrono::Utc>,
+) -> LineHead<'a> {
+    LineHead {
+        function: func.map(|f| f.spec.name.as_str()),
+        trigger: "http",
+        id,
+        start_time,
+        memory_limit_bytes: func.map(|f| f.spec.limits.memory),
+    }
 }
 
 /// One request to one function: body, admission, the handler, the result.
@@ -598,24 +680,7 @@ async fn call(
         .cloned()
         .collect();
     env.extend(cgi_env);
-    let inv = Invocation {
-        args,
-        env,
-        dirs: func.dirs.clone(),
-        stdin: Input::Bytes(body),
-        stdout: Output::Capture,
-        stderr: Output::Capture,
-        entry: Entry::Start,
-        limits: None,
-        context: Default::default(),
-    };
-    func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
-    if func.snapshot_start {
-        func.metrics.snapshot_starts.fetch_add(1, Ordering::Relaxed);
-    } else {
-        func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
-    }
-    let result = function.invoke_async(inv).await;
+    let result = func.invoke_command(function, args, env, body).await;
     drop(admitted);
     let outcome = match result {
         Ok(o) => o,
@@ -892,7 +957,7 @@ fn overloaded(func: &Func, cause: Cause) -> Handled {
 
 /// Copies a guest's stderr into the log, a line per line, tagged with the
 /// function and request, at most `max` bytes.
-fn log_stderr(function: &str, id: &str, stderr: &[u8], max: usize) {
+pub(crate) fn log_stderr(function: &str, id: &str, stderr: &[u8], max: usize) {
     if stderr.is_empty() {
         return;
     }

@@ -11,6 +11,7 @@ mod run;
 mod serve;
 mod signals;
 mod snapshot;
+mod usage;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +51,10 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Serve the functions of a manifest (wasmlet.toml) over HTTP, a fresh instance per request.
     Serve(serve::ServeArgs),
+    /// The bill: per-function invocations, errors, GB-seconds, CPU seconds and cost, from
+    /// `wasmlet serve`'s usage log (default prices: AWS Lambda x86 list prices,
+    /// $0.0000166667 per GB-second and $0.20 per million requests).
+    Usage(usage::UsageArgs),
     /// Look after the compilation cache: list, verify, clean, prune.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -161,6 +166,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Compile(args) => compile::compile(args).map(|()| ExitCode::SUCCESS),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::serve(args),
+        Command::Usage(args) => usage::usage(args),
         Command::Cache(cmd) => cache::cache(cmd),
         Command::Oci(cmd) => oci::oci(cmd).map(|()| ExitCode::SUCCESS),
         Command::SandboxWorker => {
@@ -231,7 +237,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        "no command given: wasmlet run, serve, compile or snapshot (see --help)".to_string()
+        "no command given: wasmlet run, serve, usage, compile or snapshot (see --help)".to_string()
     } else {
         one_line(&e.render().to_string())
     };

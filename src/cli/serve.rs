@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// Log each invocation's usage record as JSON.
     #[arg(long)]
     usage: bool,
+    /// The usage log, one JSON line per invocation (overrides the manifest's `usage_log`;
+    /// default: wasmlet-usage.jsonl beside the manifest).
+    #[arg(long, value_name = "FILE")]
+    usage_log: Option<PathBuf>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -41,6 +45,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admin_listen: args.admin_listen,
         runtime,
         usage: args.usage,
+        usage_log: args.usage_log,
     };
     if args.check {
         let app = wasmlet_serve::check(&opts)?;
@@ -69,6 +74,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             f.routes.join(", ")
         );
     }
+    tracing::info!("usage log: {}", server.usage_log().display());
     tracing::info!(
         "listening on http://{} (admin on http://{})",
         server.local_addr(),

@@ -23,3 +23,5 @@ mod sandbox;
 mod serve;
 mod shim;
 mod snapshot;
+mod triggers;
+mod usage;

@@ -10,19 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running `wasmlet serve`, killed when dropped.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
     log: Arc<Mutex<String>>,
 }
 
 impl Serve {
-    fn start(manifest: &Path) -> Serve {
+    pub(crate) fn start(manifest: &Path) -> Serve {
         Serve::start_with(manifest, &[], &[])
     }
 
-    fn start_with(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+    pub(crate) fn start_with(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut cmd = wasmlet();
         cmd.arg("serve")
             .arg(manifest)
@@ -78,27 +78,27 @@ impl Serve {
         }
     }
 
-    fn get(&self, path: &str) -> Resp {
+    pub(crate) fn get(&self, path: &str) -> Resp {
         request(self.addr, "GET", path, &[], b"")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let r = request(self.admin, "GET", "/metrics", &[], b"");
         assert_eq!(r.status, 200, "{}", r.text());
         r.text()
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill takes plain integers; the child has not been reaped.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     /// Waits for the server to exit, at most `limit`; its exit code.
-    fn wait(&mut self, limit: Duration) -> i32 {
+    pub(crate) fn wait(&mut self, limit: Duration) -> i32 {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -123,27 +123,27 @@ impl Drop for Serve {
 
 /// A response read by [`request`].
 #[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-fn request(
+pub(crate) fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -241,7 +241,7 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 /// The guest module of these tests, and a manifest around it.
-fn wagi_manifest(dir: &Path, extra: &str) -> PathBuf {
+pub(crate) fn wagi_manifest(dir: &Path, extra: &str) -> PathBuf {
     let module = c_guest("wagi");
     let text = format!(
         r#"
@@ -598,7 +598,7 @@ route = "/one/...""#
 }
 
 /// Runs wrk against `url` for `secs`; its summary.
-fn wrk(url: &str, connections: u32, secs: u32) -> String {
+pub(crate) fn wrk(url: &str, connections: u32, secs: u32) -> String {
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -613,7 +613,7 @@ fn wrk(url: &str, connections: u32, secs: u32) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wrk_requests(summary: &str) -> u64 {
+pub(crate) fn wrk_requests(summary: &str) -> u64 {
     summary
         .lines()
         .find(|l| l.contains("requests in"))

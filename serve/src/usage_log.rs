@@ -1,0 +1,557 @@
+//! The usage log: one JSON line per invocation of any trigger, appended to
+//! a file by one writer thread, the basis of `wasmlet usage` (the bill).
+//!
+//! ```text
+//!  request / schedule / file event ─▶ UsageLog::record(line).await
+//!      (bounded channel: a full one makes the caller wait; the response
+//!       is sent only after its line is queued)
+//!  writer thread: take every queued line ─▶ write the batch ─▶ fdatasync
+//!      ─▶ count it (the /metrics `wasmlet_usage_*` figures) ─▶ next batch
+//! ```
+//!
+//! Group commit: each batch is written and `fdatasync`ed before the next is
+//! taken, and batches start at least [`MIN_BATCH_INTERVAL`] apart, so a line
+//! is on disk at most that interval plus one write and one sync (well under
+//! [`SYNC_INTERVAL`] on a working disk) after it was queued. A SIGKILL loses
+//! at most the lines queued but not yet synced: those of requests whose
+//! responses were sent in that last window.
+//!
+//! A batch never straddles two files: when the file would pass its size
+//! limit the writer renames it to `NAME.N` (N one more than the highest
+//! already there) and starts a new one, so no line is split. A failed write
+//! (disk full, read-only) truncates the file back to the last whole line,
+//! keeps the batch, marks the log unhealthy (`/readyz` answers 503 and the
+//! error is logged at error level) and retries; lines are never dropped, and
+//! while the disk stays full the queue fills and requests wait.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The log's file name when the manifest and flags name none (beside the
+/// manifest).
+pub const DEFAULT_USAGE_LOG: &str = "wasmlet-usage.jsonl";
+/// Size past which the log is rotated.
+pub const DEFAULT_USAGE_LOG_MAX_SIZE: u64 = 64 << 20;
+/// Lines queued for the writer before callers wait.
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
+/// The longest a queued line waits to be synced on a working disk.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest time between two batches: lines queued meanwhile share one
+/// write and one `fdatasync` (at most ~100 syncs a second under load).
+pub const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a failed write is retried.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Lines written as one batch at most.
+const MAX_BATCH: usize = 4096;
+
+/// Why the log cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("usage log {}: {error}", path.display())]
+pub struct UsageLogError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub error: std::io::Error,
+}
+
+enum Msg {
+    Line(Box<Line>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// One line: its JSON and what the counters take from it.
+struct Line {
+    json: Value,
+}
+
+/// The log: cheap to clone, shared by every trigger.
+#[derive(Clone)]
+pub struct UsageLog {
+    tx: mpsc::Sender<Msg>,
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last write or sync error, while it lasts.
+    error: Option<String>,
+    /// Per function (`-` for a request no function took): the figures of
+    /// the lines written.
+    totals: BTreeMap<String, Totals>,
+    lines: u64,
+    write_errors: u64,
+    rotations: u64,
+}
+
+/// What the written lines of one function add up to.
+#[derive(Default, Clone)]
+struct Totals {
+    invocations: u64,
+    errors: u64,
+    rejected: u64,
+    gb_seconds: f64,
+    cpu_ns: u64,
+    wall_ns: u64,
+}
+
+impl UsageLog {
+    /// Opens (creating) the log at `path` for appending, rotating it past
+    /// `max_size` bytes, and starts its writer thread.
+    pub fn open(path: &Path, max_size: u64) -> Result<UsageLog, UsageLogError> {
+        let err = |error| UsageLogError {
+            path: path.to_owned(),
+            error,
+        };
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let file = open_append(path).map_err(err)?;
+        let len = file.metadata().map_err(err)?.len();
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let state = Arc::new(Mutex::new(State::default()));
+        let writer = Writer {
+            path: path.to_owned(),
+            file,
+            len,
+            max_size,
+            state: state.clone(),
+        };
+        std::thread::Builder::new()
+            .name("wasmlet-usage".into())
+            .spawn(move || writer.run(rx))
+            .map_err(err)?;
+        Ok(UsageLog {
+            tx,
+            state,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `line` (one JSON object); waits while the queue is full.
+    pub async fn record(&self, line: Value) {
+        let msg = Msg::Line(Box::new(Line { json: line }));
+        if self.tx.send(msg).await.is_err() {
+            tracing::error!(target: "wasmlet::usage", "usage log writer is gone; a line is lost");
+        }
+    }
+
+    /// Waits until every line queued before this call is written and synced
+    /// (or, when the disk fails, until `limit` passes).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_err() {
+            return false;
+        }
+        tokio::time::timeout(limit, rx)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The write error that makes the server unready, while it lasts.
+    pub fn error(&self) -> Option<String> {
+        self.lock().error.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `wasmlet_usage_*` figures, in the Prometheus text format: what
+    /// the lines written so far add up to.
+    pub fn render(&self) -> String {
+        let s = self.lock();
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, get: &dyn Fn(&Totals) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (f, t) in &s.totals {
+                let _ = writeln!(out, "{name}{{function=\"{f}\"}} {}", get(t));
+            }
+        };
+        family(
+            "wasmlet_usage_invocations_total",
+            "counter",
+            "Usage-log lines written for invocations that ran (billed).",
+            &|t| t.invocations.to_string(),
+        );
+        family(
+            "wasmlet_usage_errors_total",
+            "counter",
+            "Of those, invocations that did not end with exit code 0.",
+            &|t| t.errors.to_string(),
+        );
+        family(
+            "wasmlet_usage_rejected_total",
+            "counter",
+            "Usage-log lines written for requests refused before running (not billed).",
+            &|t| t.rejected.to_string(),
+        );
+        family(
+            "wasmlet_usage_gb_seconds_total",
+            "counter",
+            "Sum of the written lines' gb_seconds (peak memory x wall time).",
+            &|t| format!("{}", t.gb_seconds),
+        );
+        family(
+            "wasmlet_usage_cpu_seconds_total",
+            "counter",
+            "Sum of the written lines' cpu_time_ns, in seconds.",
+            &|t| format!("{}", t.cpu_ns as f64 / 1e9),
+        );
+        family(
+            "wasmlet_usage_wall_seconds_total",
+            "counter",
+            "Sum of the written lines' wall_time_ns, in seconds.",
+            &|t| format!("{}", t.wall_ns as f64 / 1e9),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wasmlet_usage_lines_total Lines written to the usage log.\n# TYPE wasmlet_usage_lines_total counter\nwasmlet_usage_lines_total {}",
+            s.lines
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wasmlet_usage_write_errors_total Failed writes or syncs of the usage log (each retried).\n# TYPE wasmlet_usage_write_errors_total counter\nwasmlet_usage_write_errors_total {}",
+            s.write_errors
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wasmlet_usage_rotations_total Times the usage log was rotated.\n# TYPE wasmlet_usage_rotations_total counter\nwasmlet_usage_rotations_total {}",
+            s.rotations
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wasmlet_usage_log_healthy 1 while the usage log is written, 0 while writes fail.\n# TYPE wasmlet_usage_log_healthy gauge\nwasmlet_usage_log_healthy {}",
+            u8::from(s.error.is_none())
+        );
+        out
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+struct Writer {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file: whole lines only.
+    len: u64,
+    max_size: u64,
+    state: Arc<Mutex<State>>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut batch: Vec<Line> = Vec::new();
+        let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            if batch.is_empty() {
+                match rx.blocking_recv() {
+                    Some(m) => take(m, &mut batch, &mut waiters),
+                    None => return,
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => take(m, &mut batch, &mut waiters),
+                    Err(_) => break,
+                }
+            }
+            let encoded: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|l| {
+                    // A Value always serializes.
+                    let mut b = serde_json::to_vec(&l.json).unwrap_or_default();
+                    b.push(b'\n');
+                    b
+                })
+                .collect();
+            let started = Instant::now();
+            let (written, failed) = self.append(&encoded);
+            self.count(&batch[..written], failed.is_none());
+            batch.drain(..written);
+            match failed {
+                None => {
+                    for w in waiters.drain(..) {
+                        let _ = w.send(());
+                    }
+                    let took = started.elapsed();
+                    if took > SYNC_INTERVAL {
+                        tracing::warn!(target: "wasmlet::usage",
+                            "usage log: a batch took {took:?} to write and sync (more than {SYNC_INTERVAL:?})");
+                    }
+                    if let Some(rest) = MIN_BATCH_INTERVAL.checked_sub(took) {
+                        std::thread::sleep(rest);
+                    }
+                }
+                Some(e) => {
+                    let msg = format!(
+                        "cannot write the usage log {}: {e}; {} line(s) held, retrying; the server reports unready until it can write",
+                        self.path.display(),
+                        batch.len()
+                    );
+                    let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.write_errors += 1;
+                    if s.error.is_none() || s.write_errors.is_multiple_of(20) {
+                        tracing::error!(target: "wasmlet::usage", "{msg}");
+                    }
+                    s.error = Some(msg);
+                    drop(s);
+                    std::thread::sleep(RETRY_INTERVAL);
+                }
+            }
+        }
+    }
+
+    /// Writes whole lines and syncs them, rotating between lines when the
+    /// next would pass the size limit; on failure the file is cut back to
+    /// its last whole line. The lines written (synced), and the error.
+    fn append(&mut self, lines: &[Vec<u8>]) -> (usize, Option<std::io::Error>) {
+        let mut i = 0;
+        let mut buf = Vec::new();
+        while i < lines.len() {
+            if self.len > 0
+                && self.len + lines[i].len() as u64 > self.max_size
+                && let Err(e) = self.rotate()
+            {
+                return (i, Some(e));
+            }
+            buf.clear();
+            let mut j = i;
+            while j < lines.len()
+                && (j == i || self.len + (buf.len() + lines[j].len()) as u64 <= self.max_size)
+            {
+                buf.extend_from_slice(&lines[j]);
+                j += 1;
+            }
+            let res = self
+                .file
+                .write_all(&buf)
+                .and_then(|()| self.file.sync_data());
+            if let Err(e) = res {
+                let _ = self.file.set_len(self.len);
+                return (i, Some(e));
+            }
+            self.len += buf.len() as u64;
+            i = j;
+        }
+        (i, None)
+    }
+
+    /// Renames the full file to `NAME.N` and opens a fresh one.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let n = rotated_files(&self.path).last().map_or(1, |(n, _)| n + 1);
+        let mut to = self.path.clone().into_os_string();
+        to.push(format!(".{n}"));
+        std::fs::rename(&self.path, &to)?;
+        self.file = open_append(&self.path)?;
+        self.len = 0;
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rotations += 1;
+        tracing::info!(target: "wasmlet::usage", "usage log rotated to {}", Path::new(&to).display());
+        Ok(())
+    }
+
+    fn count(&self, batch: &[Line], healthy: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if healthy && s.error.take().is_some() {
+            tracing::info!(target: "wasmlet::usage", "usage log {} is written again", self.path.display());
+        }
+        s.lines += batch.len() as u64;
+        for l in batch {
+            let j = &l.json;
+            let f = j["function"].as_str().unwrap_or("-").to_string();
+            let t = s.totals.entry(f).or_default();
+            if j["status"] == "rejected" {
+                t.rejected += 1;
+                continue;
+            }
+            t.invocations += 1;
+            if !is_success(j) {
+                t.errors += 1;
+            }
+            t.gb_seconds += j["gb_seconds"].as_f64().unwrap_or(0.0);
+            t.cpu_ns += j["cpu_time_ns"].as_u64().unwrap_or(0);
+            t.wall_ns += j["wall_time_ns"].as_u64().unwrap_or(0);
+        }
+    }
+}
+
+fn take(m: Msg, batch: &mut Vec<Line>, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match m {
+        Msg::Line(l) => batch.push(*l),
+        Msg::Flush(w) => waiters.push(w),
+    }
+}
+
+/// Whether a line records a successful invocation: it ran and ended with
+/// exit code 0 (or returned).
+pub fn is_success(line: &Value) -> bool {
+    match line["status"].as_str() {
+        Some("returned") => true,
+        Some("exited") => line["exit_code"].as_i64() == Some(0),
+        _ => false,
+    }
+}
+
+/// The rotated files of the log at `path` (`NAME.1`, `NAME.2`, ...), oldest
+/// first, with their numbers.
+pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name();
+            let n = n.to_str()?;
+            let num = n.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+            Some((num, dir.join(n)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A usage line's fixed fields: what ran, for which trigger, when.
+pub struct LineHead<'a> {
+    /// The function, `None` for a request no function took (404).
+    pub function: Option<&'a str>,
+    /// The trigger's name.
+    pub trigger: &'a str,
+    /// The request or event id.
+    pub id: &'a str,
+    /// When the request arrived or the event was taken.
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    /// The function's configured memory limit, the basis of the
+    /// `configured` billing.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl LineHead<'_> {
+    /// The line of an invocation that ran: the head, then the fields of
+    /// `usage` (an `Outcome::usage_json`), with the same names as
+    /// `wasmlet run --usage` prints.
+    pub fn ran(&self, usage: Value) -> Value {
+        let mut line = self.head("ran");
+        if let (Value::Object(l), Value::Object(u)) = (&mut line, usage) {
+            l.remove("status");
+            l.extend(u);
+        }
+        line
+    }
+
+    /// The line of a request refused before it ran: `status = "rejected"`,
+    /// no resource figures.
+    pub fn rejected(&self, reason: &str) -> Value {
+        let mut line = self.head("rejected");
+        line["reason"] = reason.into();
+        line
+    }
+
+    fn head(&self, status: &str) -> Value {
+        let mut line = serde_json::json!({
+            "function": self.function,
+            "trigger": self.trigger,
+            "id": self.id,
+            "start_time": self
+                .start_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "status": status,
+        });
+        if let Some(m) = self.memory_limit_bytes {
+            line["memory_limit_bytes"] = m.into();
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(f: &str, gb: f64) -> Value {
+        serde_json::json!({"function": f, "status": "exited", "exit_code": 0, "gb_seconds": gb, "cpu_time_ns": 5, "wall_time_ns": 7})
+    }
+
+    #[test]
+    fn writes_whole_lines_rotates_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let log = UsageLog::open(&path, 300).unwrap();
+            for i in 0..20 {
+                log.record(line("a", i as f64)).await;
+            }
+            log.record(serde_json::json!({"function": null, "status": "rejected"}))
+                .await;
+            assert!(log.flush(Duration::from_secs(10)).await);
+            let text = log.render();
+            assert!(text.contains("wasmlet_usage_invocations_total{function=\"a\"} 20\n"));
+            assert!(text.contains("wasmlet_usage_gb_seconds_total{function=\"a\"} 190\n"));
+            assert!(text.contains("wasmlet_usage_rejected_total{function=\"-\"} 1\n"));
+            assert!(text.contains("wasmlet_usage_log_healthy 1\n"));
+        });
+        let mut all = Vec::new();
+        let mut files: Vec<PathBuf> = rotated_files(&path).into_iter().map(|f| f.1).collect();
+        assert!(!files.is_empty(), "no rotation at 300 bytes");
+        files.push(path.clone());
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(text.ends_with('\n'));
+            for l in text.lines() {
+                all.push(serde_json::from_str::<Value>(l).unwrap());
+            }
+        }
+        assert_eq!(all.len(), 21);
+    }
+
+    #[test]
+    fn head_fields_and_success() {
+        let h = LineHead {
+            function: Some("f"),
+            trigger: "http",
+            id: "x1",
+            start_time: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            memory_limit_bytes: Some(1 << 20),
+        };
+        let r = h.rejected("queue_full");
+        assert_eq!(r["status"], "rejected");
+        assert_eq!(r["start_time"], "1970-01-01T00:00:00.000000Z");
+        assert!(r.get("gb_seconds").is_none());
+        let ran = h.ran(serde_json::json!({"status": "exited", "exit_code": 0, "gb_seconds": 1.0}));
+        assert_eq!(ran["id"], "x1");
+        assert!(is_success(&ran));
+        assert!(!is_success(
+            &h.ran(serde_json::json!({"status": "exited", "exit_code": 3}))
+        ));
+    }
+}
