@@ -102,11 +102,13 @@ pub struct FunctionSummary {
 impl App {
     /// Loads `manifest`'s functions. `base` is the runtime configuration
     /// the server was started with (cache settings); the pool and fuel
-    /// metering are set from the manifest. Functions whose concurrency
+    /// metering are set from the manifest; `setup` adds the embedder's host
+    /// functions to a new runtime. Functions whose concurrency
     /// settings did not change keep `previous`'s admission state.
     pub fn load(
         manifest: Manifest,
         base: &RuntimeConfig,
+        setup: &crate::server::RuntimeSetup,
         previous: Option<&App>,
         metrics: &Metrics,
     ) -> Result<App, LoadError> {
@@ -114,7 +116,7 @@ impl App {
         let config = runtime_config(base, &manifest);
         let runtime = match previous {
             Some(p) if p.runtime.config() == &config => p.runtime.clone(),
-            _ => Runtime::new(config)?,
+            _ => setup.build(config)?,
         };
         let global = match previous {
             Some(p) if p.global.max == manifest.server.max_in_flight => p.global.clone(),

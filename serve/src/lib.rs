@@ -44,4 +44,4 @@ mod wagi;
 pub use app::App;
 pub use error::{LoadError, ManifestError, ServeError};
 pub use manifest::{Kind, Manifest};
-pub use server::{ServeOptions, Server, check};
+pub use server::{RuntimeSetup, ServeOptions, Server, check};

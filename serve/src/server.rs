@@ -38,7 +38,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use wasmlet_runtime::{Entry, Input, Invocation, LimitExceeded, Output, RuntimeConfig, Status};
+use wasmlet_runtime::{
+    Entry, Input, Invocation, LimitExceeded, Output, Runtime, RuntimeBuilder, RuntimeConfig, Status,
+};
 
 /// A response body: streamed, boxed, the runtime's
 /// [`wasmlet_runtime::http::HttpBody`] (a wasi:http guest's response body
@@ -53,6 +55,51 @@ const MIN_HEAD_BUFFER: u64 = 8192;
 const MAX_REQUEST_ID: usize = 128;
 /// Longest `x-wasmlet-error` value.
 const MAX_ERROR_HEADER: usize = 256;
+
+/// How the server makes its runtime: `RuntimeBuilder::new(config)`, passed
+/// through the embedder's function, which adds its host functions and host
+/// interfaces (`RuntimeBuilder::host_func`, `component_linker`). The
+/// function runs again whenever a reload changes the runtime's settings.
+/// The `wasmlet` binary uses the default: WASI only.
+///
+/// ```
+/// use wasmlet_runtime::HostCx;
+/// use wasmlet_serve::RuntimeSetup;
+/// let setup = RuntimeSetup::new(|b| {
+///     b.host_func("platform", "answer", |_cx: HostCx<'_>| -> u32 { 42 })
+/// });
+/// # let _ = setup;
+/// ```
+#[derive(Clone, Default)]
+pub struct RuntimeSetup(Option<Arc<SetupFn>>);
+
+type SetupFn = dyn Fn(RuntimeBuilder) -> RuntimeBuilder + Send + Sync;
+
+impl RuntimeSetup {
+    /// A setup that passes each new runtime's builder through `f`.
+    pub fn new(f: impl Fn(RuntimeBuilder) -> RuntimeBuilder + Send + Sync + 'static) -> Self {
+        RuntimeSetup(Some(Arc::new(f)))
+    }
+
+    /// Builds a runtime with `config` and this setup's additions.
+    pub(crate) fn build(&self, config: RuntimeConfig) -> Result<Runtime, wasmlet_runtime::Error> {
+        let builder = RuntimeBuilder::new(config);
+        match &self.0 {
+            Some(f) => f(builder).build(),
+            None => builder.build(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RuntimeSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RuntimeSetup(embedder's)"
+        } else {
+            "RuntimeSetup(WASI only)"
+        })
+    }
+}
 
 /// What `wasmlet serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -70,6 +117,8 @@ pub struct ServeOptions {
     pub usage: bool,
     /// Overrides the manifest's `usage_log`.
     pub usage_log: Option<PathBuf>,
+    /// The embedder's host functions and interfaces (default: none).
+    pub setup: RuntimeSetup,
 }
 
 /// What a handler produced for one request.
@@ -85,7 +134,13 @@ pub(crate) struct Handled {
 /// `serve --check` does; nothing is served.
 pub fn check(opts: &ServeOptions) -> Result<App, LoadError> {
     let manifest = Manifest::load(&opts.manifest)?;
-    App::load(manifest, &opts.runtime, None, &Metrics::default())
+    App::load(
+        manifest,
+        &opts.runtime,
+        &opts.setup,
+        None,
+        &Metrics::default(),
+    )
 }
 
 /// A server with its listeners bound, ready to [`Server::run`].
@@ -136,7 +191,7 @@ impl Server {
             .unwrap_or_else(|| manifest.usage_log.clone());
         let usage = UsageLog::open(&usage_path, manifest.usage_log_max_size)
             .map_err(|e| ServeError::Start(e.to_string()))?;
-        let app = App::load(manifest, &opts.runtime, None, &metrics)?;
+        let app = App::load(manifest, &opts.runtime, &opts.setup, None, &metrics)?;
         let bind = |addr: &str| {
             std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -351,7 +406,13 @@ async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
         let s = shared.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let manifest = Manifest::load(&s.opts.manifest)?;
-            App::load(manifest, &s.opts.runtime, Some(&old), &s.metrics)
+            App::load(
+                manifest,
+                &s.opts.runtime,
+                &s.opts.setup,
+                Some(&old),
+                &s.metrics,
+            )
         })
         .await;
         match loaded {

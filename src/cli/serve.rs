@@ -46,6 +46,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         runtime,
         usage: args.usage,
         usage_log: args.usage_log,
+        setup: Default::default(),
     };
     if args.check {
         let app = wasmlet_serve::check(&opts)?;

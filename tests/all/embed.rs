@@ -551,3 +551,76 @@ fn component_host_interface_round_trip() {
     let err = plain.load_file(&path, &LoadOptions::default()).unwrap_err();
     assert!(err.to_string().contains("example:counter/counter"), "{err}");
 }
+
+/// A WAGI guest that asks the platform for its greeting and serves it.
+const GREETER_WAT: &str = r#"(module
+  (import "platform" "greeting" (func $greeting (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "Content-Type: text/plain\n\n")
+  (func (export "_start")
+    (i32.store (i32.const 512) (i32.const 0))
+    (i32.store (i32.const 516) (i32.const 26))
+    (drop (call $write (i32.const 1) (i32.const 512) (i32.const 1) (i32.const 600)))
+    (i32.store (i32.const 512) (i32.const 1024))
+    (i32.store (i32.const 516) (call $greeting (i32.const 1024) (i32.const 256)))
+    (drop (call $write (i32.const 1) (i32.const 512) (i32.const 1) (i32.const 600)))))"#;
+
+/// `wasmlet serve` embedded with the platform's host function
+/// (`examples/serve_embed.rs`): a guest importing it is served; the plain
+/// `wasmlet serve` refuses the same manifest (nobody provides the import).
+#[test]
+fn serve_embedded_with_a_host_function() {
+    use crate::helpers::{run_cli, tempdir, wasmlet, wat_file, within};
+    let dir = tempdir();
+    let module = wat_file(dir.path(), "greeter.wat", GREETER_WAT);
+    let manifest = dir.path().join("wasmlet.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [[function]]\nname = \"greeter\"\nmodule = \"{}\"\nkind = \"wagi\"\n\
+             [[function.trigger]]\ntype = \"http\"\nroute = \"/greet\"\n",
+            module.display()
+        ),
+    )
+    .unwrap();
+    let plain = run_cli(wasmlet().args(["serve", "--check"]).arg(&manifest));
+    assert_ne!(plain.code, 0, "the plain server accepted an unknown import");
+    assert!(plain.stdout.contains("platform") || plain.stderr.contains("platform"));
+
+    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/release/examples/serve_embed");
+    assert!(
+        exe.exists(),
+        "build the example first: cargo build --release --examples"
+    );
+    let mut child = std::process::Command::new(&exe)
+        .arg(&manifest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line.trim().parse().expect("the example prints its address");
+    let got = within(Duration::from_secs(20), move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /greet HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("hello from the platform\n"), "{got}");
+    assert!(status.success(), "{status:?}");
+}
