@@ -399,8 +399,15 @@ fn wasmlet_temp_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn sigterm_during_compile_removes_temp_files_and_exits_143() {
+/// Compiles the million-function module to `dir/out.cwasm` (temp files
+/// under `tmp`) and sends `signal` once the compile has a temp file.
+fn interrupted_compile(
+    signal: i32,
+) -> (
+    std::process::ExitStatus,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
     let dir = tempdir();
     let tmp = tempdir();
     let m = million_function_module(dir.path());
@@ -417,8 +424,14 @@ fn sigterm_during_compile_removes_temp_files_and_exits_143() {
             .arg("-o")
             .arg(dir.path().join("out.cwasm")),
         || !wasmlet_temp_files(tmp.path()).is_empty(),
-        libc::SIGTERM,
+        signal,
     );
+    (status, dir, tmp)
+}
+
+#[test]
+fn sigterm_during_compile_removes_temp_files_and_exits_143() {
+    let (status, dir, tmp) = interrupted_compile(libc::SIGTERM);
     assert_eq!(status.code(), Some(143), "{status:?}");
     assert!(wasmlet_temp_files(tmp.path()).is_empty());
     assert!(wasmlet_temp_files(dir.path()).is_empty());
@@ -430,25 +443,8 @@ fn sigterm_during_compile_removes_temp_files_and_exits_143() {
 /// but nothing half-written is ever at the output path.
 #[test]
 fn sigkill_during_compile_leaves_no_output_and_the_next_compile_works() {
-    let dir = tempdir();
-    let tmp = tempdir();
-    let m = million_function_module(dir.path());
+    let (status, dir, _tmp) = interrupted_compile(libc::SIGKILL);
     let out = dir.path().join("out.cwasm");
-    let status = signal_when(
-        wasmlet()
-            .env("TMPDIR", tmp.path())
-            .args([
-                "compile",
-                "--no-cache",
-                "--compile-cap",
-                "max_functions=2000000",
-            ])
-            .arg(&m)
-            .arg("-o")
-            .arg(&out),
-        || !wasmlet_temp_files(tmp.path()).is_empty(),
-        libc::SIGKILL,
-    );
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     assert!(!out.exists(), "a killed compile left {}", out.display());
     let hello = wat_file(dir.path(), "hello.wat", TOOLS_WAT);
