@@ -246,16 +246,21 @@ impl Function {
     /// pool slot is busy with async invocations this waits for one to free
     /// up, where [`Function::invoke`] reports `PoolFull`.
     pub async fn invoke_async(&self, mut inv: Invocation) -> Result<Outcome, Error> {
-        let _slot = self
-            .inner
+        let _slot = self.async_slot().await?;
+        let context = std::mem::take(&mut inv.context);
+        let start = self.start(&inv)?;
+        self.metered(&inv, start, context).await
+    }
+
+    /// Waits for a pool slot for an async invocation (held until the
+    /// returned permit drops).
+    pub(crate) async fn async_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.inner
             .executor
             .slots
             .acquire()
             .await
-            .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
-        let context = std::mem::take(&mut inv.context);
-        let start = self.start(&inv)?;
-        self.metered(&inv, start, context).await
+            .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))
     }
 
     /// The invocation as a future, metered (its CPU time read around every

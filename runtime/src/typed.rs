@@ -234,14 +234,7 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
         params: P,
         mut inv: Invocation,
     ) -> Result<TypedOutcome<R>, Error> {
-        let _slot = self
-            .func
-            .inner()
-            .executor
-            .slots
-            .acquire()
-            .await
-            .map_err(|e| Error::Setup(format!("runtime is shutting down: {e}")))?;
+        let _slot = self.func.async_slot().await?;
         let context = std::mem::take(&mut inv.context);
         let start = self.start(&inv)?;
         self.metered(params, &inv, start, context).await

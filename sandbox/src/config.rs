@@ -90,6 +90,18 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
+/// The grant for an invocation's preopened directory: the same host
+/// directory at the same guest path, writable unless read-only.
+impl From<&wasmlet_runtime::Preopen> for DirGrant {
+    fn from(d: &wasmlet_runtime::Preopen) -> Self {
+        DirGrant {
+            host: d.host.clone(),
+            guest: d.guest.clone(),
+            writable: !d.read_only,
+        }
+    }
+}
+
 impl DirGrant {
     /// Where the grant is mounted inside the jail.
     pub fn jail_path(&self) -> Result<PathBuf, Error> {

@@ -759,15 +759,7 @@ impl SandboxTask {
                     }),
             ),
             cgroup_path,
-            dirs: inv
-                .dirs
-                .iter()
-                .map(|d| DirGrant {
-                    host: d.host.clone(),
-                    guest: d.guest.clone(),
-                    writable: !d.read_only,
-                })
-                .collect(),
+            dirs: inv.dirs.iter().map(DirGrant::from).collect(),
             ..SandboxConfig::default()
         };
         let mut worker = WorkerCommand::current_exe()?;

@@ -117,14 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--dir {}", d.host.display()))?;
         }
         let config = SandboxConfig {
-            dirs: dirs
-                .iter()
-                .map(|d| DirGrant {
-                    host: d.host.clone(),
-                    guest: d.guest.clone(),
-                    writable: !d.read_only,
-                })
-                .collect(),
+            dirs: dirs.iter().map(DirGrant::from).collect(),
             memory: args.sandbox_memory,
             cpus: args.sandbox_cpus,
             pids: args.sandbox_pids.or(SandboxConfig::default().pids),
