@@ -23,7 +23,7 @@
 
 pub mod parsers;
 
-pub use parsers::{cli_parsers, manifest, oci_spec, protocol, wagi};
+pub use parsers::{cli_parsers, manifest, oci_spec, protocol, usage_bill, wagi};
 
 use arbitrary::{Arbitrary, Unstructured};
 use std::sync::OnceLock;

@@ -1,7 +1,8 @@
 //! Oracles for wasmlet's parsers of untrusted text and bytes: the sandbox
 //! wire protocol (both directions), the CLI's flag values, the serve
-//! manifest, a WAGI function's output, and an OCI runtime spec (what
-//! containerd hands the shim). Each panics on a finding.
+//! manifest, a WAGI function's output, an OCI runtime spec (what
+//! containerd hands the shim) and a usage log read back as a bill. Each
+//! panics on a finding.
 
 use std::path::{Component, Path};
 
@@ -123,6 +124,11 @@ pub fn manifest(data: &[u8]) {
 /// A WAGI function's output (see `wasmlet_serve::fuzzing::wagi_output`).
 pub fn wagi(data: &[u8]) {
     wasmlet_serve::fuzzing::wagi_output(data);
+}
+
+/// A usage log (see `wasmlet_serve::fuzzing::usage_bill`).
+pub fn usage_bill(data: &[u8]) {
+    wasmlet_serve::fuzzing::usage_bill(data);
 }
 
 /// An OCI runtime spec (`config.json`, written by containerd or CRI from

@@ -151,55 +151,86 @@ impl Row {
     }
 }
 
-/// Reads the logs and adds them up.
+/// Reads the logs and adds them up. A line that is not a usage record
+/// (not JSON, not UTF-8, a field missing or out of range: a hand-edited or
+/// damaged log) is skipped and counted in [`Bill::skipped_lines`]; only a
+/// log that cannot be read fails the bill.
 pub fn compute(opts: &BillOptions) -> Result<Bill, BillError> {
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-    let mut skipped = 0u64;
+    let mut tally = Tally::default();
     for path in &opts.logs {
-        let file = std::fs::File::open(path).map_err(|error| BillError::Read {
+        let read = |error| BillError::Read {
             path: path.clone(),
             error,
-        })?;
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(|error| BillError::Read {
-                path: path.clone(),
-                error,
-            })?;
-            if line.trim().is_empty() {
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        tally
+            .add_lines(std::io::BufReader::new(file), opts)
+            .map_err(read)?;
+    }
+    Ok(tally.finish(opts))
+}
+
+/// The bill of one log held in memory (the fuzz oracle's way in).
+pub(crate) fn of_bytes(log: &[u8], opts: &BillOptions) -> Bill {
+    let mut tally = Tally::default();
+    // Reading from a slice cannot fail.
+    let _ = tally.add_lines(log, opts);
+    tally.finish(opts)
+}
+
+/// Rows added up so far, before pricing.
+#[derive(Default)]
+struct Tally {
+    rows: BTreeMap<String, Row>,
+    skipped: u64,
+}
+
+impl Tally {
+    fn add_lines(&mut self, mut log: impl BufRead, opts: &BillOptions) -> std::io::Result<()> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if log.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            if line.trim_ascii().is_empty() {
                 continue;
             }
-            let Some((key, row)) = serde_json::from_str::<Value>(&line)
+            let Some((key, row)) = serde_json::from_slice::<Value>(&line)
                 .ok()
                 .and_then(|v| one(&v, opts))
             else {
-                skipped += 1;
+                self.skipped += 1;
                 continue;
             };
             if let Some(key) = key {
-                let r = rows.entry(key.clone()).or_default();
+                let r = self.rows.entry(key.clone()).or_default();
                 r.key = key;
                 r.add(&row);
             }
         }
     }
-    let mut total = Row {
-        key: "TOTAL".into(),
-        ..Row::default()
-    };
-    let mut rows: Vec<Row> = rows.into_values().collect();
-    for r in &mut rows {
-        total.add(r);
-        r.price(opts);
+
+    fn finish(self, opts: &BillOptions) -> Bill {
+        let mut total = Row {
+            key: "TOTAL".into(),
+            ..Row::default()
+        };
+        let mut rows: Vec<Row> = self.rows.into_values().collect();
+        for r in &mut rows {
+            total.add(r);
+            r.price(opts);
+        }
+        total.price(opts);
+        Bill {
+            rows,
+            total,
+            skipped_lines: self.skipped,
+            price_gb_second: opts.price_gb_second,
+            price_per_million_requests: opts.price_per_million_requests,
+            memory_basis: opts.memory_basis,
+        }
     }
-    total.price(opts);
-    Ok(Bill {
-        rows,
-        total,
-        skipped_lines: skipped,
-        price_gb_second: opts.price_gb_second,
-        price_per_million_requests: opts.price_per_million_requests,
-        memory_basis: opts.memory_basis,
-    })
 }
 
 /// One line's row and key; `Some((None, _))` when the time filter leaves
@@ -225,7 +256,9 @@ fn one(v: &Value, opts: &BillOptions) -> Option<(Option<String>, Row)> {
         row.errors = u64::from(!crate::usage_log::is_success(v));
         row.cpu_seconds = v["cpu_time_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
         row.gb_seconds = match opts.memory_basis {
-            MemoryBasis::Peak => v["gb_seconds"].as_f64()?,
+            MemoryBasis::Peak => v["gb_seconds"]
+                .as_f64()
+                .filter(|g| g.is_finite() && *g >= 0.0)?,
             MemoryBasis::Configured => {
                 let configured = v["memory_limit_bytes"]
                     .as_u64()

@@ -67,6 +67,11 @@ fn fuzz_corpus_oci_spec() {
     replay("oci_spec", wasmlet_fuzz::oci_spec);
 }
 
+#[test]
+fn fuzz_corpus_usage_bill() {
+    replay("usage_bill", wasmlet_fuzz::usage_bill);
+}
+
 /// The protocol seeds are frames both sides really decode (so the replay
 /// above exercises the decoders, not only their refusals).
 #[test]
@@ -94,12 +99,13 @@ fn fuzz_smoke_parsers() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     type Oracle = fn(&[u8]);
-    let targets: [(&str, Oracle); 5] = [
+    let targets: [(&str, Oracle); 6] = [
         ("protocol", wasmlet_fuzz::protocol),
         ("cli_parsers", wasmlet_fuzz::cli_parsers),
         ("manifest", wasmlet_fuzz::manifest),
         ("wagi", wasmlet_fuzz::wagi),
         ("oci_spec", wasmlet_fuzz::oci_spec),
+        ("usage_bill", wasmlet_fuzz::usage_bill),
     ];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
