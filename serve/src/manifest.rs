@@ -825,6 +825,29 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     (line, column, context)
 }
 
+/// Parses a human size (`64MiB`, `1G`, `65536`; binary units) with the
+/// `parse-size` crate, the one parser of sizes for the manifest and the
+/// CLI's flags. A number of more than 20 significant digits, or of 20 that
+/// passes `u64::MAX`, is refused first: parse-size 1.1 rounds such a
+/// mantissa up with an unchecked `+ 1`, which wraps to 0 in a release
+/// build (a fuzz finding, `fuzz/corpus/cli_parsers/overflow-*`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let mantissa: String = s
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '_' | ' ' | '.'))
+        .filter(char::is_ascii_digit)
+        .collect();
+    let significant = mantissa.trim_start_matches('0');
+    if significant.len() > 20 || (significant.len() == 20 && significant > "18446744073709551615") {
+        return Err("number too large to fit in target type".into());
+    }
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| e.to_string())
+}
+
 /// A size: `"64MiB"`, `"1G"`, or a number of bytes; more than zero.
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
@@ -835,12 +858,9 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
     let n = match Raw::deserialize(d)? {
         Raw::Bytes(n) => n,
-        Raw::Text(s) => parse_size::Config::new()
-            .with_binary()
-            .parse_size(&s)
-            .map_err(|e| {
-                serde::de::Error::custom(format!("invalid size `{s}`: {e} (try e.g. \"64MiB\")"))
-            })?,
+        Raw::Text(s) => parse_size(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid size `{s}`: {e} (try e.g. \"64MiB\")"))
+        })?,
     };
     if n == 0 {
         return Err(serde::de::Error::custom(
@@ -1008,5 +1028,22 @@ route = "/hello"                     # "/api/..." is a prefix route
             .unwrap_err()
             .to_string();
         assert!(e.contains(":4:") && e.contains("function name"), "{e}");
+    }
+
+    #[test]
+    fn sizes_beyond_u64_are_refused_not_wrapped() {
+        // parse-size 1.1 alone wraps these to 0 (or panics in debug).
+        for s in [
+            "1844674407370955161567B",
+            "18446744073709551616",
+            "1.8446744073709551615 9",
+            "0001844674407370955161 6",
+        ] {
+            let e = parse_size(s).unwrap_err();
+            assert!(e.contains("too large"), "{s}: {e}");
+        }
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_size("00064MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5 KiB"), Ok(1536));
     }
 }

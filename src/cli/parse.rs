@@ -17,9 +17,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 /// `64MiB`, `1G`, `65536`.
 pub fn size(s: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(s)
+    wasmlet_serve::manifest::parse_size(s)
         .map_err(|e| format!("invalid size `{s}`: {e} (try e.g. 64MiB)"))
 }
 
@@ -56,9 +54,7 @@ pub fn compile_cap(s: &str) -> Result<(String, u64), String> {
             "invalid --compile-cap `{s}` (try e.g. max_functions=500000)"
         ));
     };
-    let value = parse_size::Config::new()
-        .with_binary()
-        .parse_size(value)
+    let value = wasmlet_serve::manifest::parse_size(value)
         .map_err(|e| format!("invalid --compile-cap `{s}`: {e}"))?;
     wasmlet_runtime::CompileLimits::default().set_cap(name, value)?;
     Ok((name.to_string(), value))
