@@ -38,6 +38,9 @@ pub enum BillError {
         /// Why.
         error: std::io::Error,
     },
+    /// `--since` is not before `--until`.
+    #[error("--since {0} is not before --until {1}: the period is empty")]
+    EmptyPeriod(DateTime<Utc>, DateTime<Utc>),
     /// A time given is not understood.
     #[error("`{0}` is not a time: give RFC 3339 (2026-11-28T09:00:00Z) or a date (2026-11-28)")]
     Time(String),
@@ -153,6 +156,11 @@ impl Row {
 
 /// Reads the logs and adds them up.
 pub fn compute(opts: &BillOptions) -> Result<Bill, BillError> {
+    if let (Some(since), Some(until)) = (opts.since, opts.until)
+        && since >= until
+    {
+        return Err(BillError::EmptyPeriod(since, until));
+    }
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut skipped = 0u64;
     for path in &opts.logs {
@@ -225,7 +233,7 @@ fn one(v: &Value, opts: &BillOptions) -> Option<(Option<String>, Row)> {
         row.errors = u64::from(!crate::usage_log::is_success(v));
         row.cpu_seconds = v["cpu_time_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
         row.gb_seconds = match opts.memory_basis {
-            MemoryBasis::Peak => v["gb_seconds"].as_f64()?,
+            MemoryBasis::Peak => v["gb_seconds"].as_f64().filter(|g| *g >= 0.0)?,
             MemoryBasis::Configured => {
                 let configured = v["memory_limit_bytes"]
                     .as_u64()
@@ -320,10 +328,16 @@ impl Bill {
             "key,invocations,errors,rejected,gb_seconds,cpu_seconds,request_cost,compute_cost,cost\n",
         );
         for r in self.rows.iter().chain([&self.total]) {
-            let key = if r.key.contains([',', '"', '\n']) {
-                format!("\"{}\"", r.key.replace('"', "\"\""))
+            // A key a spreadsheet would run as a formula is quoted as text.
+            let key = if r.key.starts_with(['=', '+', '-', '@', '\t', '\r']) && r.key != "-" {
+                format!("'{}", r.key)
             } else {
                 r.key.clone()
+            };
+            let key = if key.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", key.replace('"', "\"\""))
+            } else {
+                key
             };
             let _ = writeln!(
                 out,

@@ -525,6 +525,69 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn dst_transitions_run_once_and_never_in_the_gap_twice() {
+        let daily = || {
+            spec(
+                When::Cron("0 30 2 * * *".into()),
+                "Europe/Paris",
+                Overlap::Skip,
+                Missed::Skip,
+            )
+        };
+        let two_days = Duration::from_secs(2 * 86_400);
+        let run = Duration::from_secs(1);
+        // Spring forward (2026-03-29, 02:00 CET -> 03:00 CEST): 02:30 does
+        // not exist that day; it runs at 03:00 CEST (01:00Z), once.
+        let dir = tempfile::tempdir().unwrap();
+        let runs = simulate(
+            daily(),
+            dir.path(),
+            at("2026-03-28T23:00:30Z"),
+            run,
+            two_days,
+        )
+        .await;
+        assert_eq!(
+            runs,
+            [at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]
+        );
+        // Fall back (2026-10-25, 03:00 CEST -> 02:00 CET): 02:30 happens
+        // twice; it runs at the first only.
+        let runs = simulate(
+            daily(),
+            dir.path(),
+            at("2026-10-24T23:00:30Z"),
+            run,
+            two_days,
+        )
+        .await;
+        assert_eq!(
+            runs,
+            [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]
+        );
+        // Hourly over the fall-back day: every real hour once, none twice.
+        let hourly = spec(
+            When::Cron("0 0 * * * *".into()),
+            "Europe/Paris",
+            Overlap::Skip,
+            Missed::Skip,
+        );
+        let runs = simulate(
+            hourly,
+            dir.path(),
+            at("2026-10-24T22:00:30Z"),
+            run,
+            Duration::from_secs(86_400),
+        )
+        .await;
+        assert_eq!(runs.len(), 24, "{runs:?}");
+        assert!(
+            runs.windows(2)
+                .all(|w| w[1] - w[0] == chrono::Duration::hours(1))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn missed_runs_skip_or_run_once_from_the_state_file() {
         let base = at("2026-03-01T12:00:30Z");
         let hourly = |m| spec(When::Cron("0 0 * * * *".into()), "UTC", Overlap::Skip, m);
