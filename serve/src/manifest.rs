@@ -741,7 +741,7 @@ fn event_trigger(
         } => {
             let when = match (cron, every) {
                 (Some(c), None) => {
-                    c.parse::<croner::Cron>()
+                    crate::trigger::schedule::parse_cron(c)
                         .map_err(|e| format!("cron `{c}`: {e}"))?;
                     When::Cron(c.clone())
                 }

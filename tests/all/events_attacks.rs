@@ -74,6 +74,8 @@ fn attack_schedule_manifests_are_refused_in_one_line() {
         r.assert_one_line_error(why);
     }
     assert_eq!(check_schedule("every = \"1s\"").code, 0);
+    // From 5 every 15: the step form manifests already use stays valid.
+    assert_eq!(check_schedule("cron = \"5/15 * * * * *\"").code, 0);
 }
 
 #[test]
@@ -205,6 +207,10 @@ fn attack_file_trigger_symlinks_and_subdirectories_are_never_read() {
         );
     }
     assert!(inbox.join("subdir/inner").exists());
+    // A line is queued before the outcome's rename, written just after.
+    until(Duration::from_secs(10), "the usage lines", || {
+        usage_lines(dir.path()).len() >= 1
+    });
     let lines = usage_lines(dir.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
@@ -258,7 +264,13 @@ fn attack_file_trigger_odd_names() {
         "file 0\n"
     );
     assert!(inbox.join(".dotfile").exists() && inbox.join(raw).exists());
-    assert!(names(&inbox.join(".wasmlet")).is_empty());
+    until(Duration::from_secs(10), "no progress state", || {
+        names(&inbox.join(".wasmlet")).is_empty()
+    });
+    // A line is queued before the outcome's rename, written just after.
+    until(Duration::from_secs(10), "the usage lines", || {
+        usage_lines(dir.path()).len() >= 3
+    });
     let lines = usage_lines(dir.path());
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines.iter().any(|l| l["file"] == newline));
@@ -349,9 +361,15 @@ fn attack_file_trigger_oversized_file_and_hand_edited_state() {
     let why = std::fs::read_to_string(failed.join("spent.error")).unwrap();
     assert!(why.contains("hand-edited"), "{why}");
     // Only `garbled` ran.
+    // A line is queued before the outcome's rename, written just after.
+    until(Duration::from_secs(10), "the usage lines", || {
+        usage_lines(dir.path()).len() >= 1
+    });
     let lines = usage_lines(dir.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(names(&state).is_empty(), "{:?}", names(&state));
+    until(Duration::from_secs(10), "no progress state", || {
+        names(&state).is_empty()
+    });
     drop(server);
 }
 
@@ -444,6 +462,10 @@ fn attack_rejected_request_gets_a_line_with_its_id_and_metrics_agree() {
     assert!(by("busy-1").get("gb_seconds").is_none());
     assert!(by("slow-1")["wall_time_ns"].as_u64().unwrap() >= 1_000_000_000);
     assert_eq!(by(&generated)["reason"], "no_route");
+    // Counted just after each batch is synced: wait for the last.
+    until(Duration::from_secs(10), "the counters", || {
+        metric(&server.metrics(), "wasmlet_usage_lines_total") == 3.0
+    });
     let text = server.metrics();
     assert_eq!(
         metric(&text, "wasmlet_usage_invocations_total{function=\"ev\"}"),

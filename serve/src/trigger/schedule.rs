@@ -46,6 +46,15 @@ impl Clock for SystemClock {
     }
 }
 
+/// Parses a cron expression: seconds and year optional, and the `N/step`
+/// form (`5/15`, from 5 every 15) accepted as croner 3 did.
+pub(crate) fn parse_cron(c: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .sloppy_ranges(true)
+        .build()
+        .parse(c)
+}
+
 /// A schedule made computable.
 pub(crate) struct Plan {
     when: PlanWhen,
@@ -62,8 +71,7 @@ impl Plan {
     pub(crate) fn new(spec: &ScheduleSpec) -> Result<Plan, String> {
         let when = match &spec.when {
             When::Cron(c) => PlanWhen::Cron(Box::new(
-                c.parse::<croner::Cron>()
-                    .map_err(|e| format!("cron `{c}`: {e}"))?,
+                parse_cron(c).map_err(|e| format!("cron `{c}`: {e}"))?,
             )),
             When::Every(d) => {
                 PlanWhen::Every(chrono::Duration::from_std(*d).map_err(|e| format!("every: {e}"))?)
@@ -550,6 +558,31 @@ mod tests {
         assert_eq!(
             runs,
             [at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]
+        );
+        // Midnight before a gap (London, 2026-03-29, 01:00 GMT -> 02:00
+        // BST) runs at midnight only, not again after the gap (croner 3
+        // ran it twice).
+        let midnight = spec(
+            When::Cron("0 0 0 * * *".into()),
+            "Europe/London",
+            Overlap::Skip,
+            Missed::Skip,
+        );
+        let runs = simulate(
+            midnight,
+            dir.path(),
+            at("2026-03-28T23:30:30Z"),
+            run,
+            two_days,
+        )
+        .await;
+        assert_eq!(
+            runs,
+            [
+                at("2026-03-29T00:00:00Z"),
+                at("2026-03-29T23:00:00Z"),
+                at("2026-03-30T23:00:00Z")
+            ]
         );
         // Fall back (2026-10-25, 03:00 CEST -> 02:00 CET): 02:30 happens
         // twice; it runs at the first only.
