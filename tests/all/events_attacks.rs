@@ -209,7 +209,7 @@ fn attack_file_trigger_symlinks_and_subdirectories_are_never_read() {
     assert!(inbox.join("subdir/inner").exists());
     // A line is queued before the outcome's rename, written just after.
     until(Duration::from_secs(10), "the usage lines", || {
-        usage_lines(dir.path()).len() >= 1
+        !usage_lines(dir.path()).is_empty()
     });
     let lines = usage_lines(dir.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -363,7 +363,7 @@ fn attack_file_trigger_oversized_file_and_hand_edited_state() {
     // Only `garbled` ran.
     // A line is queued before the outcome's rename, written just after.
     until(Duration::from_secs(10), "the usage lines", || {
-        usage_lines(dir.path()).len() >= 1
+        !usage_lines(dir.path()).is_empty()
     });
     let lines = usage_lines(dir.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
