@@ -33,6 +33,18 @@ fn refused(manifest: &Path, args: &[&str]) -> String {
     stderr
 }
 
+/// A temporary directory with a manifest whose function `ev` has a file
+/// trigger on `inbox`, with `settings` (TOML lines) added to it.
+fn inbox_manifest(settings: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempdir();
+    let m = manifest(
+        dir.path(),
+        "",
+        &format!("[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\n{settings}"),
+    );
+    (dir, m)
+}
+
 /// `serve --check` of a manifest with one schedule trigger of `settings`.
 fn check_schedule(settings: &str) -> crate::helpers::Run {
     let dir = tempdir();
@@ -176,12 +188,7 @@ fn attack_file_trigger_under_a_relative_manifest_path_takes_events() {
 
 #[test]
 fn attack_file_trigger_symlinks_and_subdirectories_are_never_read() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\nretries = 0\n",
-    );
+    let (dir, m) = inbox_manifest("retries = 0\n");
     let (server, inbox, staging) = watching(dir.path(), &m);
     let secret = dir.path().join("secret");
     std::fs::write(&secret, b"top secret").unwrap();
@@ -222,12 +229,7 @@ fn attack_file_trigger_symlinks_and_subdirectories_are_never_read() {
 
 #[test]
 fn attack_file_trigger_odd_names() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\nretries = 1\nbackoff = \"50ms\"\n",
-    );
+    let (dir, m) = inbox_manifest("retries = 1\nbackoff = \"50ms\"\n");
     let (server, inbox, staging) = watching(dir.path(), &m);
     let long = "L".repeat(250);
     let newline = "new\nline";
@@ -280,12 +282,7 @@ fn attack_file_trigger_odd_names() {
 
 #[test]
 fn attack_file_trigger_same_names_never_overwrite() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\nretries = 0\n",
-    );
+    let (dir, m) = inbox_manifest("retries = 0\n");
     let (server, inbox, staging) = watching(dir.path(), &m);
     let (done, failed) = (inbox.join("done"), inbox.join("failed"));
     // Data named like an error file fails first; then a failing `p`, whose
@@ -325,12 +322,7 @@ fn attack_file_trigger_same_names_never_overwrite() {
 
 #[test]
 fn attack_file_trigger_oversized_file_and_hand_edited_state() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\nmax_size = \"1KiB\"\nretries = 2\n",
-    );
+    let (dir, m) = inbox_manifest("max_size = \"1KiB\"\nretries = 2\n");
     let inbox = dir.path().join("inbox");
     let state = inbox.join(".wasmlet");
     std::fs::create_dir_all(&state).unwrap();
@@ -409,12 +401,7 @@ fn attack_usage_log_that_is_not_a_regular_file_is_refused() {
 
 #[test]
 fn attack_two_servers_on_one_usage_log_the_second_is_refused() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\n",
-    );
+    let (dir, m) = inbox_manifest("");
     let first = Serve::start(&m);
     // The same manifest again: same log, same inbox. Two writers would cut
     // each other's lines, two watchers process every file twice.
@@ -560,12 +547,7 @@ fn attack_the_bill_with_hostile_logs_and_flags() {
 
 #[test]
 fn attack_file_trigger_file_deleted_while_processed() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\n",
-    );
+    let (dir, m) = inbox_manifest("");
     let (server, inbox, staging) = watching(dir.path(), &m);
     drop_file(&inbox, &staging, "vanishing", b"sleep 1500");
     let state = inbox.join(".wasmlet");
@@ -587,12 +569,7 @@ fn attack_file_trigger_file_deleted_while_processed() {
 
 #[test]
 fn attack_file_trigger_done_dir_read_only_then_restart() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\n",
-    );
+    let (dir, m) = inbox_manifest("");
     let inbox = dir.path().join("inbox");
     let done = inbox.join("done");
     std::fs::create_dir_all(&done).unwrap();
@@ -644,12 +621,7 @@ fn attack_file_trigger_done_dir_read_only_then_restart() {
 
 #[test]
 fn attack_file_trigger_sigkill_loop_ends_in_failed() {
-    let dir = tempdir();
-    let m = manifest(
-        dir.path(),
-        "",
-        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"\nretries = 1\n",
-    );
+    let (dir, m) = inbox_manifest("retries = 1\n");
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     // A file whose every run is cut off by a SIGKILL of the server.
