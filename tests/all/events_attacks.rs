@@ -401,7 +401,7 @@ fn attack_usage_log_that_is_not_a_regular_file_is_refused() {
 
 #[test]
 fn attack_two_servers_on_one_usage_log_the_second_is_refused() {
-    let (dir, m) = inbox_manifest("");
+    let (_dir, m) = inbox_manifest("");
     let first = Serve::start(&m);
     // The same manifest again: same log, same inbox. Two writers would cut
     // each other's lines, two watchers process every file twice.
