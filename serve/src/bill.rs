@@ -38,6 +38,9 @@ pub enum BillError {
         /// Why.
         error: std::io::Error,
     },
+    /// `--since` is not before `--until`.
+    #[error("--since {0} is not before --until {1}: the period is empty")]
+    EmptyPeriod(DateTime<Utc>, DateTime<Utc>),
     /// A time given is not understood.
     #[error("`{0}` is not a time: give RFC 3339 (2026-11-28T09:00:00Z) or a date (2026-11-28)")]
     Time(String),
@@ -156,6 +159,11 @@ impl Row {
 /// damaged log) is skipped and counted in [`Bill::skipped_lines`]; only a
 /// log that cannot be read fails the bill.
 pub fn compute(opts: &BillOptions) -> Result<Bill, BillError> {
+    if let (Some(since), Some(until)) = (opts.since, opts.until)
+        && since >= until
+    {
+        return Err(BillError::EmptyPeriod(since, until));
+    }
     let mut tally = Tally::default();
     for path in &opts.logs {
         let read = |error| BillError::Read {
@@ -353,10 +361,16 @@ impl Bill {
             "key,invocations,errors,rejected,gb_seconds,cpu_seconds,request_cost,compute_cost,cost\n",
         );
         for r in self.rows.iter().chain([&self.total]) {
-            let key = if r.key.contains([',', '"', '\n']) {
-                format!("\"{}\"", r.key.replace('"', "\"\""))
+            // A key a spreadsheet would run as a formula is quoted as text.
+            let key = if r.key.starts_with(['=', '+', '-', '@', '\t', '\r']) && r.key != "-" {
+                format!("'{}", r.key)
             } else {
                 r.key.clone()
+            };
+            let key = if key.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", key.replace('"', "\"\""))
+            } else {
+                key
             };
             let _ = writeln!(
                 out,

@@ -98,6 +98,8 @@ pub struct Manifest {
 /// Directory, beside the manifest, where triggers keep their state (a
 /// schedule's last run) unless `state_dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = ".wasmlet-state";
+/// Shortest `every` of a schedule trigger (cron's step is a second too).
+pub const MIN_EVERY: Duration = Duration::from_secs(1);
 /// Default attempts of a file event beyond the first.
 pub const DEFAULT_FILE_RETRIES: u32 = 3;
 /// Default wait before the first retry of a file event (doubled each time).
@@ -739,9 +741,16 @@ fn event_trigger(
         } => {
             let when = match (cron, every) {
                 (Some(c), None) => {
-                    c.parse::<croner::Cron>()
+                    crate::trigger::schedule::parse_cron(c)
                         .map_err(|e| format!("cron `{c}`: {e}"))?;
                     When::Cron(c.clone())
+                }
+                (None, Some(d)) if *d < MIN_EVERY => {
+                    return Err(format!(
+                        "every = {:?} is shorter than {}s, a schedule's finest step",
+                        humantime::format_duration(*d).to_string(),
+                        MIN_EVERY.as_secs()
+                    ));
                 }
                 (None, Some(d)) => When::Every(*d),
                 _ => {

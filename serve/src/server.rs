@@ -189,6 +189,7 @@ impl Server {
             .usage_log
             .clone()
             .unwrap_or_else(|| manifest.usage_log.clone());
+        crate::trigger::file::check_dirs(&manifest, &usage_path).map_err(ServeError::Start)?;
         let usage = UsageLog::open(&usage_path, manifest.usage_log_max_size)
             .map_err(|e| ServeError::Start(e.to_string()))?;
         let app = App::load(manifest, &opts.runtime, &opts.setup, None, &metrics)?;

@@ -23,6 +23,11 @@
 //! keeps the batch, marks the log unhealthy (`/readyz` answers 503 and the
 //! error is logged at error level) and retries; lines are never dropped, and
 //! while the disk stays full the queue fills and requests wait.
+//!
+//! The log must be a regular file, and one server's: it is locked
+//! (`flock`) while open, and a second server given the same file refuses
+//! to start (two writers would interleave rotations and cut each other's
+//! lines when a write fails).
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -240,8 +245,38 @@ impl UsageLog {
     }
 }
 
+/// Opens the log for appending: a regular file only (a FIFO would block
+/// the open, and rotation renames the file: never a device), locked
+/// against a second server appending to it.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let not_regular =
+        || std::io::Error::other("not a regular file (a usage log is rotated by renaming it)");
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_regular());
+    }
+    // Non-blocking: a FIFO swapped in after that check fails the open
+    // rather than blocking it until a reader comes.
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    // SAFETY: flock takes the descriptor of `file`, open for this call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(std::io::Error::other(
+                "in use by another process (another `wasmlet serve`?): give each server a log of its own",
+            ));
+        }
+        return Err(e);
+    }
+    Ok(file)
 }
 
 struct Writer {

@@ -13,6 +13,7 @@ mod containerd;
 mod cri;
 mod embed;
 mod escape;
+mod events_attacks;
 mod fs;
 mod fuzz_corpus;
 mod helpers;

@@ -34,6 +34,12 @@ impl Serve {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Serve::spawn(cmd)
+    }
+
+    /// Starts the server `cmd` runs (`wasmlet serve ...` with stderr piped
+    /// and `WASMLET_LOG=info`), once it listens.
+    pub(crate) fn spawn(mut cmd: Command) -> Serve {
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));

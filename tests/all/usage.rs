@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Every line of the log at `path` and its rotated files, parsed (each must
 /// be a whole JSON object).
-fn lines(path: &Path) -> Vec<Value> {
+pub(crate) fn lines(path: &Path) -> Vec<Value> {
     let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .flatten()
@@ -43,7 +43,7 @@ fn lines(path: &Path) -> Vec<Value> {
 }
 
 /// Waits (at most 20 s) until the log holds `n` lines; returns them.
-fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
+pub(crate) fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
     let start = Instant::now();
     loop {
         let l = lines(path);
@@ -55,7 +55,7 @@ fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
 }
 
 /// The value of the metric line `name` (with its labels) in `text`.
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
@@ -253,10 +253,10 @@ fn usage_log_rotates_by_size_without_splitting_a_line() {
 }
 
 /// A small tmpfs mounted on a directory, unmounted when dropped.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

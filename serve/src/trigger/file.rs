@@ -30,6 +30,19 @@
 //! still ends in `failed/`. Only complete files are taken: write a file in
 //! one open-write-close, or write it elsewhere and rename it in (a file
 //! still being written when the server starts is taken as it is then).
+//!
+//! **What is not an event.** Only regular files are read: a symbolic link
+//! (whatever it points to), a subdirectory or a device dropped into `DIR` is
+//! never read, never moved, and a warning is logged. A name longer than
+//! 224 bytes is shortened (a prefix, `~`, a hash) in `done/` and `failed/`. A file whose name is not
+//! UTF-8 cannot be named in `WASMLET_FILE_NAME`: it is left in place with a
+//! warning. A hard link made in `DIR` (`link(2)`, no write, no rename) is
+//! not seen until the next start's scan: rename files in.
+//!
+//! **Where `DIR` may be.** [`check_dirs`] refuses, at start, a `DIR` that is
+//! not a directory, that holds the manifest, a module or the usage log (they
+//! would be taken as events and moved away), or that another file trigger
+//! watches too (each file would be processed twice).
 
 use super::schedule::write_atomic;
 use super::{Ctx, Event, invoke};
@@ -86,7 +99,7 @@ impl Dirs {
     }
 
     fn progress_path(&self, name: &str) -> PathBuf {
-        self.state.join(format!("{name}.json"))
+        self.state.join(progress_name(name))
     }
 
     fn progress(&self, name: &str) -> Progress {
@@ -110,7 +123,13 @@ impl Dirs {
             .flatten()
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|e| {
+                let n = e.file_name().into_string();
+                if let Err(n) = &n {
+                    tracing::warn!("{:?}: the file name is not UTF-8; it is left in place", n);
+                }
+                n.ok()
+            })
             .filter(|n| taken(n))
             .collect();
         names.sort();
@@ -123,14 +142,109 @@ fn taken(name: &str) -> bool {
     !name.starts_with('.')
 }
 
+/// Longest name kept as it is where a suffix (`.json`, `.N`, `.error`)
+/// is added; a longer one becomes a prefix of it and a hash of the whole.
+const MAX_KEPT_NAME: usize = 224;
+
+/// `name`, or for a long one, its first 200 bytes (or fewer, on a UTF-8
+/// boundary), `~` and a hash of the whole: short enough for the suffixes
+/// added to it.
+fn short_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= MAX_KEPT_NAME {
+        return name.into();
+    }
+    let mut cut = 200;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{:016x}", &name[..cut], fnv1a(name.as_bytes())).into()
+}
+
+/// The state file's name for the file `name`.
+fn progress_name(name: &str) -> String {
+    format!("{}.json", short_name(name))
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across builds (state files
+/// outlive the binary that wrote them).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Refuses file-trigger directories that cannot work (see the module's
+/// "Where `DIR` may be"): each is created and compared, symbolic links
+/// resolved, with the directories of the manifest, the modules, the usage
+/// log `usage_log` and the other file triggers; then its `done/`,
+/// `failed/` and `.wasmlet/` are created.
+pub(crate) fn check_dirs(
+    manifest: &crate::manifest::Manifest,
+    usage_log: &Path,
+) -> Result<(), String> {
+    let parent = |p: &Path| {
+        p.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let mut watched: Vec<(PathBuf, String, &FileSpec)> = Vec::new();
+    for f in &manifest.functions {
+        for t in &f.events {
+            if let crate::manifest::EventTrigger::File(spec) = t {
+                let label = format!("function `{}` trigger `{}`", f.name, spec.name);
+                let real = std::fs::create_dir_all(&spec.dir)
+                    .and_then(|()| std::fs::canonicalize(&spec.dir))
+                    .map_err(|e| format!("{label}: directory {}: {e}", spec.dir.display()))?;
+                watched.push((real, label, spec));
+            }
+        }
+    }
+    let mut held = vec![
+        (parent(&manifest.path), "the manifest".to_string()),
+        (parent(usage_log), "the usage log".into()),
+    ];
+    for f in &manifest.functions {
+        held.push((
+            parent(&f.module),
+            format!("the module of function `{}`", f.name),
+        ));
+    }
+    for (i, (dir, label, spec)) in watched.iter().enumerate() {
+        let holds = |d: &PathBuf| std::fs::canonicalize(d).is_ok_and(|d| d == *dir);
+        if let Some((_, what)) = held.iter().find(|(d, _)| holds(d)) {
+            return Err(format!(
+                "{label}: directory {} holds {what}, which would be taken as an event: watch a directory of its own",
+                spec.dir.display()
+            ));
+        }
+        if let Some((_, other, _)) = watched[..i].iter().find(|(d, _, _)| d == dir) {
+            return Err(format!(
+                "{label}: directory {} is watched by {other} too: each file would be processed twice",
+                spec.dir.display()
+            ));
+        }
+        Dirs::new(dir)
+            .create()
+            .map_err(|e| format!("{label}: directory {}: {e}", spec.dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The trigger task.
 pub(crate) async fn run(ctx: Ctx, spec: FileSpec) {
     let label = format!("function `{}` trigger `{}`", ctx.function, ctx.trigger);
-    let dirs = Arc::new(Dirs::new(&spec.dir));
-    if let Err(e) = dirs.create() {
-        tracing::error!("{label}: cannot create {}: {e}", spec.dir.display());
-        return;
-    }
+    // The watcher names files under the path it watches: a canonical one
+    // (absolute, no `.`, no symbolic link) so that names compare equal.
+    let created = Dirs::new(&spec.dir)
+        .create()
+        .and_then(|()| std::fs::canonicalize(&spec.dir));
+    let dirs = match created {
+        Ok(real) => Arc::new(Dirs::new(&real)),
+        Err(e) => {
+            tracing::error!("{label}: cannot create {}: {e}", spec.dir.display());
+            return;
+        }
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<String>>();
     let watched = dirs.watched.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -150,10 +264,18 @@ pub(crate) async fn run(ctx: Ctx, spec: FileSpec) {
                 if complete
                     && let Some(p) = path
                     && p.parent() == Some(watched.as_path())
-                    && let Some(n) = p.file_name().and_then(|n| n.to_str())
-                    && taken(n)
+                    && let Some(n) = p.file_name()
                 {
-                    let _ = tx.send(Some(n.to_string()));
+                    match n.to_str() {
+                        Some(n) if taken(n) => {
+                            let _ = tx.send(Some(n.to_string()));
+                        }
+                        Some(_) => {}
+                        None => tracing::warn!(
+                            "{}: the file name is not UTF-8; it is left in place",
+                            p.display()
+                        ),
+                    }
                 }
             }
             Err(e) => {
@@ -176,17 +298,14 @@ pub(crate) async fn run(ctx: Ctx, spec: FileSpec) {
     // Progress of files no longer waiting (their outcome was renamed, then
     // the server stopped) is stale.
     let waiting: HashSet<String> = dirs.waiting().into_iter().collect();
+    let progress_names: HashSet<String> = waiting.iter().map(|n| progress_name(n)).collect();
     for e in std::fs::read_dir(&dirs.state)
         .into_iter()
         .flatten()
         .flatten()
     {
         let n = e.file_name().to_string_lossy().into_owned();
-        let stale = match n.strip_suffix(".json") {
-            Some(f) => !waiting.contains(f),
-            None => true,
-        };
-        if stale {
+        if !progress_names.contains(&n) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -263,10 +382,15 @@ async fn process(ctx: &Ctx, dirs: &Dirs, spec: &FileSpec, name: &str) {
             return;
         }
         let mut progress = dirs.progress(name);
-        let meta = match std::fs::metadata(&path) {
+        let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => m,
-            // Already moved (a duplicate event) or not a file.
-            _ => return,
+            Ok(_) => {
+                tracing::warn!(function = %ctx.function, trigger = %ctx.trigger,
+                    "{name}: not a regular file (a symbolic link?): not read, left in place");
+                return;
+            }
+            // Already moved (a duplicate event).
+            Err(_) => return,
         };
         if progress.attempts >= max_attempts {
             let why = progress
@@ -285,7 +409,7 @@ async fn process(ctx: &Ctx, dirs: &Dirs, spec: &FileSpec, name: &str) {
             return;
         }
         let reading = path.clone();
-        let read = tokio::task::spawn_blocking(move || std::fs::read(reading))
+        let read = tokio::task::spawn_blocking(move || read_regular(&reading))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         let bytes = match read {
@@ -343,13 +467,30 @@ async fn process(ctx: &Ctx, dirs: &Dirs, spec: &FileSpec, name: &str) {
     }
 }
 
+/// The bytes of the regular file at `path`, never through a symbolic link
+/// (swapped in after the check, say).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Moves a file to its outcome: `done/`, or `failed/` with its `.error`.
 fn outcome(ctx: &Ctx, dirs: &Dirs, name: &str, result: Result<(), &str>) {
     let into = match result {
         Ok(()) => &dirs.done,
         Err(_) => &dirs.failed,
     };
-    let dest = free_name(into, name);
+    let dest = free_name(into, name, result.is_err());
     let moved = (|| -> std::io::Result<()> {
         if let Err(why) = result {
             let mut error = dest.as_os_str().to_owned();
@@ -371,6 +512,14 @@ fn outcome(ctx: &Ctx, dirs: &Dirs, name: &str, result: Result<(), &str>) {
                 }
             }
         }
+        Err(e) if !dirs.watched.join(name).exists() => {
+            // Deleted or renamed away while it was processed: nothing
+            // left to move.
+            let _ = std::fs::remove_file(dirs.progress_path(name));
+            tracing::warn!(function = %ctx.function, trigger = %ctx.trigger,
+                "{name}: gone from {} before its outcome ({e}); nothing moved",
+                dirs.watched.display());
+        }
         Err(e) => tracing::error!(
             function = %ctx.function,
             "cannot move {name} into {}: {e}; it stays for the next start",
@@ -380,14 +529,22 @@ fn outcome(ctx: &Ctx, dirs: &Dirs, name: &str, result: Result<(), &str>) {
 }
 
 /// `dir/name`, or `dir/name.N` for the first N free when a file of that
-/// name is already there (the same name dropped again later).
-fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if !first.exists() {
+/// name is already there (the same name dropped again later); with
+/// `error`, `NAME.error` beside it must be free too (it may be an earlier
+/// file's data, not to be overwritten).
+fn free_name(dir: &Path, name: &str, error: bool) -> PathBuf {
+    let free = |p: &PathBuf| {
+        let mut e = p.as_os_str().to_owned();
+        e.push(".error");
+        p.symlink_metadata().is_err() && (!error || Path::new(&e).symlink_metadata().is_err())
+    };
+    let name = short_name(name);
+    let first = dir.join(&*name);
+    if free(&first) {
         return first;
     }
     (1u64..)
         .map(|n| dir.join(format!("{name}.{n}")))
-        .find(|p| !p.exists())
+        .find(free)
         .unwrap_or(first)
 }

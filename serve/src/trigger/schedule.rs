@@ -46,6 +46,15 @@ impl Clock for SystemClock {
     }
 }
 
+/// Parses a cron expression: seconds and year optional, and the `N/step`
+/// form (`5/15`, from 5 every 15) accepted as croner 3 did.
+pub(crate) fn parse_cron(c: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .sloppy_ranges(true)
+        .build()
+        .parse(c)
+}
+
 /// A schedule made computable.
 pub(crate) struct Plan {
     when: PlanWhen,
@@ -62,8 +71,7 @@ impl Plan {
     pub(crate) fn new(spec: &ScheduleSpec) -> Result<Plan, String> {
         let when = match &spec.when {
             When::Cron(c) => PlanWhen::Cron(Box::new(
-                c.parse::<croner::Cron>()
-                    .map_err(|e| format!("cron `{c}`: {e}"))?,
+                parse_cron(c).map_err(|e| format!("cron `{c}`: {e}"))?,
             )),
             When::Every(d) => {
                 PlanWhen::Every(chrono::Duration::from_std(*d).map_err(|e| format!("every: {e}"))?)
@@ -522,6 +530,94 @@ mod tests {
         // allow: every minute, overlapping.
         let all = runs(Overlap::Allow).await;
         assert_eq!(minutes(&all), (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dst_transitions_run_once_and_never_in_the_gap_twice() {
+        let daily = || {
+            spec(
+                When::Cron("0 30 2 * * *".into()),
+                "Europe/Paris",
+                Overlap::Skip,
+                Missed::Skip,
+            )
+        };
+        let two_days = Duration::from_secs(2 * 86_400);
+        let run = Duration::from_secs(1);
+        // Spring forward (2026-03-29, 02:00 CET -> 03:00 CEST): 02:30 does
+        // not exist that day; it runs at 03:00 CEST (01:00Z), once.
+        let dir = tempfile::tempdir().unwrap();
+        let runs = simulate(
+            daily(),
+            dir.path(),
+            at("2026-03-28T23:00:30Z"),
+            run,
+            two_days,
+        )
+        .await;
+        assert_eq!(
+            runs,
+            [at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]
+        );
+        // Midnight before a gap (London, 2026-03-29, 01:00 GMT -> 02:00
+        // BST) runs at midnight only, not again after the gap (croner 3
+        // ran it twice).
+        let midnight = spec(
+            When::Cron("0 0 0 * * *".into()),
+            "Europe/London",
+            Overlap::Skip,
+            Missed::Skip,
+        );
+        let runs = simulate(
+            midnight,
+            dir.path(),
+            at("2026-03-28T23:30:30Z"),
+            run,
+            two_days,
+        )
+        .await;
+        assert_eq!(
+            runs,
+            [
+                at("2026-03-29T00:00:00Z"),
+                at("2026-03-29T23:00:00Z"),
+                at("2026-03-30T23:00:00Z")
+            ]
+        );
+        // Fall back (2026-10-25, 03:00 CEST -> 02:00 CET): 02:30 happens
+        // twice; it runs at the first only.
+        let runs = simulate(
+            daily(),
+            dir.path(),
+            at("2026-10-24T23:00:30Z"),
+            run,
+            two_days,
+        )
+        .await;
+        assert_eq!(
+            runs,
+            [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]
+        );
+        // Hourly over the fall-back day: every real hour once, none twice.
+        let hourly = spec(
+            When::Cron("0 0 * * * *".into()),
+            "Europe/Paris",
+            Overlap::Skip,
+            Missed::Skip,
+        );
+        let runs = simulate(
+            hourly,
+            dir.path(),
+            at("2026-10-24T22:00:30Z"),
+            run,
+            Duration::from_secs(86_400),
+        )
+        .await;
+        assert_eq!(runs.len(), 24, "{runs:?}");
+        assert!(
+            runs.windows(2)
+                .all(|w| w[1] - w[0] == chrono::Duration::hours(1))
+        );
     }
 
     #[tokio::test(start_paused = true)]
