@@ -12,6 +12,7 @@ mod concurrency;
 mod containerd;
 mod cri;
 mod embed;
+mod embed_attacks;
 mod escape;
 mod fs;
 mod fuzz_corpus;
