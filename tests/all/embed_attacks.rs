@@ -506,6 +506,7 @@ fn attack_host_functions_calling_back_into_the_guest() {
           (global $depth (mut i32) (i32.const 0))
           ;; cb(x): x + 1, recursing through the host while x < 0.
           (func (export "cb") (param i32) (result i32)
+            (if (i32.eq (local.get 0) (i32.const 7777)) (then (loop $forever (br $forever))))
             (global.set $depth (i32.add (global.get $depth) (i32.const 1)))
             (if (result i32) (i32.lt_s (local.get 0) (i32.const 0))
               (then (call $call_back (i32.add (local.get 0) (i32.const 1))))
@@ -542,6 +543,21 @@ fn attack_host_functions_calling_back_into_the_guest() {
         let out = depth.invoke(-20, Invocation::default()).unwrap();
         assert_eq!(out.results, Some(21), "{:?}", out.status);
     }
+    // A guest called back that never returns is stopped by the timeout.
+    let out = run
+        .invoke(
+            7777,
+            limited(Limits {
+                timeout: Some(Duration::from_millis(100)),
+                ..Limits::default()
+            }),
+        )
+        .unwrap();
+    assert!(
+        matches!(out.status, Status::LimitExceeded(LimitExceeded::Timeout(_))),
+        "{:?}",
+        out.status
+    );
     // A synchronous host function cannot call the guest synchronously (the
     // store is async): a trap saying so.
     let out = f
@@ -978,9 +994,13 @@ fn attack_components_importing_what_the_embedder_did_not_provide() {
     }
     impl counter::example::counter::counter::Host for Context {
         fn add(&mut self, n: u32) -> wasmtime::Result<u32> {
+            if self.get::<Panic>().is_some() {
+                panic!("component host panicked on purpose ({n})");
+            }
             Ok(n)
         }
     }
+    struct Panic;
     let rt = RuntimeBuilder::new(config())
         .component_linker(|linker| {
             counter::example::counter::counter::add_to_linker::<
@@ -1044,6 +1064,23 @@ fn attack_components_importing_what_the_embedder_did_not_provide() {
             "{import} {funcs}: {msg}"
         );
     }
+    // A component host interface that panics: a trap, as for a module's
+    // host function, and the runtime goes on.
+    let path = crate::components::build::build_component(
+        "counter",
+        crate::components::build::Kind::CustomCommand("counter", "guest"),
+        &crate::helpers::scratch().join("components"),
+    );
+    let f = rt.load_file(&path, &LoadOptions::default()).unwrap();
+    let out = f
+        .invoke(Invocation {
+            context: Context::new().with(Panic),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_panic_trap(&out.status, "component");
+    let out = f.invoke(Invocation::default()).unwrap();
+    assert!(out.success(), "{:?}", out.status);
 }
 
 #[test]
