@@ -496,6 +496,122 @@ fn attack_async_host_functions_hanging_past_the_timeout_under_invoke_async() {
 }
 
 #[test]
+fn attack_dropping_an_invocation_inside_a_host_call_frees_everything() {
+    let mut cfg = config();
+    cfg.pool.instances = 2;
+    let rt = RuntimeBuilder::new(cfg)
+        .host_func_async("platform", "hang", |_cx: HostCx<'_>, ()| {
+            Box::new(std::future::pending::<()>())
+        })
+        .build()
+        .unwrap();
+    let f = load(
+        &rt,
+        r#"(module (import "platform" "hang" (func $hang))
+                   (func (export "run") (call $hang)) (func (export "ok")))"#,
+    );
+    let run = f.typed::<(), ()>("run").unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let alive = Alive::default();
+    // The embedder gives up on invocations (no limits of their own) ten
+    // times the pool's size: each drop must free its slot, stack, permit
+    // and context.
+    for _ in 0..20 {
+        let inv = Invocation {
+            context: Context::new().with(alive.clone()),
+            ..Default::default()
+        };
+        let waited = tokio.block_on(async {
+            tokio::time::timeout(Duration::from_millis(5), run.invoke_async((), inv)).await
+        });
+        assert!(waited.is_err(), "the hanging invocation finished");
+    }
+    assert_eq!(Arc::strong_count(&alive.0), 1, "a dropped context leaked");
+    let ok = f.typed::<(), ()>("ok").unwrap();
+    let out = tokio.block_on(ok.invoke_async((), Invocation::default()));
+    assert!(out.unwrap().results.is_some());
+    assert!(
+        ok.invoke((), Invocation::default())
+            .unwrap()
+            .results
+            .is_some()
+    );
+}
+
+/// The callee of a host function that runs another function (function
+/// composition by the platform).
+struct Callee(wasmlet_runtime::TypedFunction<u32, u32>);
+
+#[test]
+fn attack_host_functions_invoking_other_functions() {
+    let rt = RuntimeBuilder::new(config())
+        .host_func(
+            "platform",
+            "nested",
+            |cx: HostCx<'_>, x: u32| -> wasmtime::Result<u32> {
+                let callee = cx
+                    .context()
+                    .get::<Callee>()
+                    .ok_or_else(|| wasmtime::Error::msg("no callee"))?;
+                let out = callee.0.invoke(x, Invocation::default())?;
+                Ok(out.into_result()?)
+            },
+        )
+        .host_func_async(
+            "platform",
+            "nested_async",
+            |cx: HostCx<'_>, (x,): (u32,)| {
+                Box::new(async move {
+                    let callee = cx
+                        .context()
+                        .get::<Callee>()
+                        .ok_or_else(|| wasmtime::Error::msg("no callee"))?;
+                    let out = callee.0.invoke_async(x, Invocation::default()).await?;
+                    Ok(out.into_result()?)
+                })
+            },
+        )
+        .build()
+        .unwrap();
+    let callee = load(
+        &rt,
+        r#"(module (func (export "double") (param i32) (result i32)
+             (if (i32.eqz (local.get 0)) (then unreachable))
+             (i32.mul (local.get 0) (i32.const 2))))"#,
+    );
+    let callee = callee.typed::<u32, u32>("double").unwrap();
+    let caller = load(
+        &rt,
+        r#"(module (import "platform" "nested" (func $n (param i32) (result i32)))
+                   (import "platform" "nested_async" (func $na (param i32) (result i32)))
+             (func (export "sync") (param i32) (result i32) (call $n (local.get 0)))
+             (func (export "async") (param i32) (result i32) (call $na (local.get 0))))"#,
+    );
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for export in ["sync", "async"] {
+        let outer = caller.typed::<u32, u32>(export).unwrap();
+        let inv = || Invocation {
+            context: Context::new().with(Callee(callee.clone())),
+            ..Default::default()
+        };
+        let out = outer.invoke(21, inv()).unwrap();
+        assert_eq!(out.results, Some(42), "{export}: {:?}", out.status);
+        let out = tokio.block_on(outer.invoke_async(21, inv())).unwrap();
+        assert_eq!(out.results, Some(42), "{export}: {:?}", out.status);
+        // The inner trap reaches the outer invocation as the host's error.
+        let out = outer.invoke(0, inv()).unwrap();
+        assert!(trapped(&out.status).contains("unreachable"), "{export}");
+    }
+}
+
+#[test]
 fn attack_host_functions_calling_back_into_the_guest() {
     let rt = platform();
     let f = load(
