@@ -1036,12 +1036,12 @@ fn attack_limits_and_exits_through_typed_calls() {
         ),
     ] {
         let out = forever.invoke((), limited(limits)).unwrap();
-        let ok = match (&out.status, want) {
-            (Status::LimitExceeded(LimitExceeded::Fuel(100_000)), "fuel") => true,
-            (Status::LimitExceeded(LimitExceeded::Timeout(_)), "timeout") => true,
-            (Status::LimitExceeded(LimitExceeded::CpuTime(_)), "cpu") => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (&out.status, want),
+            (Status::LimitExceeded(LimitExceeded::Fuel(100_000)), "fuel")
+                | (Status::LimitExceeded(LimitExceeded::Timeout(_)), "timeout")
+                | (Status::LimitExceeded(LimitExceeded::CpuTime(_)), "cpu")
+        );
         assert!(ok, "{want}: {:?}", out.status);
         assert!(out.results.is_none());
         assert!(matches!(out.into_result(), Err(Error::LimitExceeded(_))));
