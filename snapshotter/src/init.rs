@@ -41,6 +41,19 @@ impl std::fmt::Display for WasiRefused {
 
 impl std::error::Error for WasiRefused {}
 
+/// The error of an embedder's host function called during init (see
+/// `SnapshotOptions::host_imports`).
+#[derive(Debug)]
+struct HostRefused(String);
+
+impl std::fmt::Display for HostRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host function `{}` called during init", self.0)
+    }
+}
+
+impl std::error::Error for HostRefused {}
+
 fn engine() -> Result<Engine, SnapshotError> {
     let mut c = Config::new();
     crate::enable_wasm_features(&mut c).epoch_interruption(true);
@@ -139,6 +152,13 @@ fn linker(
                     })
                     .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
             }
+            wasmtime::ExternType::Func(ty) if opts.host_imports.contains(&name) => {
+                linker
+                    .func_new(import.module(), import.name(), ty, move |_, _, _| {
+                        Err(HostRefused(name.clone()).into())
+                    })
+                    .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
+            }
             _ if opts.trap_unknown_imports => {}
             _ => unknown.push(name),
         }
@@ -204,6 +224,12 @@ fn run_async_here<F: Future>(fut: F) -> Result<F::Output, SnapshotError> {
 fn init_error(e: wasmtime::Error, opts: &SnapshotOptions, during: &str) -> SnapshotError {
     if let Some(w) = e.downcast_ref::<WasiRefused>() {
         return SnapshotError::WasiDuringInit(w.0.clone());
+    }
+    if let Some(h) = e.downcast_ref::<HostRefused>() {
+        return SnapshotError::InitTrapped(format!(
+            "init called the host function `{}`, which pre-initialization does not have (the embedder's host functions are only the invocations')",
+            h.0
+        ));
     }
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return SnapshotError::InitTrapped(format!("init called proc_exit({})", exit.0));
