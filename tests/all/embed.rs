@@ -31,7 +31,7 @@ impl Drop for SetOnDrop {
     }
 }
 
-fn config() -> RuntimeConfig {
+pub(crate) fn config() -> RuntimeConfig {
     let mut config = RuntimeConfig::default();
     config.pool.instances = 64;
     config.cache.enabled = false;
@@ -119,7 +119,7 @@ fn builder() -> RuntimeBuilder {
         })
 }
 
-fn load(rt: &Runtime, wat: &str) -> Function {
+pub(crate) fn load(rt: &Runtime, wat: &str) -> Function {
     rt.load_bytes(wat.as_bytes(), &LoadOptions::default())
         .unwrap()
 }
@@ -131,7 +131,7 @@ fn with_context(context: Context) -> Invocation {
     }
 }
 
-fn trapped(status: &Status) -> &str {
+pub(crate) fn trapped(status: &Status) -> &str {
     match status {
         Status::Trapped(msg) => msg,
         other => panic!("expected a trap, got {other:?}"),

@@ -6,21 +6,15 @@
 //! embedder did not provide. Each test tries the bad thing and checks the
 //! refusal (or the documented behaviour).
 
+use crate::embed::{config, load, trapped};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use wasmlet_runtime::wasmtime;
 use wasmlet_runtime::{
-    Context, Entry, Error, Function, HostCx, Invocation, LimitExceeded, Limits, LoadOptions,
-    Runtime, RuntimeBuilder, RuntimeConfig, Status, Val,
+    Context, Entry, Error, HostCx, Invocation, LimitExceeded, Limits, LoadOptions, Runtime,
+    RuntimeBuilder, Status, Val,
 };
-
-fn config() -> RuntimeConfig {
-    let mut config = RuntimeConfig::default();
-    config.pool.instances = 80;
-    config.cache.enabled = false;
-    config
-}
 
 /// The calling thread's CPU time.
 fn thread_cpu() -> Duration {
@@ -128,19 +122,10 @@ fn platform() -> Runtime {
         .unwrap()
 }
 
-fn load(rt: &Runtime, wat: &str) -> Function {
-    rt.load_bytes(wat.as_bytes(), &LoadOptions::default())
-        .unwrap()
-}
-
-fn trapped(status: &Status) -> &str {
-    match status {
-        Status::Trapped(msg) => msg,
-        other => panic!("expected a trap, got {other:?}"),
-    }
-}
-
-fn limited(limits: Limits) -> Invocation {
+/// An invocation with the default limits changed by `set`.
+fn limited(set: impl FnOnce(&mut Limits)) -> Invocation {
+    let mut limits = Limits::default();
+    set(&mut limits);
     Invocation {
         limits: Some(limits),
         ..Default::default()
@@ -208,13 +193,7 @@ fn attack_memory_grown_by_the_guest_is_seen_by_the_next_host_call() {
     // A growth refused by the memory limit leaves it out of bounds: the
     // failure is reported as the memory limit that caused it.
     let out = grow
-        .invoke(
-            65536 + 100,
-            limited(Limits {
-                max_memory: 65536,
-                ..Limits::default()
-            }),
-        )
+        .invoke(65536 + 100, limited(|l| l.max_memory = 65536))
         .unwrap();
     assert!(
         matches!(
@@ -495,10 +474,7 @@ fn attack_async_host_functions_hanging_past_the_timeout_under_invoke_async() {
                 Duration::from_millis(300),
                 run.invoke_async(
                     (),
-                    limited(Limits {
-                        cpu_time: Some(Duration::from_millis(20)),
-                        ..Limits::default()
-                    }),
+                    limited(|l| l.cpu_time = Some(Duration::from_millis(20))),
                 ),
             )
             .await
@@ -675,10 +651,7 @@ fn attack_host_functions_calling_back_into_the_guest() {
     let out = run
         .invoke(
             7777,
-            limited(Limits {
-                timeout: Some(Duration::from_millis(100)),
-                ..Limits::default()
-            }),
+            limited(|l| l.timeout = Some(Duration::from_millis(100))),
         )
         .unwrap();
     assert!(
@@ -805,13 +778,7 @@ fn attack_fuel_is_spent_by_the_guest_between_host_calls() {
     assert!(per_1000 >= 1000, "{per_1000}");
     // A loop of host calls cannot escape a fuel limit.
     let out = run
-        .invoke(
-            u32::MAX,
-            limited(Limits {
-                fuel: Some(per_1000 * 10),
-                ..Limits::default()
-            }),
-        )
+        .invoke(u32::MAX, limited(|l| l.fuel = Some(per_1000 * 10)))
         .unwrap();
     assert!(
         matches!(out.status, Status::LimitExceeded(LimitExceeded::Fuel(_))),
@@ -859,10 +826,7 @@ fn attack_a_cpu_limit_overrun_inside_a_host_function_is_reported() {
         let out = spin
             .invoke(
                 200,
-                limited(Limits {
-                    cpu_time: Some(Duration::from_millis(30)),
-                    ..Limits::default()
-                }),
+                limited(|l| l.cpu_time = Some(Duration::from_millis(30))),
             )
             .unwrap();
         assert!(out.usage.cpu_time >= Duration::from_millis(200));
@@ -1044,7 +1008,7 @@ fn attack_limits_and_exits_through_typed_calls() {
             "cpu",
         ),
     ] {
-        let out = forever.invoke((), limited(limits)).unwrap();
+        let out = forever.invoke((), limited(|l| *l = limits)).unwrap();
         let ok = matches!(
             (&out.status, want),
             (Status::LimitExceeded(LimitExceeded::Fuel(100_000)), "fuel")
@@ -1059,13 +1023,7 @@ fn attack_limits_and_exits_through_typed_calls() {
     let out = f
         .typed::<(), i32>("grow")
         .unwrap()
-        .invoke(
-            (),
-            limited(Limits {
-                max_memory: 1 << 20,
-                ..Limits::default()
-            }),
-        )
+        .invoke((), limited(|l| l.max_memory = 1 << 20))
         .unwrap();
     assert_eq!(out.results, Some(-1));
     // proc_exit from a typed call is an exit, with no results.
