@@ -6,7 +6,7 @@
 //! embedder did not provide. Each test tries the bad thing and checks the
 //! refusal (or the documented behaviour).
 
-use crate::embed::{config, load, trapped};
+use crate::embed::{HANG, PanicInHost, config, counter_component, counter_runtime, load, trapped};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -43,24 +43,10 @@ fn spin(ms: u32) {
 #[derive(Clone, Default)]
 struct Alive(Arc<()>);
 
-/// The platform under attack.
-fn platform() -> Runtime {
-    RuntimeBuilder::new(config())
-        .host_func(
-            "platform",
-            "probe",
-            |mut cx: HostCx<'_>, ptr: u32, len: u32| -> wasmtime::Result<u32> {
-                Ok(cx.read(ptr, len)?.len() as u32)
-            },
-        )
-        .host_func(
-            "platform",
-            "poke",
-            |mut cx: HostCx<'_>, ptr: u32, byte: u32| -> wasmtime::Result<()> {
-                cx.write(ptr, &[byte as u8])?;
-                Ok(())
-            },
-        )
+/// `builder` with `platform.panic` and `platform.panic_async`, which
+/// panic when given anything but 0.
+fn with_panics(builder: RuntimeBuilder) -> RuntimeBuilder {
+    builder
         .host_func("platform", "panic", |_cx: HostCx<'_>, n: u32| -> u32 {
             panic!("host function panicked on purpose ({n})")
         })
@@ -75,6 +61,26 @@ fn platform() -> Runtime {
                     }
                     n
                 })
+            },
+        )
+}
+
+/// The platform under attack.
+fn platform() -> Runtime {
+    with_panics(RuntimeBuilder::new(config()))
+        .host_func(
+            "platform",
+            "probe",
+            |mut cx: HostCx<'_>, ptr: u32, len: u32| -> wasmtime::Result<u32> {
+                Ok(cx.read(ptr, len)?.len() as u32)
+            },
+        )
+        .host_func(
+            "platform",
+            "poke",
+            |mut cx: HostCx<'_>, ptr: u32, byte: u32| -> wasmtime::Result<()> {
+                cx.write(ptr, &[byte as u8])?;
+                Ok(())
             },
         )
         .host_func("platform", "spin", |_cx: HostCx<'_>, ms: u32| spin(ms))
@@ -377,24 +383,7 @@ fn attack_a_panicking_host_function_is_a_trap_and_the_runtime_lives_on() {
 fn attack_panics_do_not_leak_pool_slots() {
     let mut cfg = config();
     cfg.pool.instances = 2;
-    let rt = RuntimeBuilder::new(cfg)
-        .host_func("platform", "panic", |_cx: HostCx<'_>, n: u32| -> u32 {
-            panic!("host function panicked on purpose ({n})")
-        })
-        .host_func_async(
-            "platform",
-            "panic_async",
-            |_cx: HostCx<'_>, (n,): (u32,)| {
-                Box::new(async move {
-                    if n > 0 {
-                        panic!("async host function panicked on purpose ({n})");
-                    }
-                    n
-                })
-            },
-        )
-        .build()
-        .unwrap();
+    let rt = with_panics(RuntimeBuilder::new(cfg)).build().unwrap();
     let f = load(&rt, PANICS);
     // Ten times the pool's size: a slot or stack kept by a panicking
     // invocation would soon make every invocation `PoolFull`.
@@ -416,11 +405,7 @@ fn attack_panics_do_not_leak_pool_slots() {
 #[test]
 fn attack_async_host_functions_hanging_past_the_timeout_under_invoke_async() {
     let rt = platform();
-    let f = load(
-        &rt,
-        r#"(module (import "platform" "hang" (func $hang))
-                   (func (export "run") (call $hang)))"#,
-    );
+    let f = load(&rt, HANG);
     let run = f.typed::<(), ()>("run").unwrap();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -493,11 +478,7 @@ fn attack_dropping_an_invocation_inside_a_host_call_frees_everything() {
         })
         .build()
         .unwrap();
-    let f = load(
-        &rt,
-        r#"(module (import "platform" "hang" (func $hang))
-                   (func (export "run") (call $hang)) (func (export "ok")))"#,
-    );
+    let f = load(&rt, HANG);
     let run = f.typed::<(), ()>("run").unwrap();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1075,32 +1056,7 @@ fn component_importing(import: &str, funcs: &str) -> String {
 
 #[test]
 fn attack_components_importing_what_the_embedder_did_not_provide() {
-    mod counter {
-        wasmlet_runtime::wasmtime::component::bindgen!({
-            path: "tests/guests/counter",
-            world: "guest",
-            imports: { default: trappable },
-            wasmtime_crate: wasmlet_runtime::wasmtime,
-        });
-    }
-    impl counter::example::counter::counter::Host for Context {
-        fn add(&mut self, n: u32) -> wasmtime::Result<u32> {
-            if self.get::<Panic>().is_some() {
-                panic!("component host panicked on purpose ({n})");
-            }
-            Ok(n)
-        }
-    }
-    struct Panic;
-    let rt = RuntimeBuilder::new(config())
-        .component_linker(|linker| {
-            counter::example::counter::counter::add_to_linker::<
-                _,
-                wasmtime::component::HasSelf<Context>,
-            >(linker, |state| state.context_mut())
-        })
-        .build()
-        .unwrap();
+    let rt = counter_runtime();
     let add = r#"(export "add" (func (param "n" u32) (result u32)))"#;
     // The interface as the embedder defined it links (and is then refused
     // for exporting no world wasmlet runs).
@@ -1157,21 +1113,19 @@ fn attack_components_importing_what_the_embedder_did_not_provide() {
     }
     // A component host interface that panics: a trap, as for a module's
     // host function, and the runtime goes on.
-    let path = crate::components::build::build_component(
-        "counter",
-        crate::components::build::Kind::CustomCommand("counter", "guest"),
-        &crate::helpers::scratch().join("components"),
-    );
-    let f = rt.load_file(&path, &LoadOptions::default()).unwrap();
+    let f = rt
+        .load_file(counter_component(), &LoadOptions::default())
+        .unwrap();
     let out = f
         .invoke(Invocation {
-            context: Context::new().with(Panic),
+            context: Context::new().with(PanicInHost),
             ..Default::default()
         })
         .unwrap();
     assert_panic_trap(&out.status, "component");
+    // The next invocation gets the interface's ordinary error.
     let out = f.invoke(Invocation::default()).unwrap();
-    assert!(out.success(), "{:?}", out.status);
+    assert!(trapped(&out.status).contains("no counter in the invocation's context"));
 }
 
 #[test]
