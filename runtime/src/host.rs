@@ -86,7 +86,10 @@ impl<'a> HostCx<'a> {
         Ok((GuestMemory { data }, &mut state.context))
     }
 
-    /// A copy of `len` bytes of guest memory at `ptr`.
+    /// A copy of `len` bytes of guest memory at `ptr`. The guest picks
+    /// `len`, up to its memory's size (its memory limit): to look at a
+    /// large range without allocating a copy, borrow it with
+    /// [`GuestMemory::slice`].
     pub fn read(&mut self, ptr: u32, len: u32) -> Result<Vec<u8>, MemoryError> {
         Ok(self.memory()?.slice(ptr, len)?.to_vec())
     }
