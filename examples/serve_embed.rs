@@ -7,7 +7,7 @@
 //! Usage: serve_embed MANIFEST   (prints the address it listens on, then
 //! serves until SIGTERM or SIGINT)
 use std::io::Write;
-use wasmlet_runtime::{HostCx, RuntimeConfig};
+use wasmlet_runtime::{HostCx, RuntimeConfig, wasmtime};
 use wasmlet_serve::{RuntimeSetup, ServeOptions, Server};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -106,7 +106,7 @@ impl RuntimeBuilder {
             + Sync
             + 'static,
         P: WasmTyList,
-        R: WasmRet,
+        R: WasmRet + 'static,
     {
         let (m, n) = (module.to_string(), name.to_string());
         self.module_hooks.push((

@@ -86,7 +86,8 @@ pub enum Error {
     /// A sandbox could not be set up or its worker failed.
     #[error("sandbox: {0}")]
     Sandbox(String),
-    /// The guest exited with a non-zero code.
+    /// The guest exited with a non-zero code (or, from a typed call, with
+    /// any code: it exited instead of returning its results).
     #[error("guest exited with code {0}")]
     Exit(i32),
 }

@@ -12,6 +12,7 @@ use crate::config::Limits;
 use crate::context::Context;
 use crate::error::{Error, LimitExceeded};
 use crate::executor::{self, Executor};
+use crate::host::CatchPanic;
 use crate::invocation::{Entry, Invocation, Outcome, Status};
 use crate::limiter::{CpuWatch, StoreLimiter, TimeBudget, deadline};
 use crate::store::{StoreState, new_store};
@@ -491,7 +492,8 @@ impl Function {
 /// Runs a guest call under the invocation's time limits: the epoch ticks
 /// while it runs with a budget, and the wall-clock timer stops one that
 /// waits past the timeout (in a host call); the epoch callback stops one
-/// that computes past it.
+/// that computes past it. A host function's panic becomes the call's error
+/// (see [`CatchPanic`]).
 pub(crate) async fn guarded<F>(
     executor: &Executor,
     limits: &Limits,
@@ -508,7 +510,7 @@ where
     // The epoch callback stops a guest that runs past the deadline; the
     // timer also stops one that waits past it (in a host call), and the
     // CPU watch one whose waiting costs CPU elsewhere (filesystem calls).
-    let call = CpuWatch::new(call, meter.zip(limits.cpu_time));
+    let call = CpuWatch::new(CatchPanic::new(call), meter.zip(limits.cpu_time));
     match limits.timeout.and_then(|t| deadline(wall_start, t)) {
         Some((at, timeout)) => tokio::time::timeout_at(at.into(), call)
             .await

@@ -16,19 +16,36 @@
 //! CPU clock around every poll, toward `Limits::cpu_time` and the usage
 //! record. An async host function still waiting at the timeout is dropped
 //! (cancelled) and the invocation ends with `LimitExceeded::Timeout`; a
-//! synchronous one cannot be interrupted, so one that blocks past the
-//! timeout ends the invocation with the same status when it returns. CPU
-//! a host function spends on other threads (work it hands to a pool) is
-//! not charged.
+//! synchronous one (or an async one computing without waiting) cannot be
+//! interrupted, so one that returns past the timeout or the CPU-time limit
+//! ends the invocation with that limit when it returns. CPU a host
+//! function spends on other threads (work it hands to a pool) is not
+//! charged.
 //!
 //! Errors: a host function that returns `Err` traps the guest; the
-//! invocation's status is `Status::Trapped` with the error's message.
+//! invocation's status is `Status::Trapped` with the error's message. One
+//! that panics ends the invocation the same way, as `Status::Trapped` with
+//! "a host function panicked: " and the panic's message (the panic hook
+//! still reports it); the calling thread and the runtime go on.
+//!
+//! Re-entry: an async host function may call the guest's exports back
+//! through [`HostCx::caller`] with `call_async` (a synchronous host
+//! function cannot: the store is async, and wasmtime refuses it with an
+//! error, which traps). Each nested call runs on a fiber stack of its own,
+//! taken from the runtime's pool like an invocation's: a guest recursing
+//! through the host deeper than the pool has free stacks ends with
+//! `LimitExceeded::PoolFull`, and meanwhile holds those stacks, so keep
+//! such nesting bounded (count it in the context).
 
 use crate::context::Context;
-use crate::error::LimitExceeded;
+use crate::limiter::TimeBudget;
 use crate::store::StoreState;
+use pin_project_lite::pin_project;
+use std::future::Future;
 use std::ops::Range;
-use std::time::Instant;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::Poll;
 use wasmtime::{Caller, Extern, Linker, WasmRet, WasmTy};
 
 /// What a host function is given: the calling invocation's [`Context`] and
@@ -69,7 +86,10 @@ impl<'a> HostCx<'a> {
         Ok((GuestMemory { data }, &mut state.context))
     }
 
-    /// A copy of `len` bytes of guest memory at `ptr`.
+    /// A copy of `len` bytes of guest memory at `ptr`. The guest picks
+    /// `len`, up to its memory's size (its memory limit): to look at a
+    /// large range without allocating a copy, borrow it with
+    /// [`GuestMemory::slice`].
     pub fn read(&mut self, ptr: u32, len: u32) -> Result<Vec<u8>, MemoryError> {
         Ok(self.memory()?.slice(ptr, len)?.to_vec())
     }
@@ -201,17 +221,6 @@ pub trait HostFunc<Params, Results>: Send + Sync + 'static {
     ) -> wasmtime::Result<()>;
 }
 
-/// The deadline a synchronous host function must return by, read before it
-/// runs (it takes the caller); `Err` with the timeout when it returned late.
-fn check_returned_in_time(
-    deadline: Option<(Instant, std::time::Duration)>,
-) -> wasmtime::Result<()> {
-    match deadline {
-        Some((at, timeout)) if Instant::now() >= at => Err(LimitExceeded::Timeout(timeout).into()),
-        _ => Ok(()),
-    }
-}
-
 macro_rules! host_func_arity {
     ($($arg:ident: $ty:ident),*) => {
         impl<F, R, $($ty,)*> HostFunc<($($ty,)*), R> for F
@@ -231,9 +240,11 @@ macro_rules! host_func_arity {
                     module,
                     name,
                     move |caller: Caller<'_, StoreState>, $($arg: $ty),*| -> wasmtime::Result<R> {
-                        let deadline = caller.data().budget.as_ref().and_then(|b| b.wall_deadline());
+                        let budget = caller.data().budget.as_ref().map(TimeBudget::at_host_return);
                         let out = f(HostCx { caller }, $($arg),*);
-                        check_returned_in_time(deadline)?;
+                        if let Some(budget) = budget {
+                            budget.check()?;
+                        }
                         Ok(out)
                     },
                 )?;
@@ -264,14 +275,71 @@ pub(crate) fn define_async<P, R, F>(
 where
     F: for<'a> Fn(HostCx<'a>, P) -> Box<dyn Future<Output = R> + Send + 'a> + Send + Sync + 'static,
     P: wasmtime::WasmTyList,
-    R: WasmRet,
+    R: WasmRet + 'static,
 {
     linker.func_wrap_async(
         module,
         name,
-        move |caller: Caller<'_, StoreState>, params: P| f(HostCx { caller }, params),
+        move |caller: Caller<'_, StoreState>, params: P| {
+            let budget = caller
+                .data()
+                .budget
+                .as_ref()
+                .map(TimeBudget::at_host_return);
+            let call = Box::into_pin(f(HostCx { caller }, params));
+            Box::new(async move {
+                let out = call.await;
+                if let Some(budget) = budget {
+                    budget.check()?;
+                }
+                Ok(out)
+            })
+        },
     )?;
     Ok(())
+}
+
+pin_project! {
+    /// An invocation's call, with a panic in a host function (the
+    /// embedder's, of a core module or a component) turned into an error:
+    /// the invocation ends as a trap with the panic's message, and the
+    /// thread and runtime that ran it go on. wasmtime carries the panic
+    /// out of the guest's frames and resumes it in the poll of the call;
+    /// the store is then only read for the usage record and dropped.
+    pub(crate) struct CatchPanic<F> {
+        #[pin]
+        call: F,
+    }
+}
+
+impl<F> CatchPanic<F> {
+    pub(crate) fn new(call: F) -> Self {
+        CatchPanic { call }
+    }
+}
+
+impl<F, T> Future for CatchPanic<F>
+where
+    F: Future<Output = wasmtime::Result<T>>,
+{
+    type Output = wasmtime::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let call = self.project().call;
+        // Unwind safety: after a panic the call is never polled again, and
+        // nothing it borrowed (the store) is used but to be read and
+        // dropped.
+        std::panic::catch_unwind(AssertUnwindSafe(|| call.poll(cx))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            Poll::Ready(Err(wasmtime::Error::msg(format!(
+                "a host function panicked: {what}"
+            ))))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -103,25 +103,56 @@ impl TimeBudget {
     /// Whether the budget allows more running; called on every epoch tick
     /// on the thread running the guest.
     pub(crate) fn check(&self) -> Result<(), LimitExceeded> {
-        if let Some(limit) = self.cpu_limit
-            && self.cpu.used() >= limit
-        {
-            return Err(LimitExceeded::CpuTime(limit));
-        }
-        if let Some((deadline, timeout)) = self.wall_deadline
-            && Instant::now() >= deadline
-        {
-            return Err(LimitExceeded::Timeout(timeout));
-        }
-        Ok(())
+        within(self.cpu_limit.map(|l| (&*self.cpu, l)), self.wall_deadline)
     }
 
-    /// The wall-clock deadline and the timeout it comes from, if any
-    /// (read before a synchronous host function runs, and checked when it
-    /// returns: the guest may return without another epoch check).
-    pub(crate) fn wall_deadline(&self) -> Option<(Instant, Duration)> {
-        self.wall_deadline
+    /// The budget a host function checks when it returns (read before it
+    /// runs: it takes the caller, and with it the store). The guest may
+    /// return without another epoch check, so an overrun inside the host
+    /// function would otherwise go unreported. Clones the CPU meter only
+    /// when there is a CPU limit.
+    pub(crate) fn at_host_return(&self) -> HostReturnCheck {
+        HostReturnCheck {
+            cpu: self.cpu_limit.map(|l| (self.cpu.clone(), l)),
+            wall_deadline: self.wall_deadline,
+        }
     }
+}
+
+/// See [`TimeBudget::at_host_return`].
+pub(crate) struct HostReturnCheck {
+    cpu: Option<(Arc<CpuMeter>, Duration)>,
+    wall_deadline: Option<(Instant, Duration)>,
+}
+
+impl HostReturnCheck {
+    /// Whether the budget still allows running; called when the host
+    /// function returns, inside the invocation's poll, on its thread.
+    pub(crate) fn check(&self) -> Result<(), LimitExceeded> {
+        within(
+            self.cpu.as_ref().map(|(m, l)| (&**m, *l)),
+            self.wall_deadline,
+        )
+    }
+}
+
+/// `Ok` when the CPU used is under its limit and the wall-clock deadline
+/// has not passed.
+fn within(
+    cpu: Option<(&CpuMeter, Duration)>,
+    wall_deadline: Option<(Instant, Duration)>,
+) -> Result<(), LimitExceeded> {
+    if let Some((meter, limit)) = cpu
+        && meter.used() >= limit
+    {
+        return Err(LimitExceeded::CpuTime(limit));
+    }
+    if let Some((deadline, timeout)) = wall_deadline
+        && Instant::now() >= deadline
+    {
+        return Err(LimitExceeded::Timeout(timeout));
+    }
+    Ok(())
 }
 
 /// How often a waiting invocation's CPU budget is checked.

@@ -122,7 +122,8 @@ pub struct TypedOutcome<R> {
 
 impl<R> TypedOutcome<R> {
     /// The results, or the status as an error (see
-    /// `Outcome::into_result`).
+    /// `Outcome::into_result`); a guest that exited, even with code 0,
+    /// instead of returning is `Error::Exit`.
     pub fn into_result(self) -> Result<R, Error> {
         match self.results {
             Some(r) => Ok(r),
@@ -134,7 +135,7 @@ impl<R> TypedOutcome<R> {
             }
             .into_result()
             .err()
-            .unwrap_or_else(|| Error::Entry("the export returned no results".into()))),
+            .unwrap_or(Error::Exit(0))),
         }
     }
 }

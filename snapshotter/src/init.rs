@@ -29,17 +29,25 @@ struct Host {
     limits: StoreLimits,
 }
 
-/// The error a WASI import returns when init is not allowed WASI.
+/// The error of an import init may not call: WASI when init is not
+/// allowed WASI, or an embedder's host function (see
+/// `SnapshotOptions::host_imports`).
 #[derive(Debug)]
-struct WasiRefused(String);
+enum Refused {
+    Wasi(String),
+    Host(String),
+}
 
-impl std::fmt::Display for WasiRefused {
+impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WASI call `{}` during init", self.0)
+        match self {
+            Refused::Wasi(name) => write!(f, "WASI call `{name}` during init"),
+            Refused::Host(name) => write!(f, "host function `{name}` called during init"),
+        }
     }
 }
 
-impl std::error::Error for WasiRefused {}
+impl std::error::Error for Refused {}
 
 fn engine() -> Result<Engine, SnapshotError> {
     let mut c = Config::new();
@@ -135,7 +143,14 @@ fn linker(
             wasmtime::ExternType::Func(ty) if wasi => {
                 linker
                     .func_new(import.module(), import.name(), ty, move |_, _, _| {
-                        Err(WasiRefused(name.clone()).into())
+                        Err(Refused::Wasi(name.clone()).into())
+                    })
+                    .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
+            }
+            wasmtime::ExternType::Func(ty) if opts.host_imports.contains(&name) => {
+                linker
+                    .func_new(import.module(), import.name(), ty, move |_, _, _| {
+                        Err(Refused::Host(name.clone()).into())
                     })
                     .map_err(|e| SnapshotError::Internal(format!("{e:#}")))?;
             }
@@ -202,8 +217,14 @@ fn run_async_here<F: Future>(fut: F) -> Result<F::Output, SnapshotError> {
 }
 
 fn init_error(e: wasmtime::Error, opts: &SnapshotOptions, during: &str) -> SnapshotError {
-    if let Some(w) = e.downcast_ref::<WasiRefused>() {
-        return SnapshotError::WasiDuringInit(w.0.clone());
+    match e.downcast_ref::<Refused>() {
+        Some(Refused::Wasi(name)) => return SnapshotError::WasiDuringInit(name.clone()),
+        Some(Refused::Host(name)) => {
+            return SnapshotError::InitTrapped(format!(
+                "init called the host function `{name}`, which pre-initialization does not have (the embedder's host functions are only the invocations')"
+            ));
+        }
+        None => {}
     }
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return SnapshotError::InitTrapped(format!("init called proc_exit({})", exit.0));

@@ -28,6 +28,12 @@ pub struct SnapshotOptions {
     pub env: Vec<(String, String)>,
     /// Link imports nobody provides as functions that trap when called.
     pub trap_unknown_imports: bool,
+    /// Function imports (`module::name`) that an embedding runtime
+    /// provides to invocations but init does not have: linked as functions
+    /// that refuse to run, so a module importing them can be
+    /// pre-initialized as long as its init does not call them. (Not part
+    /// of the digest: they cannot change a snapshot, only refuse one.)
+    pub host_imports: Vec<String>,
     /// Linear memory init may grow to, in bytes.
     pub max_memory: u64,
     /// Wall-clock limit on init.
@@ -46,6 +52,7 @@ impl Default for SnapshotOptions {
             dirs: Vec::new(),
             env: Vec::new(),
             trap_unknown_imports: false,
+            host_imports: Vec::new(),
             max_memory: DEFAULT_MAX_MEMORY,
             timeout: DEFAULT_TIMEOUT,
             caps: CompileCaps::default(),

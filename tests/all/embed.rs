@@ -31,7 +31,7 @@ impl Drop for SetOnDrop {
     }
 }
 
-fn config() -> RuntimeConfig {
+pub(crate) fn config() -> RuntimeConfig {
     let mut config = RuntimeConfig::default();
     config.pool.instances = 64;
     config.cache.enabled = false;
@@ -119,7 +119,7 @@ fn builder() -> RuntimeBuilder {
         })
 }
 
-fn load(rt: &Runtime, wat: &str) -> Function {
+pub(crate) fn load(rt: &Runtime, wat: &str) -> Function {
     rt.load_bytes(wat.as_bytes(), &LoadOptions::default())
         .unwrap()
 }
@@ -131,7 +131,7 @@ fn with_context(context: Context) -> Invocation {
     }
 }
 
-fn trapped(status: &Status) -> &str {
+pub(crate) fn trapped(status: &Status) -> &str {
     match status {
         Status::Trapped(msg) => msg,
         other => panic!("expected a trap, got {other:?}"),
@@ -266,14 +266,14 @@ fn async_host_functions_run_from_invoke_and_invoke_async() {
     assert!(out.usage.wall_time >= Duration::from_millis(20));
 }
 
+/// A guest whose `run` calls the host function `hang`, which never returns.
+pub(crate) const HANG: &str = r#"(module (import "platform" "hang" (func $hang))
+  (func (export "run") (call $hang)) (func (export "ok")))"#;
+
 #[test]
 fn an_async_host_function_waiting_past_the_timeout_is_cancelled() {
     let rt = platform();
-    let f = load(
-        &rt,
-        r#"(module (import "platform" "hang" (func $hang))
-                   (func (export "run") (call $hang)))"#,
-    );
+    let f = load(&rt, HANG);
     let run = f.typed::<(), ()>("run").unwrap();
     let dropped = Dropped::default();
     let started = Instant::now();
@@ -508,8 +508,15 @@ mod counter {
 /// A tenant's counter, shared by its invocations.
 struct Counter(Arc<AtomicU32>);
 
+/// In a context, makes the counter's host implementation panic (the
+/// `embed_attacks` tests).
+pub(crate) struct PanicInHost;
+
 impl counter::example::counter::counter::Host for Context {
     fn add(&mut self, n: u32) -> wasmtime::Result<u32> {
+        if self.get::<PanicInHost>().is_some() {
+            panic!("component host panicked on purpose ({n})");
+        }
         let counter = self
             .get::<Counter>()
             .ok_or_else(|| wasmtime::Error::msg("no counter in the invocation's context"))?;
@@ -517,9 +524,9 @@ impl counter::example::counter::counter::Host for Context {
     }
 }
 
-#[test]
-fn component_host_interface_round_trip() {
-    let rt = RuntimeBuilder::new(config())
+/// A runtime whose components may import `example:counter/counter`.
+pub(crate) fn counter_runtime() -> Runtime {
+    RuntimeBuilder::new(config())
         .component_linker(|linker| {
             counter::example::counter::counter::add_to_linker::<
                 _,
@@ -527,12 +534,22 @@ fn component_host_interface_round_trip() {
             >(linker, |state| state.context_mut())
         })
         .build()
-        .unwrap();
-    let path = crate::components::build::build_component(
+        .unwrap()
+}
+
+/// The counter guest (`tests/guests/counter.c`) as a component.
+pub(crate) fn counter_component() -> std::path::PathBuf {
+    crate::components::build::build_component(
         "counter",
         crate::components::build::Kind::CustomCommand("counter", "guest"),
         &crate::helpers::scratch().join("components"),
-    );
+    )
+}
+
+#[test]
+fn component_host_interface_round_trip() {
+    let rt = counter_runtime();
+    let path = counter_component();
     let f = rt.load_file(&path, &LoadOptions::default()).unwrap();
     assert!(f.is_component() && f.is_command());
     let count = Arc::new(AtomicU32::new(10));

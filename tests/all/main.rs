@@ -12,6 +12,7 @@ mod concurrency;
 mod containerd;
 mod cri;
 mod embed;
+mod embed_attacks;
 mod escape;
 mod events_attacks;
 mod fs;
