@@ -36,6 +36,13 @@
 //! through the host deeper than the pool has free stacks ends with
 //! `LimitExceeded::PoolFull`, and meanwhile holds those stacks, so keep
 //! such nesting bounded (count it in the context).
+//!
+//! Invoking another function from a host function (`Function::invoke_async`
+//! on the same runtime) needs an instance slot of its own: if every slot is
+//! held by outer invocations that all wait on such inner calls, none can
+//! proceed until their wall-clock timeouts end them. Size the pool for the
+//! nesting (or run the inner function on a runtime of its own), and always
+//! give such outer functions a timeout.
 
 use crate::context::Context;
 use crate::limiter::TimeBudget;
