@@ -9,6 +9,7 @@ use crate::error::LoadError;
 use crate::handler::Handler;
 use crate::manifest::{FunctionSpec, Kind, Manifest, Route};
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::sandboxed::{Pool, PoolSpec};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use wasmlet_runtime::{
     Entry, Function, Input, Invocation, Limits, LoadOptions, Outcome, Output, Preopen, Runtime,
     RuntimeConfig, SnapshotOptions,
 };
+use wasmlet_sandbox::SandboxConfig;
 
 /// A loaded function.
 pub(crate) struct Func {
@@ -33,6 +35,8 @@ pub(crate) struct Func {
     pub snapshot_start: bool,
     /// `Retry-After` seconds for its 503s.
     pub retry_after: u64,
+    /// Its jailed workers, with a `[function.sandbox]` table.
+    pub sandbox: Option<Arc<Pool>>,
 }
 
 impl Func {
@@ -63,7 +67,10 @@ impl Func {
         } else {
             self.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
         }
-        function.invoke_async(inv).await
+        match &self.sandbox {
+            Some(pool) => pool.invoke(inv).await,
+            None => function.invoke_async(inv).await,
+        }
     }
 }
 
@@ -161,6 +168,30 @@ impl App {
     /// The function serving `path`, and the route that matched.
     pub(crate) fn route(&self, path: &str) -> Option<(&Arc<Func>, &Route)> {
         self.router.find(path).map(|(i, r)| (&self.functions[i], r))
+    }
+
+    /// Starts the sandboxed functions' warm workers, in the background
+    /// (`serve --check` never calls it: nothing is started).
+    pub fn start_sandboxes(&self) {
+        for pool in self.functions.iter().filter_map(|f| f.sandbox.as_ref()) {
+            pool.start();
+        }
+    }
+
+    /// Whether every sandboxed function's warm workers are up (or failed
+    /// to start, with the reason logged).
+    pub fn sandboxes_warmed(&self) -> bool {
+        self.functions
+            .iter()
+            .filter_map(|f| f.sandbox.as_ref())
+            .all(|p| p.warmed())
+    }
+
+    /// Stops every sandbox worker and removes its cgroups.
+    pub fn shutdown_sandboxes(&self) {
+        for pool in self.functions.iter().filter_map(|f| f.sandbox.as_ref()) {
+            pool.shutdown();
+        }
     }
 
     /// The configuration of the runtime serving these functions.
@@ -274,9 +305,15 @@ fn load_function(
                 .into(),
         );
     }
-    if spec.sandbox.is_some() {
+    if spec.sandbox.is_some() && kind == Kind::Http {
         return Err(
-            "[function.sandbox] (jailed workers) is not supported by `wasmlet serve` in this build yet; remove the table to run the function in-process"
+            "[function.sandbox] is for WAGI functions only: a wasi:http component's outbound requests and streamed bodies do not go through the sandbox supervisor yet; remove the table to run it in-process"
+                .into(),
+        );
+    }
+    if spec.sandbox.is_some() && spec.snapshot {
+        return Err(
+            "snapshot = true with [function.sandbox] is not supported yet: sandbox workers start from the plain module"
                 .into(),
         );
     }
@@ -348,10 +385,31 @@ fn load_function(
             }
             let opts = LoadOptions {
                 allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
-                ..opts
+                ..opts.clone()
             };
             Handler::Http(crate::http::load(runtime, &spec.module, &opts)?)
         }
+    };
+    let metrics = metrics.function(&spec.name);
+    let sandbox = match (&spec.sandbox, &handler) {
+        (Some(sb), Handler::Wagi(code)) => {
+            let config = SandboxConfig::for_invocations(&dirs, sb.memory, sb.cpus, sb.pids);
+            config.validate().map_err(|e| e.to_string())?;
+            let threads = wasmlet_sandbox::WORKER_THREADS as u32;
+            let spec = PoolSpec {
+                function: spec.name.clone(),
+                runtime: runtime.config().clone(),
+                config,
+                code: code.clone(),
+                module: spec.module.clone(),
+                opts: opts.clone(),
+                warm: sb.warm as usize,
+                max: (spec.limits.max_concurrency.div_ceil(threads).max(sb.warm)) as usize,
+                idle_timeout: sb.idle_timeout,
+            };
+            Some(Arc::new(Pool::new(spec, metrics.clone())))
+        }
+        _ => None,
     };
     let snapshot_start = spec.snapshot
         && std::fs::read(&spec.module)
@@ -372,9 +430,10 @@ fn load_function(
             .collect(),
         dirs,
         admission,
-        metrics: metrics.function(&spec.name),
+        metrics,
         snapshot_start,
         retry_after: l.queue_timeout.as_secs_f64().ceil().max(1.0) as u64,
+        sandbox,
         handler,
         spec: spec.clone(),
     })
