@@ -4,6 +4,7 @@
 
 use crate::helpers::{c_guest, run_cli, tempdir, wasmlet};
 use crate::serve::{Resp, Serve, request};
+use crate::triggers::{drop_file, until, watching};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use wasmlet_sandbox::cgroup::Layout;
@@ -69,20 +70,9 @@ fn cgroups_of(server: u32, controller: &str) -> Vec<PathBuf> {
 
 /// Waits (at most 60 s) for `/readyz` to answer 200.
 fn wait_ready(server: &Serve) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = request(server.admin, "GET", "/readyz", &[], b"");
-        if r.status == 200 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not ready: {} {}",
-            r.text(),
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(Duration::from_secs(60), "/readyz", || {
+        request(server.admin, "GET", "/readyz", &[], b"").status == 200
+    });
 }
 
 /// A gauge or counter of function `sb` on `/metrics`.
@@ -102,20 +92,16 @@ fn cause(r: &Resp) -> String {
 
 /// The usage log's lines for function `sb`, once there are `n` of them.
 fn usage_lines(dir: &Path, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(dir.join("wasmlet-usage.jsonl")).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|l: &serde_json::Value| l["function"] == "sb")
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(Instant::now() < deadline, "{} usage lines", lines.len());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let sb = || -> Vec<serde_json::Value> {
+        crate::triggers::usage_lines(dir)
+            .into_iter()
+            .filter(|l| l["function"] == "sb")
+            .collect()
+    };
+    until(Duration::from_secs(10), "the usage lines", || {
+        sb().len() >= n
+    });
+    sb()
 }
 
 #[test]
@@ -331,15 +317,9 @@ fn serve_sandbox_scales_out_under_load_and_back_after_idle() {
     // 12 in flight need 3 workers of 4 threads; at most 4 for 16.
     assert!((3..=4).contains(&most), "at most {most} workers under load");
     // Idle for `idle_timeout`: back to the warm one, cgroups removed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = metric(&server, "wasmlet_sandbox_workers");
-        if n == 1 && cgroups_of(pid, "memory").len() == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {n} workers");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(Duration::from_secs(20), "the pool back at `warm`", || {
+        metric(&server, "wasmlet_sandbox_workers") == 1 && cgroups_of(pid, "memory").len() == 1
+    });
     assert_eq!(server.get("/sb/hello").status, 200);
     assert_eq!(metric(&server, "wasmlet_sandbox_worker_deaths_total"), 0);
 }
@@ -383,5 +363,65 @@ fn serve_sandbox_http_component_is_refused_with_the_reason() {
             && r.stderr.contains("outbound requests"),
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn serve_sandbox_file_trigger_runs_in_the_pool() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    // The sandbox uid must reach `out/` (tempdirs are 0700) and own it to
+    // write there.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
+    let text = format!(
+        r#"
+[[function]]
+name = "ev"
+module = "{m}"
+dirs = ["rw:out::/out"]
+[function.limits]
+timeout = "10s"
+[function.sandbox]
+warm = 1
+[[function.trigger]]
+type = "file"
+dir = "inbox"
+"#,
+        m = c_guest("event").display()
+    );
+    let m = dir.path().join("wasmlet.toml");
+    std::fs::write(&m, text).unwrap();
+    let (server, inbox, staging) = watching(dir.path(), &m);
+    wait_ready(&server);
+    drop_file(&inbox, &staging, "good.txt", b"twelve bytes");
+    until(Duration::from_secs(30), "done/good.txt", || {
+        inbox.join("done/good.txt").exists()
+    });
+    // Written by the jailed worker, as the sandbox uid.
+    assert_eq!(
+        std::fs::read_to_string(out.join("good.txt")).unwrap(),
+        "file 12\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(out.join("good.txt")).unwrap().uid(),
+        65534
+    );
+    let line = || {
+        crate::triggers::usage_lines(dir.path())
+            .into_iter()
+            .find(|l| l["file"] == "good.txt")
+    };
+    until(Duration::from_secs(10), "the usage line", || {
+        line().is_some()
+    });
+    let line = line().unwrap();
+    assert_eq!(line["trigger"], "file", "{line}");
+    assert!(
+        line["sandbox"]["memory_peak_bytes"].as_u64().unwrap() > 0,
+        "{line}"
     );
 }

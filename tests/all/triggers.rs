@@ -37,7 +37,7 @@ route = "/ev"
     p
 }
 
-fn usage_lines(dir: &Path) -> Vec<Value> {
+pub(crate) fn usage_lines(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("wasmlet-usage.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -46,7 +46,7 @@ fn usage_lines(dir: &Path) -> Vec<Value> {
 }
 
 /// Waits until `cond` holds, at most `limit`.
-fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -157,7 +157,7 @@ timezone = "Asia/Kolkata"
 /// Starts the server on `m` and waits until its file trigger on `inbox`
 /// watches (and its start-up scan is done: from then on only complete
 /// files are taken); the server, the inbox and a staging directory.
-fn watching(dir: &Path, m: &Path) -> (Serve, PathBuf, PathBuf) {
+pub(crate) fn watching(dir: &Path, m: &Path) -> (Serve, PathBuf, PathBuf) {
     let staging = dir.join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let server = Serve::start(m);
@@ -168,7 +168,7 @@ fn watching(dir: &Path, m: &Path) -> (Serve, PathBuf, PathBuf) {
 }
 
 /// Writes `name` into `dir` the safe way: elsewhere, then renamed in.
-fn drop_file(dir: &Path, staging: &Path, name: &str, body: &[u8]) {
+pub(crate) fn drop_file(dir: &Path, staging: &Path, name: &str, body: &[u8]) {
     let tmp = staging.join(name);
     std::fs::write(&tmp, body).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
