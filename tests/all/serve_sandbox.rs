@@ -373,27 +373,14 @@ fn serve_sandbox_file_trigger_runs_in_the_pool() {
     // The sandbox uid must reach `out/` (tempdirs are 0700) and own it to
     // write there.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let out = dir.path().join("out");
-    std::fs::create_dir(&out).unwrap();
-    std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
-    let text = format!(
-        r#"
-[[function]]
-name = "ev"
-module = "{m}"
-dirs = ["rw:out::/out"]
-[function.limits]
-timeout = "10s"
-[function.sandbox]
-warm = 1
-[[function.trigger]]
-type = "file"
-dir = "inbox"
-"#,
-        m = c_guest("event").display()
+    // The triggers tests' function, sandboxed.
+    let m = crate::triggers::manifest(
+        dir.path(),
+        "[function.sandbox]\nwarm = 1",
+        "[[function.trigger]]\ntype = \"file\"\ndir = \"inbox\"",
     );
-    let m = dir.path().join("wasmlet.toml");
-    std::fs::write(&m, text).unwrap();
+    let out = dir.path().join("out");
+    std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
     let (server, inbox, staging) = watching(dir.path(), &m);
     wait_ready(&server);
     drop_file(&inbox, &staging, "good.txt", b"twelve bytes");

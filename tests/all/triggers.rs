@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// A manifest with one function, `ev`, granted `out/` as `/out`, with
 /// `triggers` (TOML of `[[function.trigger]]` tables) and an HTTP route.
-fn manifest(dir: &Path, limits: &str, triggers: &str) -> PathBuf {
+pub(crate) fn manifest(dir: &Path, limits: &str, triggers: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("out")).unwrap();
     let text = format!(
         r#"
