@@ -372,29 +372,85 @@ impl Pool {
 }
 
 impl Slot {
-    /// This invocation's share of the sandbox's `totals`: what they grew
-    /// since the last invocation was charged (see the module's doc).
+    /// This invocation's share of the sandbox's `totals` (see [`share`]).
     fn charge(&self, totals: SandboxUsage) -> SandboxUsage {
-        let mut charged = self.charged.lock().expect("charge lock");
-        let share = SandboxUsage {
-            cpu_ns: totals.cpu_ns.saturating_sub(charged.cpu_ns),
-            memory_peak_bytes: totals.memory_peak_bytes,
-            oom_kills: totals.oom_kills.saturating_sub(charged.oom_kills),
-            throttled_periods: totals
-                .throttled_periods
-                .saturating_sub(charged.throttled_periods),
-        };
-        charged.cpu_ns = charged.cpu_ns.max(totals.cpu_ns);
-        charged.oom_kills = charged.oom_kills.max(totals.oom_kills);
-        charged.throttled_periods = charged.throttled_periods.max(totals.throttled_periods);
-        share
+        share(&mut self.charged.lock().expect("charge lock"), totals)
     }
+}
+
+/// What `totals` grew since `charged` (then moved up to them): the share of
+/// the invocation that read them (see the module's doc). The peak memory is
+/// a level: passed on as it is.
+fn share(charged: &mut SandboxUsage, totals: SandboxUsage) -> SandboxUsage {
+    let share = SandboxUsage {
+        cpu_ns: totals.cpu_ns.saturating_sub(charged.cpu_ns),
+        memory_peak_bytes: totals.memory_peak_bytes,
+        oom_kills: totals.oom_kills.saturating_sub(charged.oom_kills),
+        throttled_periods: totals
+            .throttled_periods
+            .saturating_sub(charged.throttled_periods),
+    };
+    charged.cpu_ns = charged.cpu_ns.max(totals.cpu_ns);
+    charged.oom_kills = charged.oom_kills.max(totals.oom_kills);
+    charged.throttled_periods = charged.throttled_periods.max(totals.throttled_periods);
+    share
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // A pool replaced by a reload: its workers go with it.
-        self.shutdown();
+        // A pool replaced by a reload: its workers go with it, killed and
+        // reaped on a thread of their own (the last reference may be
+        // dropped on one of tokio's worker threads).
+        self.closed.store(true, Ordering::Release);
+        let workers = std::mem::take(&mut self.state.lock().expect("pool lock").workers);
+        if workers.is_empty() {
+            return;
+        }
+        self.metrics
+            .sandbox_workers
+            .fetch_sub(workers.len() as i64, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("wasmlet-pool-stop".into())
+            .spawn(move || {
+                for e in workers {
+                    e.slot.sandbox.shutdown();
+                }
+            });
+        if let Err(e) = spawned {
+            // The workers went with the closure: each Sandbox dropped kills
+            // its worker and removes its cgroups, here.
+            tracing::warn!("sandbox workers stopped inline: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_totals_and_never_count_twice() {
+        let mut charged = SandboxUsage::default();
+        let at = |cpu_ns, oom_kills, throttled_periods| SandboxUsage {
+            cpu_ns,
+            memory_peak_bytes: 7,
+            oom_kills,
+            throttled_periods,
+        };
+        // Totals read by consecutive invocations; one re-reads a cached
+        // (equal) value, one sees an older value than the previous one (a
+        // cached read taken before a concurrent fresh one).
+        let reads = [at(100, 0, 1), at(100, 0, 1), at(250, 1, 3), at(200, 1, 2)];
+        let shares: Vec<_> = reads.iter().map(|t| share(&mut charged, *t)).collect();
+        assert_eq!(
+            shares.iter().map(|s| s.cpu_ns).collect::<Vec<_>>(),
+            [100, 0, 150, 0]
+        );
+        assert_eq!(shares.iter().map(|s| s.cpu_ns).sum::<u64>(), 250);
+        assert_eq!(shares.iter().map(|s| s.oom_kills).sum::<u64>(), 1);
+        assert_eq!(shares.iter().map(|s| s.throttled_periods).sum::<u64>(), 3);
+        assert!(shares.iter().all(|s| s.memory_peak_bytes == 7));
+        assert_eq!(charged, at(250, 1, 3));
     }
 }
 

@@ -412,3 +412,28 @@ fn serve_sandbox_file_trigger_runs_in_the_pool() {
         "{line}"
     );
 }
+
+#[test]
+fn serve_sandbox_reload_replaces_the_pool_and_stops_the_old_workers() {
+    let dir = tempdir();
+    let m = manifest(dir.path(), "", "warm = 2", "");
+    let server = Serve::start(&m);
+    wait_ready(&server);
+    let pid = server.child.id();
+    let before = cgroups_of(pid, "memory");
+    assert_eq!(before.len(), 2, "{before:?}");
+    server.signal(libc::SIGHUP);
+    until(Duration::from_secs(30), "the reload", || {
+        server.log().contains("reloaded")
+    });
+    wait_ready(&server);
+    // The new pool's two workers, and none of the old pool's.
+    until(Duration::from_secs(20), "the old workers gone", || {
+        let now = cgroups_of(pid, "memory");
+        now.len() == 2 && now.iter().all(|c| !before.contains(c))
+    });
+    let r = server.get("/sb/hello");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from /hello\n"));
+    assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 2);
+    assert_eq!(metric(&server, "wasmlet_sandbox_worker_starts_total"), 4);
+}
