@@ -424,6 +424,25 @@ impl Drop for Pool {
     }
 }
 
+/// The scaler thread's loop.
+fn scaler(pool: Weak<Pool>) {
+    let tick = match pool.upgrade() {
+        Some(p) => {
+            p.scale();
+            p.warmed.store(true, Ordering::Release);
+            (p.spec.idle_timeout / 4).clamp(SCALER_TICK.0, SCALER_TICK.1)
+        }
+        None => return,
+    };
+    loop {
+        std::thread::sleep(tick);
+        match pool.upgrade() {
+            Some(p) if !p.closed.load(Ordering::Acquire) => p.scale(),
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,24 +477,5 @@ mod tests {
                 ..at(250, 1, 3)
             }
         );
-    }
-}
-
-/// The scaler thread's loop.
-fn scaler(pool: Weak<Pool>) {
-    let tick = match pool.upgrade() {
-        Some(p) => {
-            p.scale();
-            p.warmed.store(true, Ordering::Release);
-            (p.spec.idle_timeout / 4).clamp(SCALER_TICK.0, SCALER_TICK.1)
-        }
-        None => return,
-    };
-    loop {
-        std::thread::sleep(tick);
-        match pool.upgrade() {
-            Some(p) if !p.closed.load(Ordering::Acquire) => p.scale(),
-            _ => return,
-        }
     }
 }
