@@ -234,8 +234,13 @@ backoff = "50ms"
         (1, 1, 3)
     );
     assert!(lines.iter().all(|l| l["trigger"] == "file"));
-    // No progress state left behind.
-    assert!(names(&inbox.join(".wasmlet")).is_empty());
+    // No progress state left behind (dropped just after the rename the
+    // wait above saw).
+    until(
+        Duration::from_secs(10),
+        "the progress state dropped",
+        || names(&inbox.join(".wasmlet")).is_empty(),
+    );
     drop(server);
 }
 
