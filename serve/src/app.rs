@@ -233,33 +233,52 @@ fn check_budget(manifest: &Manifest) -> Result<(), LoadError> {
             None => return Ok(()),
         },
     };
-    let need: Vec<(&str, u64, u64)> = manifest
+    // (name, how many, of what size, what they are): instances, or a
+    // sandboxed function's workers when their cgroups allow more.
+    let need: Vec<(&str, u64, u64, &str)> = manifest
         .functions
         .iter()
         .map(|f| {
-            (
+            let instances = (
                 f.name.as_str(),
                 u64::from(f.limits.max_concurrency),
                 f.limits.memory,
-            )
+                "",
+            );
+            match f.sandbox.as_ref().and_then(|sb| sb.memory) {
+                Some(m) => {
+                    let workers = u64::from(sandbox_workers(f));
+                    if workers.saturating_mul(m) > instances.1.saturating_mul(instances.2) {
+                        (f.name.as_str(), workers, m, " sandbox workers")
+                    } else {
+                        instances
+                    }
+                }
+                None => instances,
+            }
         })
         .collect();
     let total: u64 = need
         .iter()
-        .map(|(_, n, m)| n.saturating_mul(*m))
+        .map(|(_, n, m, _)| n.saturating_mul(*m))
         .fold(0u64, u64::saturating_add);
     if total <= budget {
         return Ok(());
     }
     let mut parts: Vec<_> = need
         .iter()
-        .filter(|(_, n, m)| n * m > 0)
-        .map(|(name, n, m)| (n.saturating_mul(*m), format!("{name}: {n} x {}", human(*m))))
+        .filter(|(_, n, m, _)| n * m > 0)
+        .map(|(name, n, m, what)| {
+            (
+                n.saturating_mul(*m),
+                format!("{name}: {n}{what} x {}", human(*m)),
+            )
+        })
         .collect();
     parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     Err(LoadError::Budget {
         message: format!(
-            "the functions need {} of memory at full concurrency ({}), more than the memory budget of {}: lower max_concurrency or limits.memory, or raise server.memory_budget",
+            "the functions need {} of memory at full concurrency ({}), more than the memory budget of {}: lower max_concurrency, limits.memory or sandbox.memory, or raise server.memory_budget",
             human(total),
             parts
                 .into_iter()
@@ -270,6 +289,14 @@ fn check_budget(manifest: &Manifest) -> Result<(), LoadError> {
         ),
         manifest: manifest.path.clone(),
     })
+}
+
+/// The most workers a sandboxed function's pool runs: enough threads for
+/// `max_concurrency` invocations, and at least `warm`.
+fn sandbox_workers(spec: &FunctionSpec) -> u32 {
+    let threads = wasmlet_sandbox::WORKER_THREADS as u32;
+    let warm = spec.sandbox.as_ref().map_or(0, |sb| sb.warm);
+    spec.limits.max_concurrency.div_ceil(threads).max(warm)
 }
 
 fn human(b: u64) -> String {
@@ -395,7 +422,6 @@ fn load_function(
         (Some(sb), Handler::Wagi(code)) => {
             let config = SandboxConfig::for_invocations(&dirs, sb.memory, sb.cpus, sb.pids);
             config.validate().map_err(|e| e.to_string())?;
-            let threads = wasmlet_sandbox::WORKER_THREADS as u32;
             let spec = PoolSpec {
                 function: spec.name.clone(),
                 runtime: runtime.config().clone(),
@@ -404,7 +430,7 @@ fn load_function(
                 module: spec.module.clone(),
                 opts: opts.clone(),
                 warm: sb.warm as usize,
-                max: (spec.limits.max_concurrency.div_ceil(threads).max(sb.warm)) as usize,
+                max: sandbox_workers(spec) as usize,
                 idle_timeout: sb.idle_timeout,
             };
             Some(Arc::new(Pool::new(spec, metrics.clone())))

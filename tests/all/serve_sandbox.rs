@@ -437,3 +437,31 @@ fn serve_sandbox_reload_replaces_the_pool_and_stops_the_old_workers() {
     assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 2);
     assert_eq!(metric(&server, "wasmlet_sandbox_worker_starts_total"), 4);
 }
+
+#[test]
+fn serve_sandbox_workers_count_against_the_memory_budget() {
+    let dir = tempdir();
+    // 64 in flight: up to 16 workers of 1 GiB, more than the 16 instances
+    // of 64 MiB and than the budget.
+    let m = manifest(
+        dir.path(),
+        "memory = \"64MiB\"\nmax_concurrency = 64",
+        "memory = \"1GiB\"",
+        "[server]\nmemory_budget = \"8GiB\"",
+    );
+    let r = run_cli(wasmlet().arg("serve").arg(&m).arg("--check"));
+    r.assert_one_line_error("memory budget of 8 GiB");
+    assert!(
+        r.stderr.contains("sb: 16 sandbox workers x 1 GiB"),
+        "{}",
+        r.stderr
+    );
+    // Within it: accepted, and nothing started by --check.
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("memory = \"1GiB\"", "memory = \"256MiB\"");
+    std::fs::write(&m, text).unwrap();
+    let r = run_cli(wasmlet().arg("serve").arg(&m).arg("--check"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(": ok"), "{}", r.stdout);
+}
