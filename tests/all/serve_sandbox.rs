@@ -36,6 +36,14 @@ route = "/sb/..."
     p
 }
 
+/// `wasmlet serve` on [`manifest`]'s manifest, once `/readyz` says its
+/// warm workers are up.
+fn serve_ready(dir: &Path, limits: &str, sandbox: &str) -> Serve {
+    let server = Serve::start(&manifest(dir, limits, sandbox, ""));
+    wait_ready(&server);
+    server
+}
+
 /// The server's sandbox cgroup directories (named `<supervisor pid>-...`)
 /// in `controller`'s hierarchy.
 fn cgroups_of(server: u32, controller: &str) -> Vec<PathBuf> {
@@ -86,6 +94,17 @@ fn metric(server: &Serve, name: &str) -> i64 {
         .unwrap()
 }
 
+/// Function `sb`'s pool on `/metrics`: workers running, worker starts,
+/// worker deaths.
+fn pool(server: &Serve) -> [i64; 3] {
+    [
+        "wasmlet_sandbox_workers",
+        "wasmlet_sandbox_worker_starts_total",
+        "wasmlet_sandbox_worker_deaths_total",
+    ]
+    .map(|name| metric(server, name))
+}
+
 fn cause(r: &Resp) -> String {
     r.header("x-wasmlet-error").unwrap_or("").to_string()
 }
@@ -107,9 +126,7 @@ fn usage_lines(dir: &Path, n: usize) -> Vec<serde_json::Value> {
 #[test]
 fn serve_sandbox_wagi_hello_end_to_end_with_usage_share() {
     let dir = tempdir();
-    let m = manifest(dir.path(), "", "memory = \"256MiB\"\nwarm = 1", "");
-    let server = Serve::start(&m);
-    wait_ready(&server);
+    let server = serve_ready(dir.path(), "", "memory = \"256MiB\"\nwarm = 1");
     let pid = server.child.id();
     // It runs in a worker in the server's sandbox cgroup, not in-process.
     let cgroups = cgroups_of(pid, "memory");
@@ -169,22 +186,17 @@ fn serve_sandbox_wagi_hello_end_to_end_with_usage_share() {
         shares <= total,
         "charged {shares} ns of sandbox CPU, the cgroup used {total}"
     );
-    assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 1);
-    assert_eq!(metric(&server, "wasmlet_sandbox_worker_starts_total"), 1);
-    assert_eq!(metric(&server, "wasmlet_sandbox_worker_deaths_total"), 0);
+    assert_eq!(pool(&server), [1, 1, 0]);
 }
 
 #[test]
 fn serve_sandbox_memory_limit_fails_one_request_then_serves() {
     let dir = tempdir();
-    let m = manifest(
+    let server = serve_ready(
         dir.path(),
         "memory = \"1GiB\"\nmax_concurrency = 4",
         "memory = \"64MiB\"",
-        "",
     );
-    let server = Serve::start(&m);
-    wait_ready(&server);
     let r = server.get("/sb/grow");
     assert_eq!(r.status, 500, "{r:?}");
     assert!(
@@ -193,9 +205,8 @@ fn serve_sandbox_memory_limit_fails_one_request_then_serves() {
     );
     let r = server.get("/sb/hello");
     assert_eq!((r.status, r.text().as_str()), (200, "hello from /hello\n"));
-    assert_eq!(metric(&server, "wasmlet_sandbox_worker_deaths_total"), 1);
-    assert_eq!(metric(&server, "wasmlet_sandbox_worker_starts_total"), 2);
-    assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 1);
+    // One death, its replacement started.
+    assert_eq!(pool(&server), [1, 2, 1]);
     // The OOM-killed invocation is billed, and says why.
     let lines = usage_lines(dir.path(), 2);
     assert_eq!(lines[0]["status"], "limit_exceeded", "{}", lines[0]);
@@ -206,8 +217,7 @@ fn serve_sandbox_memory_limit_fails_one_request_then_serves() {
 #[test]
 fn serve_sandbox_worker_killed_mid_request_fails_only_that_request() {
     let dir = tempdir();
-    let server = Serve::start(&manifest(dir.path(), "", "", ""));
-    wait_ready(&server);
+    let server = serve_ready(dir.path(), "", "");
     let addr = server.addr;
     let slow = std::thread::spawn(move || request(addr, "GET", "/sb/sleep?4000", &[], b""));
     std::thread::sleep(Duration::from_millis(500));
@@ -230,8 +240,7 @@ fn serve_sandbox_worker_killed_mid_request_fails_only_that_request() {
         let r = server.get("/sb/hello");
         assert_eq!((r.status, r.text().as_str()), (200, "hello from /hello\n"));
     }
-    assert_eq!(metric(&server, "wasmlet_sandbox_worker_deaths_total"), 1);
-    assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 1);
+    assert_eq!(pool(&server), [1, 2, 1]);
 }
 
 #[test]
@@ -285,14 +294,11 @@ fn serve_sandbox_jail_refuses_what_in_process_allows() {
 #[test]
 fn serve_sandbox_scales_out_under_load_and_back_after_idle() {
     let dir = tempdir();
-    let m = manifest(
+    let server = serve_ready(
         dir.path(),
         "max_concurrency = 16",
         "warm = 1\nidle_timeout = \"1s\"",
-        "",
     );
-    let server = Serve::start(&m);
-    wait_ready(&server);
     let pid = server.child.id();
     assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 1);
     // 12 sleeping requests at once: more than one worker's threads.
@@ -327,9 +333,7 @@ fn serve_sandbox_scales_out_under_load_and_back_after_idle() {
 #[test]
 fn serve_sandbox_sigterm_leaves_no_cgroups() {
     let dir = tempdir();
-    let m = manifest(dir.path(), "", "warm = 2", "");
-    let mut server = Serve::start(&m);
-    wait_ready(&server);
+    let mut server = serve_ready(dir.path(), "", "warm = 2");
     let pid = server.child.id();
     assert_eq!(cgroups_of(pid, "memory").len(), 2);
     let addr = server.addr;
@@ -416,9 +420,7 @@ fn serve_sandbox_file_trigger_runs_in_the_pool() {
 #[test]
 fn serve_sandbox_reload_replaces_the_pool_and_stops_the_old_workers() {
     let dir = tempdir();
-    let m = manifest(dir.path(), "", "warm = 2", "");
-    let server = Serve::start(&m);
-    wait_ready(&server);
+    let server = serve_ready(dir.path(), "", "warm = 2");
     let pid = server.child.id();
     let before = cgroups_of(pid, "memory");
     assert_eq!(before.len(), 2, "{before:?}");
@@ -434,8 +436,7 @@ fn serve_sandbox_reload_replaces_the_pool_and_stops_the_old_workers() {
     });
     let r = server.get("/sb/hello");
     assert_eq!((r.status, r.text().as_str()), (200, "hello from /hello\n"));
-    assert_eq!(metric(&server, "wasmlet_sandbox_workers"), 2);
-    assert_eq!(metric(&server, "wasmlet_sandbox_worker_starts_total"), 4);
+    assert_eq!(pool(&server), [2, 4, 0]);
 }
 
 #[test]
