@@ -148,6 +148,27 @@ impl Default for SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// The settings of a sandbox whose invocations use `dirs` (each granted
+    /// at its guest path, writable unless read-only), with these kernel
+    /// limits (`pids` unset: [`DEFAULT_SANDBOX_PIDS`]); everything else
+    /// default. What `wasmlet run --sandbox` and `wasmlet serve`'s
+    /// `[function.sandbox]` both start from.
+    pub fn for_invocations(
+        dirs: &[wasmlet_runtime::Preopen],
+        memory: Option<u64>,
+        cpus: Option<f64>,
+        pids: Option<u64>,
+    ) -> SandboxConfig {
+        let default = SandboxConfig::default();
+        SandboxConfig {
+            dirs: dirs.iter().map(DirGrant::from).collect(),
+            memory,
+            cpus,
+            pids: pids.or(default.pids),
+            ..default
+        }
+    }
+
     /// Checks every setting; the error names the setting and why.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));

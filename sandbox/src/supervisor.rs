@@ -265,6 +265,22 @@ impl Sandbox {
         })
     }
 
+    /// Loads `function` from its artifact when it has one
+    /// ([`Sandbox::load_function`]), else the module bytes `read` returns
+    /// ([`Sandbox::load`]: the worker compiles them).
+    pub fn load_function_or<E: From<Error>>(
+        &self,
+        function: &Function,
+        opts: &LoadOptions,
+        read: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<(), E> {
+        if function.artifact_path().is_some() {
+            Ok(self.load_function(function, opts)?)
+        } else {
+            Ok(self.load(&read()?, opts)?)
+        }
+    }
+
     fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
         let spec = Arc::new(spec);
         if let Some(loaded) = self.load.lock().expect("load lock").as_ref() {

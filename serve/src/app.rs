@@ -9,6 +9,7 @@ use crate::error::LoadError;
 use crate::handler::Handler;
 use crate::manifest::{FunctionSpec, Kind, Manifest, Route};
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::sandboxed::{Pool, PoolSpec};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use wasmlet_runtime::{
     Entry, Function, Input, Invocation, Limits, LoadOptions, Outcome, Output, Preopen, Runtime,
     RuntimeConfig, SnapshotOptions,
 };
+use wasmlet_sandbox::SandboxConfig;
 
 /// A loaded function.
 pub(crate) struct Func {
@@ -33,6 +35,8 @@ pub(crate) struct Func {
     pub snapshot_start: bool,
     /// `Retry-After` seconds for its 503s.
     pub retry_after: u64,
+    /// Its jailed workers, with a `[function.sandbox]` table.
+    pub sandbox: Option<Arc<Pool>>,
 }
 
 impl Func {
@@ -63,7 +67,10 @@ impl Func {
         } else {
             self.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
         }
-        function.invoke_async(inv).await
+        match &self.sandbox {
+            Some(pool) => pool.invoke(inv).await,
+            None => function.invoke_async(inv).await,
+        }
     }
 }
 
@@ -163,6 +170,30 @@ impl App {
         self.router.find(path).map(|(i, r)| (&self.functions[i], r))
     }
 
+    /// Starts the sandboxed functions' warm workers, in the background
+    /// (`serve --check` never calls it: nothing is started).
+    pub fn start_sandboxes(&self) {
+        for pool in self.functions.iter().filter_map(|f| f.sandbox.as_ref()) {
+            pool.start();
+        }
+    }
+
+    /// Whether every sandboxed function's warm workers are up (or failed
+    /// to start, with the reason logged).
+    pub fn sandboxes_warmed(&self) -> bool {
+        self.functions
+            .iter()
+            .filter_map(|f| f.sandbox.as_ref())
+            .all(|p| p.warmed())
+    }
+
+    /// Stops every sandbox worker and removes its cgroups.
+    pub fn shutdown_sandboxes(&self) {
+        for pool in self.functions.iter().filter_map(|f| f.sandbox.as_ref()) {
+            pool.shutdown();
+        }
+    }
+
     /// The configuration of the runtime serving these functions.
     pub fn runtime_config(&self) -> &RuntimeConfig {
         self.runtime.config()
@@ -202,33 +233,52 @@ fn check_budget(manifest: &Manifest) -> Result<(), LoadError> {
             None => return Ok(()),
         },
     };
-    let need: Vec<(&str, u64, u64)> = manifest
+    // (name, how many, of what size, what they are): instances, or a
+    // sandboxed function's workers when their cgroups allow more.
+    let need: Vec<(&str, u64, u64, &str)> = manifest
         .functions
         .iter()
         .map(|f| {
-            (
+            let instances = (
                 f.name.as_str(),
                 u64::from(f.limits.max_concurrency),
                 f.limits.memory,
-            )
+                "",
+            );
+            match f.sandbox.as_ref().and_then(|sb| sb.memory) {
+                Some(m) => {
+                    let workers = u64::from(sandbox_workers(f));
+                    if workers.saturating_mul(m) > instances.1.saturating_mul(instances.2) {
+                        (f.name.as_str(), workers, m, " sandbox workers")
+                    } else {
+                        instances
+                    }
+                }
+                None => instances,
+            }
         })
         .collect();
     let total: u64 = need
         .iter()
-        .map(|(_, n, m)| n.saturating_mul(*m))
+        .map(|(_, n, m, _)| n.saturating_mul(*m))
         .fold(0u64, u64::saturating_add);
     if total <= budget {
         return Ok(());
     }
     let mut parts: Vec<_> = need
         .iter()
-        .filter(|(_, n, m)| n * m > 0)
-        .map(|(name, n, m)| (n.saturating_mul(*m), format!("{name}: {n} x {}", human(*m))))
+        .filter(|(_, n, m, _)| n * m > 0)
+        .map(|(name, n, m, what)| {
+            (
+                n.saturating_mul(*m),
+                format!("{name}: {n}{what} x {}", human(*m)),
+            )
+        })
         .collect();
     parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     Err(LoadError::Budget {
         message: format!(
-            "the functions need {} of memory at full concurrency ({}), more than the memory budget of {}: lower max_concurrency or limits.memory, or raise server.memory_budget",
+            "the functions need {} of memory at full concurrency ({}), more than the memory budget of {}: lower max_concurrency, limits.memory or sandbox.memory, or raise server.memory_budget",
             human(total),
             parts
                 .into_iter()
@@ -239,6 +289,14 @@ fn check_budget(manifest: &Manifest) -> Result<(), LoadError> {
         ),
         manifest: manifest.path.clone(),
     })
+}
+
+/// The most workers a sandboxed function's pool runs: enough threads for
+/// `max_concurrency` invocations, and at least `warm`.
+fn sandbox_workers(spec: &FunctionSpec) -> u32 {
+    let threads = wasmlet_sandbox::WORKER_THREADS as u32;
+    let warm = spec.sandbox.as_ref().map_or(0, |sb| sb.warm);
+    spec.limits.max_concurrency.div_ceil(threads).max(warm)
 }
 
 fn human(b: u64) -> String {
@@ -274,9 +332,15 @@ fn load_function(
                 .into(),
         );
     }
-    if spec.sandbox.is_some() {
+    if spec.sandbox.is_some() && kind == Kind::Http {
         return Err(
-            "[function.sandbox] (jailed workers) is not supported by `wasmlet serve` in this build yet; remove the table to run the function in-process"
+            "[function.sandbox] is for WAGI functions only: a wasi:http component's outbound requests and streamed bodies do not go through the sandbox supervisor yet; remove the table to run it in-process"
+                .into(),
+        );
+    }
+    if spec.sandbox.is_some() && spec.snapshot {
+        return Err(
+            "snapshot = true with [function.sandbox] is not supported yet: sandbox workers start from the plain module"
                 .into(),
         );
     }
@@ -348,10 +412,30 @@ fn load_function(
             }
             let opts = LoadOptions {
                 allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
-                ..opts
+                ..opts.clone()
             };
             Handler::Http(crate::http::load(runtime, &spec.module, &opts)?)
         }
+    };
+    let metrics = metrics.function(&spec.name);
+    let sandbox = match (&spec.sandbox, &handler) {
+        (Some(sb), Handler::Wagi(code)) => {
+            let config = SandboxConfig::for_invocations(&dirs, sb.memory, sb.cpus, sb.pids);
+            config.validate().map_err(|e| e.to_string())?;
+            let spec = PoolSpec {
+                function: spec.name.clone(),
+                runtime: runtime.config().clone(),
+                config,
+                code: code.clone(),
+                module: spec.module.clone(),
+                opts: opts.clone(),
+                warm: sb.warm as usize,
+                max: sandbox_workers(spec) as usize,
+                idle_timeout: sb.idle_timeout,
+            };
+            Some(Arc::new(Pool::new(spec, metrics.clone())))
+        }
+        _ => None,
     };
     let snapshot_start = spec.snapshot
         && std::fs::read(&spec.module)
@@ -372,9 +456,10 @@ fn load_function(
             .collect(),
         dirs,
         admission,
-        metrics: metrics.function(&spec.name),
+        metrics,
         snapshot_start,
         retry_after: l.queue_timeout.as_secs_f64().ceil().max(1.0) as u64,
+        sandbox,
         handler,
         spec: spec.clone(),
     })

@@ -15,6 +15,9 @@
 //! - [`admission`]: per-function concurrency, bounded queues with a wait
 //!   timeout, and the host-wide cap on instances in flight;
 //! - [`metrics`]: the Prometheus figures of the admin listener;
+//! - `sandboxed`: `[function.sandbox]`: a function's pool of jailed worker
+//!   processes (`wasmlet-sandbox`), warm, scaled out and back, replaced
+//!   when they die;
 //! - [`usage_log`]: the durable usage log, one JSON line per invocation,
 //!   written by one thread (batched, fdatasynced, rotated);
 //! - [`bill`]: `wasmlet usage`, the usage log read back as a bill;
@@ -36,6 +39,7 @@ mod handler;
 mod http;
 pub mod manifest;
 pub mod metrics;
+mod sandboxed;
 pub mod server;
 mod trigger;
 pub mod usage_log;

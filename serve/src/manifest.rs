@@ -67,6 +67,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_LOG_PER_INVOCATION: u64 = 8 << 10;
 /// Default number of pre-started sandbox workers per function.
 pub const DEFAULT_SANDBOX_WARM: u32 = 1;
+/// Default time a sandbox worker beyond the warm ones may sit idle before
+/// it is stopped.
+pub const DEFAULT_SANDBOX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Name of the manifest `wasmlet serve` reads when given none.
 pub const DEFAULT_MANIFEST: &str = "wasmlet.toml";
 
@@ -315,6 +318,10 @@ pub struct SandboxSettings {
     pub pids: Option<u64>,
     /// Workers kept started.
     pub warm: u32,
+    /// How long a worker beyond the warm ones may sit idle before it is
+    /// stopped.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for SandboxSettings {
@@ -324,6 +331,7 @@ impl Default for SandboxSettings {
             cpus: None,
             pids: None,
             warm: DEFAULT_SANDBOX_WARM,
+            idle_timeout: DEFAULT_SANDBOX_IDLE_TIMEOUT,
         }
     }
 }

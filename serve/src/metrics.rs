@@ -91,6 +91,12 @@ pub struct FunctionMetrics {
     pub snapshot_starts: AtomicU64,
     /// Instances started from the plain module.
     pub plain_starts: AtomicU64,
+    /// Sandbox workers running now (`[function.sandbox]`).
+    pub sandbox_workers: AtomicI64,
+    /// Sandbox workers started: warm, scaled out, or replacing a dead one.
+    pub sandbox_worker_starts: AtomicU64,
+    /// Sandbox workers that died (OOM, seccomp, signal, missed deadline).
+    pub sandbox_worker_deaths: AtomicU64,
     latency: Histogram,
 }
 
@@ -260,6 +266,36 @@ impl Metrics {
             &|o| {
                 each(o, "wasmlet_queue_depth", &|m| {
                     m.queued.load(Ordering::Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "wasmlet_sandbox_workers",
+            "gauge",
+            "Sandbox worker processes of a function running now ([function.sandbox]).",
+            &|o| {
+                each(o, "wasmlet_sandbox_workers", &|m| {
+                    m.sandbox_workers.load(Ordering::Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "wasmlet_sandbox_worker_starts_total",
+            "counter",
+            "Sandbox workers started: warm, scaled out, or replacing a dead one.",
+            &|o| {
+                each(o, "wasmlet_sandbox_worker_starts_total", &|m| {
+                    load(&m.sandbox_worker_starts)
+                })
+            },
+        );
+        family(
+            "wasmlet_sandbox_worker_deaths_total",
+            "counter",
+            "Sandbox workers that died (OOM, seccomp, signal, missed deadline).",
+            &|o| {
+                each(o, "wasmlet_sandbox_worker_deaths_total", &|m| {
+                    load(&m.sandbox_worker_deaths)
                 })
             },
         );

@@ -193,6 +193,7 @@ impl Server {
         let usage = UsageLog::open(&usage_path, manifest.usage_log_max_size)
             .map_err(|e| ServeError::Start(e.to_string()))?;
         let app = App::load(manifest, &opts.runtime, &opts.setup, None, &metrics)?;
+        app.start_sandboxes();
         let bind = |addr: &str| {
             std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -333,6 +334,12 @@ impl Server {
         }
         triggers.stop(settings.drain_timeout).await;
         admin_task.abort();
+        // Sandbox workers are processes with cgroups: end them now, not
+        // whenever the last reference to their functions goes.
+        let app = shared.current();
+        tokio::task::spawn_blocking(move || app.shutdown_sandboxes())
+            .await
+            .ok();
         if !shared.usage.flush(settings.drain_timeout).await {
             tracing::error!(
                 "the usage log {} could not be synced before exiting",
@@ -418,6 +425,7 @@ async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
         .await;
         match loaded {
             Ok(Ok(app)) => {
+                app.start_sandboxes();
                 let app = Arc::new(app);
                 seen = app.stamps.clone();
                 let old = shared.current();
@@ -480,6 +488,10 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         }
         "/readyz" => match shared.usage.error() {
             Some(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+            None if !shared.current().sandboxes_warmed() => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting sandbox workers\n",
+            ),
             None => text(StatusCode::OK, "ready\n"),
         },
         "/metrics" => {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmlet_runtime::{Entry, Input, Invocation, Limits, LoadOptions, Output, Preopen, Status};
-use wasmlet_sandbox::{DirGrant, Sandbox, SandboxConfig, WorkerCommand};
+use wasmlet_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 use wasmtime::ExternType;
 
 #[derive(Args, Debug)]
@@ -117,12 +117,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--dir {}", d.host.display()))?;
         }
         let config = SandboxConfig {
-            dirs: dirs.iter().map(DirGrant::from).collect(),
-            memory: args.sandbox_memory,
-            cpus: args.sandbox_cpus,
-            pids: args.sandbox_pids.or(SandboxConfig::default().pids),
             require_cgroups: !args.sandbox_without_cgroups,
-            ..SandboxConfig::default()
+            ..SandboxConfig::for_invocations(
+                &dirs,
+                args.sandbox_memory,
+                args.sandbox_cpus,
+                args.sandbox_pids,
+            )
         };
         let sb = Arc::new(Sandbox::start(
             runtime.config(),
@@ -139,14 +140,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         // Workers map what was compiled here (they never see the cache);
         // without a cache, a worker compiles the module itself.
-        if loaded.function.artifact_path().is_some() {
-            sb.load_function(&loaded.function, &opts)?;
-        } else {
-            // Read as the runtime reads: a regular file, size-capped, never
-            // blocking on a FIFO swapped in since it was loaded.
-            let bytes = super::read_module(&args.module, runtime.config().max_module_size)?;
-            sb.load(&bytes, &opts)?;
-        }
+        // (Read as the runtime reads: a regular file, size-capped, never
+        // blocking on a FIFO swapped in since it was loaded.)
+        sb.load_function_or(&loaded.function, &opts, || {
+            super::read_module(&args.module, runtime.config().max_module_size)
+        })?;
         drop(loaded);
         (None, Some(sb))
     } else {

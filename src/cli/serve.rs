@@ -66,8 +66,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let server = Server::bind(opts)?;
-    let app = server.app();
-    for f in app.summary() {
+    // (Not kept: a reload must be able to drop the functions it replaces,
+    // and with them their sandbox workers.)
+    for f in server.app().summary() {
         tracing::info!(
             "function {} ({}): {}",
             f.name,

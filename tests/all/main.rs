@@ -23,6 +23,7 @@ mod limits;
 mod malformed;
 mod sandbox;
 mod serve;
+mod serve_sandbox;
 mod shim;
 mod snapshot;
 mod triggers;

@@ -803,9 +803,10 @@ fn serve_check_and_manifest_errors() {
     assert!(r.stderr.contains("function `hello`"), "{}", r.stderr);
     let r = bad(
         "[[function.trigger]]",
-        "[function.sandbox]\nmemory = \"64MiB\"\n[[function.trigger]]",
+        "[function.sandbox]\npids = 2\n[[function.trigger]]",
     );
-    r.assert_one_line_error("[function.sandbox]");
+    r.assert_one_line_error("pids must be at least");
+    assert!(r.stderr.contains("function `hello`"), "{}", r.stderr);
     let r = bad("module = \"hello.wasm\"", "module = \"missing.wasm\"");
     r.assert_one_line_error("missing.wasm");
     let r = bad("route = \"/echo/...\"", "route = \"/hello\"");
@@ -916,7 +917,7 @@ fn serve_reloads_when_a_module_changes() {
 
 /// The wasi:http guest (`tests/guests/http_hello.c`) as a component, and a
 /// manifest serving its routes as function `web` (kind left out: inferred).
-fn http_manifest(dir: &Path, allowed: &str) -> PathBuf {
+pub(crate) fn http_manifest(dir: &Path, allowed: &str) -> PathBuf {
     let module = crate::components::component("http_hello", crate::components::build::Kind::Http);
     let mut text = format!(
         r#"
