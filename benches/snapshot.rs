@@ -66,6 +66,9 @@ fn bench(c: &mut Criterion) {
     let mut config = RuntimeConfig::default();
     config.cache.enabled = false;
     config.pool.instances = 8;
+    // The 256 MiB restore's snapshot is a wasm binary a little over the
+    // default 256 MiB compile cap (its data segments are the heap).
+    config.compile.max_wasm_size = 1 << 30;
     let rt = Runtime::new(config).unwrap();
     let load = |wasm: &[u8]| rt.load_bytes(wasm, &LoadOptions::default()).unwrap();
 
