@@ -326,28 +326,18 @@ impl Function {
     ) -> Result<Finished, Error> {
         let executor = &*self.inner.executor;
         let wasi = wasi::build(inv, limits)?;
-        let fuel_start = executor.fuel_start(limits);
-        let budgeted = budget.is_some();
-        let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
-        store.data_mut().context = context;
-        let result = guarded(
+        let run = GuestRun {
             executor,
             limits,
             wall_start,
-            budgeted,
+            budget,
             meter,
-            self.call(&mut store, &inv.entry),
-        )
-        .await;
-        Ok(finish(
-            executor,
-            store,
-            result,
-            limits,
-            fuel_start,
-            wasi.stdout,
-            wasi.stderr,
-        ))
+        };
+        Ok(run
+            .in_fresh_store(wasi, context, async |store| {
+                self.call(store, &inv.entry).await
+            })
+            .await)
     }
 
     /// The same for a `wasi:cli/run` component.
@@ -367,28 +357,20 @@ impl Function {
                 "this is a wasi:http component: it serves requests (`wasmlet serve`, or `handle_http`), it does not run as a command".into(),
             ));
         };
-        let executor = &*self.inner.executor;
-        let wasi = wasi::build_p2(inv, limits)?;
-        let fuel_start = executor.fuel_start(limits);
-        let budgeted = budget.is_some();
-        let state = ComponentCtx::new(wasi.ctx, code.outbound.clone());
-        let mut store = new_store(&executor.engine, state, limits, fuel_start, budget);
-        store.data_mut().context = context;
-        let call = async {
-            component::run_command(pre, &mut store)
-                .await
-                .map(Status::Exited)
-        };
-        let result = guarded(executor, limits, wall_start, budgeted, meter, call).await;
-        Ok(finish(
-            executor,
-            store,
-            result,
+        let wasi =
+            wasi::build_p2(inv, limits)?.map(|ctx| ComponentCtx::new(ctx, code.outbound.clone()));
+        let run = GuestRun {
+            executor: &self.inner.executor,
             limits,
-            fuel_start,
-            wasi.stdout,
-            wasi.stderr,
-        ))
+            wall_start,
+            budget,
+            meter,
+        };
+        Ok(run
+            .in_fresh_store(wasi, context, async |store| {
+                component::run_command(pre, store).await.map(Status::Exited)
+            })
+            .await)
     }
 
     /// Checks the entry point exists and the arguments match its parameters.
@@ -489,12 +471,78 @@ impl Function {
     }
 }
 
+/// What every guest run shares, whatever its entry point: the engine, the
+/// invocation's limits and clock, and its time budget and CPU meter.
+pub(crate) struct GuestRun<'a> {
+    pub(crate) executor: &'a Executor,
+    pub(crate) limits: &'a Limits,
+    pub(crate) wall_start: Instant,
+    pub(crate) budget: Option<TimeBudget>,
+    pub(crate) meter: Option<Arc<CpuMeter>>,
+}
+
+impl GuestRun<'_> {
+    /// Runs `call` (instantiate, then the entry point's own work) in a
+    /// fresh store holding `wasi` and the invocation's `context`, under the
+    /// time limits (see [`guarded`]); then reads its status, fuel and peak
+    /// memory.
+    pub(crate) async fn in_fresh_store<W, C>(
+        self,
+        wasi: wasi::Wasi<W>,
+        context: Context,
+        call: C,
+    ) -> Finished<W>
+    where
+        W: Send + 'static,
+        C: AsyncFnOnce(&mut Store<StoreState<W>>) -> wasmtime::Result<Status>,
+    {
+        let GuestRun {
+            executor,
+            limits,
+            wall_start,
+            budget,
+            meter,
+        } = self;
+        let fuel_start = executor.fuel_start(limits);
+        let budgeted = budget.is_some();
+        let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
+        store.data_mut().context = context;
+        let result = guarded(
+            executor,
+            limits,
+            wall_start,
+            budgeted,
+            meter,
+            call(&mut store),
+        )
+        .await;
+        let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
+        let status = match result {
+            Ok(status) => status,
+            Err(e) => classify(
+                e,
+                &store.data().limiter,
+                limits,
+                executor.config.pool.instances,
+            ),
+        };
+        Finished {
+            status,
+            fuel_consumed,
+            peak_memory: store.data().limiter.peak_memory,
+            stdout: wasi.stdout.map(|p| p.contents()),
+            stderr: wasi.stderr.map(|p| p.contents()),
+            store,
+        }
+    }
+}
+
 /// Runs a guest call under the invocation's time limits: the epoch ticks
 /// while it runs with a budget, and the wall-clock timer stops one that
 /// waits past the timeout (in a host call); the epoch callback stops one
 /// that computes past it. A host function's panic becomes the call's error
 /// (see [`CatchPanic`]).
-pub(crate) async fn guarded<F>(
+async fn guarded<F>(
     executor: &Executor,
     limits: &Limits,
     wall_start: Instant,
@@ -516,36 +564,6 @@ where
             .await
             .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into())),
         None => call.await,
-    }
-}
-
-/// The end of a guest run: its status, fuel and peak memory.
-pub(crate) fn finish<W: 'static>(
-    executor: &Executor,
-    store: Store<StoreState<W>>,
-    result: wasmtime::Result<Status>,
-    limits: &Limits,
-    fuel_start: Option<u64>,
-    stdout: Option<wasmtime_wasi::p2::pipe::MemoryOutputPipe>,
-    stderr: Option<wasmtime_wasi::p2::pipe::MemoryOutputPipe>,
-) -> Finished<W> {
-    let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
-    let status = match result {
-        Ok(status) => status,
-        Err(e) => classify(
-            e,
-            &store.data().limiter,
-            limits,
-            executor.config.pool.instances,
-        ),
-    };
-    Finished {
-        status,
-        fuel_consumed,
-        peak_memory: store.data().limiter.peak_memory,
-        stdout: stdout.map(|p| p.contents()),
-        stderr: stderr.map(|p| p.contents()),
-        store,
     }
 }
 

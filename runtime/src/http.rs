@@ -25,9 +25,8 @@
 
 use crate::component::{ComponentCode, ComponentCtx, World};
 use crate::error::Error;
-use crate::function::{Code, Finished, Function, finish, guarded};
+use crate::function::{Code, Finished, Function, GuestRun};
 use crate::invocation::{Invocation, Outcome, Status};
-use crate::store::new_store;
 use crate::usage::{Metered, Usage};
 use crate::wasi;
 use bytes::Bytes;
@@ -141,38 +140,33 @@ pub async fn handle_http(
                 else {
                     unreachable!("checked before spawning");
                 };
-                let executor = &*inner.executor;
-                let wasi = wasi::build_p2(&inv, &limits)?;
-                let fuel_start = executor.fuel_start(&limits);
-                let budgeted = budget.is_some();
-                let state = ComponentCtx::new(wasi.ctx, outbound.clone());
-                let mut store = new_store(&executor.engine, state, &limits, fuel_start, budget);
-                store.data_mut().context = context;
+                let wasi = wasi::build_p2(&inv, &limits)?
+                    .map(|ctx| ComponentCtx::new(ctx, outbound.clone()));
                 let scheme = match req.uri().scheme_str() {
                     Some("https") => Scheme::Https,
                     _ => Scheme::Http,
                 };
                 let req = req.map(|b| b.map_err(to_wasi_error));
-                let call = async {
-                    let req = store.data_mut().http().new_incoming_request(scheme, req)?;
-                    let out = store.data_mut().http().new_response_outparam(head_tx)?;
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, req, out)
-                        .await?;
-                    Ok(Status::Exited(0))
+                let run = GuestRun {
+                    executor: &inner.executor,
+                    limits: &limits,
+                    wall_start,
+                    budget,
+                    meter: watch,
                 };
-                let result = guarded(executor, &limits, wall_start, budgeted, watch, call).await;
-                Ok(finish(
-                    executor,
-                    store,
-                    result,
-                    &limits,
-                    fuel_start,
-                    wasi.stdout,
-                    wasi.stderr,
-                ))
+                let finished = run
+                    .in_fresh_store(wasi, context, async |store| {
+                        let req = store.data_mut().http().new_incoming_request(scheme, req)?;
+                        let out = store.data_mut().http().new_response_outparam(head_tx)?;
+                        let proxy = pre.instantiate_async(&mut *store).await?;
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut *store, req, out)
+                            .await?;
+                        Ok(Status::Exited(0))
+                    })
+                    .await;
+                Ok(finished)
             };
             Metered::new(run, meter).await
         })

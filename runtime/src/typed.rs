@@ -11,9 +11,8 @@
 use crate::context::Context;
 use crate::error::Error;
 use crate::executor;
-use crate::function::{Code, Finished, Function, Start, finish, guarded};
+use crate::function::{Code, Finished, Function, GuestRun, Start};
 use crate::invocation::{Invocation, Status};
-use crate::store::new_store;
 use crate::usage::{CpuMeter, Metered, Usage};
 use crate::wasi;
 use crate::{Limits, limiter::TimeBudget};
@@ -302,37 +301,31 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
         else {
             unreachable!("checked by Function::typed");
         };
-        let executor = &*inner.executor;
         let wasi = wasi::build(inv, limits)?;
-        let fuel_start = executor.fuel_start(limits);
-        let budgeted = budget.is_some();
-        let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
-        store.data_mut().context = context;
-        let mut results = None;
-        let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            if *has_initialize && &*self.name != "_initialize" {
-                let init = instance.get_typed_func::<(), ()>(&mut store, "_initialize")?;
-                init.call_async(&mut store, ()).await?;
-            }
-            let func = instance
-                .get_module_export(&mut store, &self.export)
-                .and_then(wasmtime::Extern::into_func)
-                .expect("the export's type was checked at Function::typed");
-            let typed = func.typed::<P, R>(&store)?;
-            results = Some(typed.call_async(&mut store, params).await?);
-            Ok(Status::Returned(Vec::new()))
-        };
-        let result = guarded(executor, limits, wall_start, budgeted, meter, call).await;
-        let finished = finish(
-            executor,
-            store,
-            result,
+        let run = GuestRun {
+            executor: &inner.executor,
             limits,
-            fuel_start,
-            wasi.stdout,
-            wasi.stderr,
-        );
+            wall_start,
+            budget,
+            meter,
+        };
+        let mut results = None;
+        let finished = run
+            .in_fresh_store(wasi, context, async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                if *has_initialize && &*self.name != "_initialize" {
+                    let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+                    init.call_async(&mut *store, ()).await?;
+                }
+                let func = instance
+                    .get_module_export(&mut *store, &self.export)
+                    .and_then(wasmtime::Extern::into_func)
+                    .expect("the export's type was checked at Function::typed");
+                let typed = func.typed::<P, R>(&*store)?;
+                results = Some(typed.call_async(&mut *store, params).await?);
+                Ok(Status::Returned(Vec::new()))
+            })
+            .await;
         Ok((finished, results))
     }
 }

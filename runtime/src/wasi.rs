@@ -25,6 +25,17 @@ pub(crate) struct Wasi<C = WasiP1Ctx> {
     pub(crate) stderr: Option<MemoryOutputPipe>,
 }
 
+impl<C> Wasi<C> {
+    /// The same pipes around a store state built from the context.
+    pub(crate) fn map<W>(self, f: impl FnOnce(C) -> W) -> Wasi<W> {
+        Wasi {
+            ctx: f(self.ctx),
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
 /// Builds the preview-1 WASI context of `inv`. Must run inside a tokio
 /// runtime (the host-descriptor streams register with its reactor).
 pub(crate) fn build(inv: &Invocation, limits: &Limits) -> Result<Wasi, Error> {
