@@ -341,18 +341,7 @@ fn build_root(grants: &[Grant]) -> Result<(), String> {
             None,
             "bind the granted directory",
         )?;
-        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | locked | kept_flags(&target)?;
-        if !g.writable {
-            flags |= libc::MS_RDONLY;
-        }
-        mount(
-            None,
-            &target,
-            None,
-            flags,
-            None,
-            "restrict the granted directory",
-        )?;
+        restrict_tree(&target, !g.writable)?;
     }
     drop(sources);
     mount(
@@ -381,27 +370,32 @@ fn build_root(grants: &[Grant]) -> Result<(), String> {
     Ok(())
 }
 
-/// Mount flags the kernel locked on a mount inherited from a more
-/// privileged namespace: a remount must keep them.
-fn kept_flags(target: &str) -> Result<u64, String> {
-    let c = CString::new(target).expect("no NUL");
-    // SAFETY: an all-zero statvfs is a valid out-value; statvfs(3) fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs(3) with a valid C string and out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    check(rc as _, "statvfs")?;
-    let mut flags = 0;
-    for (st_flag, ms_flag) in [
-        (libc::ST_RDONLY, libc::MS_RDONLY),
-        (libc::ST_NOATIME, libc::MS_NOATIME),
-        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
-    ] {
-        if st.f_flag & st_flag != 0 {
-            flags |= ms_flag;
-        }
+/// Makes a bind mount and every mount beneath it nosuid, nodev and noexec,
+/// and read-only unless `writable`. (A remount would change only the top
+/// mount: a file system mounted inside a read-only grant on the host would
+/// stay writable in the jail.) Only adds restrictions, so the flags the
+/// kernel locked on mounts from the host's namespace are kept.
+fn restrict_tree(target: &str, read_only: bool) -> Result<(), String> {
+    // SAFETY: mount_attr is plain integers; all-zero is "change nothing".
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attr.attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    if read_only {
+        attr.attr_set |= libc::MOUNT_ATTR_RDONLY;
     }
-    Ok(flags)
+    let c = CString::new(target).map_err(|_| format!("{target}: path contains a NUL byte"))?;
+    // SAFETY: mount_setattr(2) with a C string and a mount_attr that live
+    // across the call, and the struct's size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check(rc, &format!("restrict the granted directory ({target})"))
 }
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64, name: &str) -> Result<(), String> {

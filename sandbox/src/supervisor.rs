@@ -164,6 +164,9 @@ struct Worker {
     cpu_seen_ns: AtomicU64,
     cgroup: Option<Arc<Cgroup>>,
     oom_before: Option<u64>,
+    /// The cgroup's CPU time (ns) when this worker started: what the
+    /// cgroup counts beyond it is this worker's (and its first process's).
+    cgroup_cpu_before: Option<u64>,
     memory_limit: Option<u64>,
 }
 
@@ -614,6 +617,7 @@ impl Sandbox {
                 return Err(Error::Worker(format!("socket: {e}")));
             }
         };
+        let before = self.cgroup.as_ref().map(|c| c.usage());
         let worker = Arc::new(Worker {
             pid,
             reaped: Mutex::new(false),
@@ -624,7 +628,8 @@ impl Sandbox {
             death: OnceLock::new(),
             killed_for_deadline: AtomicBool::new(false),
             cpu_seen_ns: AtomicU64::new(0),
-            oom_before: self.cgroup.as_ref().map(|c| c.usage().oom_kills),
+            oom_before: before.as_ref().map(|u| u.oom_kills),
+            cgroup_cpu_before: before.as_ref().map(|u| u.cpu_ns),
             cgroup: self.cgroup.clone(),
             memory_limit: self.config.memory,
         });
@@ -862,7 +867,17 @@ impl Worker {
                 } else {
                     Status::SandboxFailed(format!("sandbox worker died: {how}"))
                 };
-                let (cpu, max_rss) = rusage;
+                let (waited_cpu, max_rss) = rusage;
+                // The wait status's rusage has the worker proper's CPU only
+                // if the first process reaped it; killed first (a deadline,
+                // a signal), it has almost nothing. The cgroup saw it all.
+                let cgroup_cpu = match (self.cgroup_cpu_before, cg) {
+                    (Some(before), Some(u)) => {
+                        Duration::from_nanos(u.cpu_ns.saturating_sub(before))
+                    }
+                    _ => Duration::ZERO,
+                };
+                let cpu = waited_cpu.max(cgroup_cpu);
                 Death {
                     status,
                     cpu,

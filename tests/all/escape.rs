@@ -155,6 +155,58 @@ fn grants_are_read_only_unless_granted_writable() {
 }
 
 #[test]
+fn a_mount_inside_a_read_only_grant_is_read_only_too() {
+    // A file system mounted on the host inside a granted directory comes
+    // along with the grant: it must be as read-only, whatever its own
+    // flags (this tmpfs is world-writable and mounted rw on the host).
+    let dirs = tempdir();
+    let ro = dirs.path().join("ro");
+    let inner = ro.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dirs.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let target = std::ffi::CString::new(inner.to_str().unwrap()).unwrap();
+    // SAFETY: mount(2) with C strings that live across the call.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=1m,mode=1777".as_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: umount2(2) of the tmpfs mounted above.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(target);
+    let config = SandboxConfig {
+        dirs: vec![DirGrant {
+            host: ro.clone(),
+            guest: "/data-ro".into(),
+            writable: false,
+        }],
+        ..Default::default()
+    };
+    let sb = sandbox(config, TOOLS_WAT.as_bytes());
+    assert_eq!(
+        sb.escape_attempt("open-write:/data-ro/inner/planted")
+            .as_deref(),
+        Ok(EROFS)
+    );
+    assert_eq!(
+        sb.escape_attempt("mkdir:/data-ro/inner/d").as_deref(),
+        Ok(EROFS)
+    );
+    drop(sb);
+}
+
+#[test]
 fn only_its_own_fds_are_open() {
     let j = jail();
     let fds = attempt(&j, "open-fds").unwrap();

@@ -526,6 +526,52 @@ fn a_death_is_reported_only_to_the_invocations_running_on_it() {
 }
 
 #[test]
+fn a_worker_killed_from_outside_is_billed_its_cpu() {
+    // Killing the process the supervisor started (the jail's first
+    // process) takes the worker proper with it, unreaped by anyone who
+    // could report its CPU: the bill comes from the cgroup.
+    let sb = sandbox(SandboxConfig::default(), TOOLS_WAT.as_bytes());
+    let pid = sb.worker_pid().unwrap();
+    std::thread::scope(|s| {
+        let running = s.spawn(|| sb.invoke(spin_for(Duration::from_secs(20))).unwrap());
+        let worker = jailed_worker(pid);
+        let spun = cpu_of(worker);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cpu_of(worker) < spun + Duration::from_millis(300) {
+            assert!(Instant::now() < deadline, "the guest never spun");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on our own sandbox worker.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let o = running.join().unwrap();
+        assert!(
+            matches!(o.status, Status::SandboxFailed(_)),
+            "{:?}",
+            o.status
+        );
+        assert!(
+            o.usage.cpu_time >= Duration::from_millis(300),
+            "billed {:?} of CPU for at least 300 ms of spinning",
+            o.usage.cpu_time
+        );
+    });
+}
+
+/// User + system CPU of a process so far (from /proc/PID/stat).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) are the 12th and 13th after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().map(|t| t.parse::<u64>().unwrap_or(0)).sum());
+    // SAFETY: sysconf(3) with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
+#[test]
 fn killed_work_is_billed() {
     let grow = std::fs::read(c_guest("grow")).unwrap();
     let sb = sandbox(
