@@ -113,6 +113,8 @@ pub struct Sandbox {
     /// Held while a worker is being started, so that callers racing after a
     /// death start one replacement, not several.
     spawning: Mutex<()>,
+    /// Set by [`Sandbox::shutdown`]: no worker is started any more.
+    shut: AtomicBool,
     /// The cgroup totals last read, and when.
     cgroup_usage: Mutex<(Option<Instant>, SandboxUsage)>,
 }
@@ -159,6 +161,9 @@ struct Worker {
     death: OnceLock<Death>,
     /// Set before the supervisor kills the worker for a missed deadline.
     killed_for_deadline: AtomicBool,
+    /// Set when the supervisor kills it (replaced, dropped, shut down):
+    /// its broken stream is then expected, not worth a warning.
+    killed_by_us: AtomicBool,
     /// The worker's process CPU clock as of its latest reply, in ns: what a
     /// call that dies is not charged for (it was used before it started).
     cpu_seen_ns: AtomicU64,
@@ -226,6 +231,7 @@ impl Sandbox {
             load: Mutex::new(None),
             worker: Mutex::new(None),
             spawning: Mutex::new(()),
+            shut: AtomicBool::new(false),
         };
         sandbox.spawn_worker()?;
         Ok(sandbox)
@@ -498,6 +504,9 @@ impl Sandbox {
     /// Kills the worker and removes the cgroups now (for a supervisor that
     /// is about to exit on a signal). The sandbox is unusable afterwards.
     pub fn shutdown(&self) {
+        self.shut.store(true, Ordering::Release);
+        // A worker being started finishes first, then goes with the rest.
+        let _spawning = self.spawning.lock().unwrap_or_else(|p| p.into_inner());
         drop(self.worker.lock().expect("worker lock").take());
         if let Some(cg) = &self.cgroup {
             cg.remove();
@@ -531,6 +540,9 @@ impl Sandbox {
         if let Some(w) = self.worker.lock().expect("worker lock").as_ref() {
             return Ok(w.clone()); // another caller just started one
         }
+        if self.shut.load(Ordering::Acquire) {
+            return Err(Error::Worker("the sandbox is shutting down".into()));
+        }
         self.spawn_worker()
     }
 
@@ -544,6 +556,9 @@ impl Sandbox {
             }
         }
         dead.kill();
+        if self.shut.load(Ordering::Acquire) {
+            return; // (its death is the shutdown's doing)
+        }
         if let Err(e) = self.current_worker() {
             tracing::warn!("cannot restart sandbox worker: {e}");
         }
@@ -627,6 +642,7 @@ impl Sandbox {
             next_id: AtomicU64::new(0),
             death: OnceLock::new(),
             killed_for_deadline: AtomicBool::new(false),
+            killed_by_us: AtomicBool::new(false),
             cpu_seen_ns: AtomicU64::new(0),
             oom_before: before.as_ref().map(|u| u.oom_kills),
             cgroup_cpu_before: before.as_ref().map(|u| u.cpu_ns),
@@ -789,7 +805,7 @@ impl Worker {
                             Err(e) => {
                                 // A frame that does not parse: as below.
                                 drop(stream);
-                                tracing::warn!("sandbox worker {}: {e}; killing it", self.pid);
+                                self.broken_stream(&e);
                                 self.kill();
                                 self.die();
                                 break;
@@ -807,7 +823,7 @@ impl Worker {
                     // A broken or stalled stream: the worker cannot be
                     // trusted to answer anyone any more.
                     drop(stream);
-                    tracing::warn!("sandbox worker {}: {e}; killing it", self.pid);
+                    self.broken_stream(&e);
                     self.kill();
                     self.die();
                 }
@@ -946,7 +962,20 @@ impl Worker {
 
     /// Sends SIGKILL unless the process has been reaped (its pid may then
     /// belong to someone else).
+    /// Reports a stream that broke, unless we killed the worker ourselves.
+    fn broken_stream(&self, e: &dyn std::fmt::Display) {
+        if self.killed_by_us.load(Ordering::Acquire) {
+            tracing::debug!(
+                "sandbox worker {}: {e} (killed by the supervisor)",
+                self.pid
+            );
+        } else {
+            tracing::warn!("sandbox worker {}: {e}; killing it", self.pid);
+        }
+    }
+
     fn kill(&self) {
+        self.killed_by_us.store(true, Ordering::Release);
         let reaped = self.reaped.lock().expect("reaped lock");
         if !*reaped {
             // SAFETY: kill(2) on our own unreaped child: the pid cannot have

@@ -70,8 +70,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    // Before any thread starts (they inherit the mask): SIGINT and SIGTERM
-    // are taken by a thread that ends the sandbox cleanly, then exits.
+    // Before any thread starts (they inherit the mask): SIGINT, SIGTERM
+    // and SIGHUP are taken by a thread that ends the sandbox cleanly, then exits.
     let signals = args
         .sandbox
         .then(super::signals::Signals::block)

@@ -1,14 +1,15 @@
-//! SIGINT and SIGTERM: whatever a command is doing, it ends cleanly: the
-//! temporary files it has registered are removed, the child processes it
-//! has registered are killed, and it exits 130 (SIGINT) or 143 (SIGTERM),
-//! as a shell reports a command killed by those signals.
+//! SIGINT, SIGTERM and SIGHUP (a closed terminal): whatever a command is
+//! doing, it ends cleanly: the temporary files it has registered are
+//! removed, the child processes it has registered are killed, and it exits
+//! 130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP), as a shell reports a
+//! command killed by those signals.
 //!
 //! A thread waits for the signals (signal-hook's self-pipe; nothing runs in
 //! the handler itself), so the cleanup is ordinary code. Dispositions are
 //! reset by `exec`, so worker and compile processes start with the default
 //! ones.
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals as HookSignals;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -34,9 +35,9 @@ fn pending() -> std::sync::MutexGuard<'static, Pending> {
     PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts the thread that ends the process on SIGINT or SIGTERM.
+/// Starts the thread that ends the process on SIGINT, SIGTERM or SIGHUP.
 pub fn install() -> anyhow::Result<()> {
-    let mut signals = HookSignals::new([SIGINT, SIGTERM])?;
+    let mut signals = HookSignals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -125,11 +126,11 @@ pub fn wait_if_exiting() {
     }
 }
 
-/// SIGINT and SIGTERM, blocked in every thread started after [`Signals::block`].
+/// SIGINT, SIGTERM and SIGHUP, blocked in every thread started after [`Signals::block`].
 pub struct Signals(());
 
 impl Signals {
-    /// Blocks SIGINT and SIGTERM in the calling thread, and so in every
+    /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread, and so in every
     /// thread it starts later. Call before any other thread exists.
     pub fn block() -> anyhow::Result<Signals> {
         // SAFETY: an all-zero sigset_t is a valid value to initialise with
@@ -139,10 +140,11 @@ impl Signals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if rc != 0 {
                 anyhow::bail!(
-                    "cannot block SIGINT/SIGTERM: {}",
+                    "cannot block SIGINT/SIGTERM/SIGHUP: {}",
                     std::io::Error::from_raw_os_error(rc)
                 );
             }
