@@ -272,18 +272,14 @@ impl Function {
         start: Start<'_>,
         context: Context,
     ) -> Result<Outcome, Error> {
-        let Start {
-            limits,
-            wall_start,
-            meter,
-            budget,
-        } = start;
+        let wall_start = start.wall_start;
+        let meter = start.meter.clone();
         if let Code::Component(c) = &self.inner.code {
-            let run = self.run_command(c, inv, limits, wall_start, budget, meter.clone(), context);
+            let run = self.run_command(c, inv, start, context);
             let (finished, cpu_time) = Metered::new(run, meter).await;
             return Ok(finished?.outcome(wall_start, cpu_time));
         }
-        let run = self.run(inv, limits, wall_start, budget, meter.clone(), context);
+        let run = self.run(inv, start, context);
         let (finished, cpu_time) = Metered::new(run, meter).await;
         Ok(finished?.outcome(wall_start, cpu_time))
     }
@@ -318,38 +314,23 @@ impl Function {
     async fn run(
         &self,
         inv: &Invocation,
-        limits: &Limits,
-        wall_start: Instant,
-        budget: Option<TimeBudget>,
-        meter: Option<Arc<CpuMeter>>,
+        start: Start<'_>,
         context: Context,
     ) -> Result<Finished, Error> {
-        let executor = &*self.inner.executor;
-        let wasi = wasi::build(inv, limits)?;
-        let run = GuestRun {
-            executor,
-            limits,
-            wall_start,
-            budget,
-            meter,
-        };
-        Ok(run
-            .in_fresh_store(wasi, context, async |store| {
+        let wasi = wasi::build(inv, start.limits)?;
+        Ok(start
+            .in_fresh_store(&self.inner.executor, wasi, context, async |store| {
                 self.call(store, &inv.entry).await
             })
             .await)
     }
 
     /// The same for a `wasi:cli/run` component.
-    #[allow(clippy::too_many_arguments)] // `run`'s, and the component's code
     async fn run_command(
         &self,
         code: &ComponentCode,
         inv: &Invocation,
-        limits: &Limits,
-        wall_start: Instant,
-        budget: Option<TimeBudget>,
-        meter: Option<Arc<CpuMeter>>,
+        start: Start<'_>,
         context: Context,
     ) -> Result<Finished<ComponentCtx>, Error> {
         let World::Command(pre) = &code.world else {
@@ -357,17 +338,10 @@ impl Function {
                 "this is a wasi:http component: it serves requests (`wasmlet serve`, or `handle_http`), it does not run as a command".into(),
             ));
         };
-        let wasi =
-            wasi::build_p2(inv, limits)?.map(|ctx| ComponentCtx::new(ctx, code.outbound.clone()));
-        let run = GuestRun {
-            executor: &self.inner.executor,
-            limits,
-            wall_start,
-            budget,
-            meter,
-        };
-        Ok(run
-            .in_fresh_store(wasi, context, async |store| {
+        let wasi = wasi::build_p2(inv, start.limits)?
+            .map(|ctx| ComponentCtx::new(ctx, code.outbound.clone()));
+        Ok(start
+            .in_fresh_store(&self.inner.executor, wasi, context, async |store| {
                 component::run_command(pre, store).await.map(Status::Exited)
             })
             .await)
@@ -471,23 +445,15 @@ impl Function {
     }
 }
 
-/// What every guest run shares, whatever its entry point: the engine, the
-/// invocation's limits and clock, and its time budget and CPU meter.
-pub(crate) struct GuestRun<'a> {
-    pub(crate) executor: &'a Executor,
-    pub(crate) limits: &'a Limits,
-    pub(crate) wall_start: Instant,
-    pub(crate) budget: Option<TimeBudget>,
-    pub(crate) meter: Option<Arc<CpuMeter>>,
-}
-
-impl GuestRun<'_> {
+impl Start<'_> {
     /// Runs `call` (instantiate, then the entry point's own work) in a
     /// fresh store holding `wasi` and the invocation's `context`, under the
     /// time limits (see [`guarded`]); then reads its status, fuel and peak
-    /// memory.
+    /// memory. Every entry point (module, command, wasi:http, typed call)
+    /// runs its guest through here.
     pub(crate) async fn in_fresh_store<W, C>(
         self,
+        executor: &Executor,
         wasi: wasi::Wasi<W>,
         context: Context,
         call: C,
@@ -496,12 +462,11 @@ impl GuestRun<'_> {
         W: Send + 'static,
         C: AsyncFnOnce(&mut Store<StoreState<W>>) -> wasmtime::Result<Status>,
     {
-        let GuestRun {
-            executor,
+        let Start {
             limits,
             wall_start,
-            budget,
             meter,
+            budget,
         } = self;
         let fuel_start = executor.fuel_start(limits);
         let budgeted = budget.is_some();

@@ -25,7 +25,7 @@
 
 use crate::component::{ComponentCode, ComponentCtx, World};
 use crate::error::Error;
-use crate::function::{Code, Finished, Function, GuestRun};
+use crate::function::{Code, Finished, Function, Start};
 use crate::invocation::{Invocation, Outcome, Status};
 use crate::usage::{Metered, Usage};
 use crate::wasi;
@@ -147,15 +147,14 @@ pub async fn handle_http(
                     _ => Scheme::Http,
                 };
                 let req = req.map(|b| b.map_err(to_wasi_error));
-                let run = GuestRun {
-                    executor: &inner.executor,
+                let start = Start {
                     limits: &limits,
                     wall_start,
-                    budget,
                     meter: watch,
+                    budget,
                 };
-                let finished = run
-                    .in_fresh_store(wasi, context, async |store| {
+                let finished = start
+                    .in_fresh_store(&inner.executor, wasi, context, async |store| {
                         let req = store.data_mut().http().new_incoming_request(scheme, req)?;
                         let out = store.data_mut().http().new_response_outparam(head_tx)?;
                         let proxy = pre.instantiate_async(&mut *store).await?;

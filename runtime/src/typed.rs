@@ -11,15 +11,13 @@
 use crate::context::Context;
 use crate::error::Error;
 use crate::executor;
-use crate::function::{Code, Finished, Function, GuestRun, Start};
+use crate::function::{Code, Finished, Function, Start};
 use crate::invocation::{Invocation, Status};
-use crate::usage::{CpuMeter, Metered, Usage};
+use crate::usage::{Metered, Usage};
 use crate::wasi;
-use crate::{Limits, limiter::TimeBudget};
 use bytes::Bytes;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Instant;
 use wasmtime::{ExternType, ModuleExport, ValType, WasmParams, WasmResults};
 
 /// A wasm value type a typed call can pass or return: `i32`, `u32`
@@ -253,21 +251,9 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
         start: Start<'_>,
         context: Context,
     ) -> Result<TypedOutcome<R>, Error> {
-        let Start {
-            limits,
-            wall_start,
-            meter,
-            budget,
-        } = start;
-        let run = self.run(
-            params,
-            inv,
-            limits,
-            wall_start,
-            budget,
-            meter.clone(),
-            context,
-        );
+        let wall_start = start.wall_start;
+        let meter = start.meter.clone();
+        let run = self.run(params, inv, start, context);
         let (finished, cpu_time) = Metered::new(run, meter).await;
         let (finished, results) = finished?;
         let outcome = finished.outcome(wall_start, cpu_time);
@@ -281,15 +267,11 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
     }
 
     /// `Function::run` with a typed call.
-    #[allow(clippy::too_many_arguments)] // `Function::run`'s, and the parameters
     async fn run(
         &self,
         params: P,
         inv: &Invocation,
-        limits: &Limits,
-        wall_start: Instant,
-        budget: Option<TimeBudget>,
-        meter: Option<Arc<CpuMeter>>,
+        start: Start<'_>,
         context: Context,
     ) -> Result<(Finished, Option<R>), Error> {
         let inner = self.func.inner();
@@ -301,17 +283,10 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
         else {
             unreachable!("checked by Function::typed");
         };
-        let wasi = wasi::build(inv, limits)?;
-        let run = GuestRun {
-            executor: &inner.executor,
-            limits,
-            wall_start,
-            budget,
-            meter,
-        };
+        let wasi = wasi::build(inv, start.limits)?;
         let mut results = None;
-        let finished = run
-            .in_fresh_store(wasi, context, async |store| {
+        let finished = start
+            .in_fresh_store(&inner.executor, wasi, context, async |store| {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 if *has_initialize && &*self.name != "_initialize" {
                     let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
