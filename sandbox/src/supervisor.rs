@@ -168,10 +168,9 @@ struct Worker {
     /// call that dies is not charged for (it was used before it started).
     cpu_seen_ns: AtomicU64,
     cgroup: Option<Arc<Cgroup>>,
-    oom_before: Option<u64>,
-    /// The cgroup's CPU time (ns) when this worker started: what the
-    /// cgroup counts beyond it is this worker's (and its first process's).
-    cgroup_cpu_before: Option<u64>,
+    /// The cgroup's totals when this worker started: OOM kills and CPU
+    /// counted beyond them are this worker's (and its first process's).
+    cgroup_before: Option<SandboxUsage>,
     memory_limit: Option<u64>,
 }
 
@@ -632,7 +631,6 @@ impl Sandbox {
                 return Err(Error::Worker(format!("socket: {e}")));
             }
         };
-        let before = self.cgroup.as_ref().map(|c| c.usage());
         let worker = Arc::new(Worker {
             pid,
             reaped: Mutex::new(false),
@@ -644,8 +642,7 @@ impl Sandbox {
             killed_for_deadline: AtomicBool::new(false),
             killed_by_us: AtomicBool::new(false),
             cpu_seen_ns: AtomicU64::new(0),
-            oom_before: before.as_ref().map(|u| u.oom_kills),
-            cgroup_cpu_before: before.as_ref().map(|u| u.cpu_ns),
+            cgroup_before: self.cgroup.as_ref().map(|c| c.usage()),
             cgroup: self.cgroup.clone(),
             memory_limit: self.config.memory,
         });
@@ -869,8 +866,8 @@ impl Worker {
                 let (how, rusage) = self.wait_exit();
                 let cg = self.cgroup.as_ref().map(|c| c.usage());
                 let oom = matches!(
-                    (self.oom_before, cg.map(|u| u.oom_kills)),
-                    (Some(before), Some(after)) if after > before
+                    (self.cgroup_before, cg),
+                    (Some(before), Some(after)) if after.oom_kills > before.oom_kills
                 );
                 let status = if oom {
                     Status::LimitExceeded(LimitExceeded::SandboxMemory(
@@ -887,9 +884,9 @@ impl Worker {
                 // The wait status's rusage has the worker proper's CPU only
                 // if the first process reaped it; killed first (a deadline,
                 // a signal), it has almost nothing. The cgroup saw it all.
-                let cgroup_cpu = match (self.cgroup_cpu_before, cg) {
+                let cgroup_cpu = match (self.cgroup_before, cg) {
                     (Some(before), Some(u)) => {
-                        Duration::from_nanos(u.cpu_ns.saturating_sub(before))
+                        Duration::from_nanos(u.cpu_ns.saturating_sub(before.cpu_ns))
                     }
                     _ => Duration::ZERO,
                 };
@@ -960,8 +957,6 @@ impl Worker {
         }
     }
 
-    /// Sends SIGKILL unless the process has been reaped (its pid may then
-    /// belong to someone else).
     /// Reports a stream that broke, unless we killed the worker ourselves.
     fn broken_stream(&self, e: &dyn std::fmt::Display) {
         if self.killed_by_us.load(Ordering::Acquire) {
@@ -974,6 +969,8 @@ impl Worker {
         }
     }
 
+    /// Sends SIGKILL unless the process has been reaped (its pid may then
+    /// belong to someone else).
     fn kill(&self) {
         self.killed_by_us.store(true, Ordering::Release);
         let reaped = self.reaped.lock().expect("reaped lock");
