@@ -217,15 +217,18 @@ pub async fn handle_http(
     };
     if let Some(out) = ended {
         // The guest ended after answering: its body is all buffered.
-        let (parts, body) = resp.into_parts();
+        let (parts, mut body) = resp.into_parts();
         let mut frames = VecDeque::new();
-        if !out.success() {
+        let mut body_done = false;
+        if out.success() {
+            body_done = take_ready(&mut body, &mut frames, &mut 0);
+        } else {
             frames.push_back(Err(Box::new(status_error(&out.status)) as BodyError));
         }
         let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
         let body = Chain {
             frames,
-            rest: out.success().then_some(rest),
+            rest: (out.success() && !body_done).then_some(rest),
         };
         return HttpOutcome {
             response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
@@ -260,13 +263,18 @@ pub async fn handle_http(
             r = &mut task => break Some(r),
         }
     };
-    let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
     match finished {
         Some(r) => {
             let out = match done(r, wall_start) {
                 Ok(out) => out,
                 Err(e) => return HttpOutcome::failed(e),
             };
+            // The guest's store is gone: what it wrote is ready, and the
+            // body's end with it (hyper then sends a `content-length`).
+            if out.success() && !body_done {
+                body_done = take_ready(&mut body, &mut frames, &mut buffered);
+            }
+            let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
             // A guest stopped mid-body (a limit, a trap) leaves the body
             // unfinished: it ends with that error.
             if !out.success() && !body_done {
@@ -289,6 +297,7 @@ pub async fn handle_http(
         }
         None => {
             // Still writing: stream the rest; the usage follows.
+            let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
             let (tx, rx) = oneshot::channel();
             let usage = Usage::new(wall_start.elapsed(), Default::default(), None, 0);
             tokio::spawn(async move {
@@ -308,6 +317,36 @@ pub async fn handle_http(
             }
         }
     }
+}
+
+/// Moves the frames `body` has ready now (the guest has ended, so nothing
+/// more is coming but its end) into `frames`, up to [`HTTP_BODY_BUFFER`]
+/// bytes in all; true when the body's end was reached.
+fn take_ready<B>(
+    body: &mut B,
+    frames: &mut VecDeque<Result<Frame<Bytes>, BodyError>>,
+    buffered: &mut usize,
+) -> bool
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    while *buffered < HTTP_BODY_BUFFER {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                *buffered += f.data_ref().map_or(0, Bytes::len);
+                frames.push_back(Ok(f));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                frames.push_back(Err(Box::new(e)));
+                return true;
+            }
+            Poll::Ready(None) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    false
 }
 
 /// The outcome of the guest's future.

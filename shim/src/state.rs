@@ -329,21 +329,21 @@ impl Tasks {
 }
 
 impl Task {
-    /// Records the end (once) and tells waiters and containerd.
+    /// Records the end (once) and tells containerd, then the waiters: the
+    /// Exit event is published before `wait` can return, so a Delete that
+    /// follows a Wait never reaches containerd ahead of its Exit.
     fn stopped(&self, exit: Exit, events: &dyn EventSink) {
         let at = SystemTime::now();
-        {
-            let mut phase = self.phase.lock().expect("phase lock");
-            if matches!(*phase, Phase::Stopped { .. }) {
-                return;
-            }
-            *phase = Phase::Stopped {
-                status: exit.status,
-                at,
-            };
-        }
         // After the Start event, if a start is still being reported.
-        drop(self.start_events.lock().expect("start lock"));
+        let _gate = self.start_events.lock().expect("start lock");
+        let mut phase = self.phase.lock().expect("phase lock");
+        if matches!(*phase, Phase::Stopped { .. }) {
+            return;
+        }
+        *phase = Phase::Stopped {
+            status: exit.status,
+            at,
+        };
         if exit.oom {
             events.publish(Event::Oom {
                 id: self.id.clone(),
@@ -355,6 +355,7 @@ impl Task {
             status: exit.status,
             at,
         });
+        drop(phase);
         self.changed.notify_all();
     }
 }

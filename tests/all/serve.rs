@@ -988,6 +988,9 @@ fn serve_http_component_end_to_end() {
     assert_eq!(r.header("x-guest"), Some("wasmlet"));
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("x-request-id").map(str::len), Some(16), "{r:?}");
+    // A body the guest finished writing goes out whole, with its length.
+    assert_eq!(r.header("content-length"), Some("21"), "{r:?}");
+    assert_eq!(r.header("transfer-encoding"), None, "{r:?}");
     // Headers and body both ways; the client's sane request id is kept.
     let r = request(
         server.addr,
