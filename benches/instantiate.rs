@@ -18,11 +18,6 @@
 //! `scripts/bench-report` turns the results into the table in BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-
-/// The `wasmlet` binary's allocator (embedders choose their own; with
-/// glibc's malloc `wasmlet` costs about 15% more instructions per call).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::hint::black_box;
 use wasmlet_runtime::{
     Entry, HostCx, Invocation, LoadOptions, Runtime, RuntimeBuilder, RuntimeConfig, Status, Val,

@@ -1,10 +1,6 @@
 //! Invokes a module N times in a loop: a target for `strace -c` and
 //! `perf` when looking at the per-invocation path.
 //! Usage: [WASMLET_CONFIG='<toml>'] cargo run --release --example invoke_loop -- MODULE [N]
-/// The `wasmlet` binary's allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use wasmlet_runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

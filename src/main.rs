@@ -3,12 +3,6 @@
 //! parses flags (first into raw clap structs, then into validated runtime
 //! types, before any work starts) and reports results.
 
-/// mimalloc, not glibc's malloc: an invocation makes about 46 small
-/// allocations, and with glibc they cost 15% more instructions per
-/// invocation (callgrind; see BENCHMARKS.md, "Per-invocation cost").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod cli;
 
 use std::io::IsTerminal;

@@ -266,11 +266,6 @@ fn allowed() -> Vec<(libc::c_long, Rule, &'static str)> {
         (libc::SYS_fallocate, Any, "WASI fd_allocate"),
         (libc::SYS_faccessat2, Any, "cap-std access checks"),
         (
-            libc::SYS_access,
-            Any,
-            "the allocator's start-up probe (mimalloc counts NUMA nodes in /sys); sees only the jail, as faccessat2 does",
-        ),
-        (
             libc::SYS_openat2,
             Any,
             "cap-std's RESOLVE_BENEATH opens (falls back without)",

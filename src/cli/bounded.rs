@@ -153,16 +153,9 @@ impl std::fmt::Display for ChildLimit {
 impl std::error::Error for ChildLimit {}
 
 /// This binary, to be started as one of its hidden worker subcommands.
-///
-/// The child's allocator (mimalloc) reserves its arenas without access and
-/// commits them as it uses them, so that `RLIMIT_DATA` counts what the
-/// child uses; by default it would map 1 GiB arenas writable up front
-/// (Linux overcommits), a large part of a compile budget used by nothing.
 pub fn own_command() -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find own executable")?;
-    let mut cmd = Command::new(exe);
-    cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", "0");
-    Ok(cmd)
+    Ok(Command::new(exe))
 }
 
 /// Runs `cmd` (a worker that caps its own memory) as a child that dies with
