@@ -3,7 +3,12 @@
 //! parses flags (first into raw clap structs, then into validated runtime
 //! types, before any work starts) and reports results.
 
+mod alloc;
 mod cli;
+
+/// See `alloc`: glibc's malloc, mimalloc once `serve` switches to it.
+#[global_allocator]
+static GLOBAL: alloc::Switching = alloc::Switching;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -12,6 +17,9 @@ fn main() -> ExitCode {
     // A server logs what it does (start-up, reloads, guest stderr) with
     // timestamps; one-shot commands only warn.
     let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    if serving {
+        alloc::use_mimalloc();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMLET_LOG")
         .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into());
     let log = tracing_subscriber::fmt()
