@@ -14,21 +14,23 @@ use crate::error::{Error, LimitExceeded};
 use crate::executor::{self, Executor};
 use crate::host::CatchPanic;
 use crate::invocation::{Entry, Invocation, Outcome, Status};
-use crate::limiter::{CpuWatch, StoreLimiter, TimeBudget, deadline};
+use crate::limiter::{CpuWatch, Deadline, StoreLimiter, TimeBudget, deadline};
 use crate::store::{StoreState, new_store};
 use crate::usage::{CpuMeter, Metered, Usage};
 use crate::wasi;
 use bytes::Bytes;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{
-    ExternType, InstancePre, Module, PoolConcurrencyLimitError, Store, Trap, Val, ValType,
-    WasmBacktrace,
+    ExternType, InstancePre, Module, ModuleExport, PoolConcurrencyLimitError, Store, Trap, Val,
+    ValType, WasmBacktrace,
 };
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 /// A module or component ready to run: compiled, its imports resolved once
 /// into an `InstancePre` (for a component, a pre-instantiated world). Cheap to clone and safe to invoke from many threads at
@@ -65,8 +67,11 @@ pub(crate) enum Code {
     Module {
         module: Module,
         pre: InstancePre<StoreState>,
-        has_start: bool,
-        has_initialize: bool,
+        /// `_start`, when the module exports it as a function (looked up
+        /// once here, not by name in every invocation).
+        start: Option<ModuleExport>,
+        /// `_initialize`, likewise.
+        initialize: Option<ModuleExport>,
     },
     /// A component, linked against WASI preview 2 and wasi:http.
     Component(ComponentCode),
@@ -85,8 +90,8 @@ pub(crate) struct Finished<W: 'static = WasiP1Ctx> {
     status: Status,
     fuel_consumed: Option<u64>,
     peak_memory: u64,
-    stdout: Option<Bytes>,
-    stderr: Option<Bytes>,
+    stdout: Option<MemoryOutputPipe>,
+    stderr: Option<MemoryOutputPipe>,
     /// Dropped after the usage is taken: resetting the slot is the
     /// runtime's cost, not the guest's.
     store: Store<StoreState<W>>,
@@ -106,8 +111,22 @@ impl<W: 'static> Finished<W> {
         Outcome {
             status: self.status,
             usage,
-            stdout: self.stdout,
-            stderr: self.stderr,
+            stdout: self.stdout.map(captured),
+            stderr: self.stderr.map(captured),
+        }
+    }
+}
+
+/// What a captured stream holds, taken without a copy: called after the
+/// store is dropped, and the store (its WASI context and resource table)
+/// held every other handle on the pipe.
+fn captured(pipe: MemoryOutputPipe) -> Bytes {
+    match pipe.try_into_inner() {
+        Some(buf) => buf.freeze(),
+        None => {
+            debug_assert!(false, "a captured pipe outlived its store");
+            tracing::error!("captured output lost: the pipe outlived its store");
+            Bytes::new()
         }
     }
 }
@@ -120,16 +139,20 @@ impl Function {
         limits: Limits,
         artifact: Option<PathBuf>,
     ) -> Self {
-        let is_func = |name| matches!(module.get_export(name), Some(ExternType::Func(_)));
-        let has_start = is_func("_start");
-        let has_initialize = is_func("_initialize");
+        let func = |name| {
+            matches!(module.get_export(name), Some(ExternType::Func(_)))
+                .then(|| module.get_export_index(name))
+                .flatten()
+        };
+        let start = func("_start");
+        let initialize = func("_initialize");
         Function {
             inner: Arc::new(FunctionInner {
                 executor,
                 code: Code::Module {
                     pre,
-                    has_start,
-                    has_initialize,
+                    start,
+                    initialize,
                     module,
                 },
                 limits,
@@ -208,7 +231,7 @@ impl Function {
     /// component exporting `wasi:cli/run`.
     pub fn is_command(&self) -> bool {
         match &self.inner.code {
-            Code::Module { has_start, .. } => *has_start,
+            Code::Module { start, .. } => start.is_some(),
             Code::Component(c) => matches!(c.world, World::Command(_)),
         }
     }
@@ -228,7 +251,8 @@ impl Function {
         let context = std::mem::take(&mut inv.context);
         let start = self.start(&inv)?;
         // Pinned here, once: the future is a few KiB, not worth moving.
-        let run = std::pin::pin!(self.metered(&inv, start, context));
+        let run = self.metered(&inv, start, context);
+        let run = std::pin::pin!(run);
         let outcome = executor::block_on(run)??;
         if matches!(outcome.status, Status::LimitExceeded(_)) {
             // A filesystem call it may have left running is not the next
@@ -274,12 +298,17 @@ impl Function {
     ) -> Result<Outcome, Error> {
         let wall_start = start.wall_start;
         let meter = start.meter.clone();
+        // Futures are pinned where they are made and awaited through the
+        // pin (here and below): awaiting one made in the same statement
+        // keeps a moved-from copy of it in this future's state too, so
+        // every level doubled the whole invocation's future (it was 5.8 KiB,
+        // copied several times per invocation).
         if let Code::Component(c) = &self.inner.code {
-            let run = self.run_command(c, inv, start, context);
+            let run = pin!(self.run_command(c, inv, start, context));
             let (finished, cpu_time) = Metered::new(run, meter).await;
             return Ok(finished?.outcome(wall_start, cpu_time));
         }
-        let run = self.run(inv, start, context);
+        let run = pin!(self.run(inv, start, context));
         let (finished, cpu_time) = Metered::new(run, meter).await;
         Ok(finished?.outcome(wall_start, cpu_time))
     }
@@ -317,12 +346,17 @@ impl Function {
         start: Start<'_>,
         context: Context,
     ) -> Result<Finished, Error> {
-        let wasi = wasi::build(inv, start.limits)?;
-        Ok(start
-            .in_fresh_store(&self.inner.executor, wasi, context, async |store| {
-                self.call(store, &inv.entry).await
-            })
-            .await)
+        let limits = start.limits;
+        let run = pin!(start.in_fresh_store(
+            &self.inner.executor,
+            wasi::build(inv, limits)?,
+            context,
+            async |store| {
+                let call = pin!(self.call(store, &inv.entry));
+                call.await
+            },
+        ));
+        Ok(run.await)
     }
 
     /// The same for a `wasi:cli/run` component.
@@ -350,9 +384,7 @@ impl Function {
     /// Checks the entry point exists and the arguments match its parameters.
     fn check_entry(&self, entry: &Entry) -> Result<(), Error> {
         let (module, has_start) = match &self.inner.code {
-            Code::Module {
-                module, has_start, ..
-            } => (module, *has_start),
+            Code::Module { module, start, .. } => (module, start.is_some()),
             Code::Component(_) => {
                 return match entry {
                     Entry::Start => Ok(()),
@@ -416,23 +448,29 @@ impl Function {
     async fn call(&self, store: &mut Store<StoreState>, entry: &Entry) -> wasmtime::Result<Status> {
         let Code::Module {
             pre,
-            has_initialize,
+            start,
+            initialize,
             ..
         } = &self.inner.code
         else {
             unreachable!("components are called through their world");
         };
-        let instance = pre.instantiate_async(&mut *store).await?;
+        let instance = {
+            let instantiate = pin!(pre.instantiate_async(&mut *store));
+            instantiate.await?
+        };
         match entry {
             Entry::Start => {
-                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-                start.call_async(&mut *store, ()).await?;
+                let start = export_func(&instance, store, start.as_ref(), "_start")?;
+                let call = pin!(start.call_async(&mut *store, ()));
+                call.await?;
                 Ok(Status::Exited(0))
             }
             Entry::Export { name, params } => {
-                if *has_initialize && name != "_initialize" {
-                    let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
-                    init.call_async(&mut *store, ()).await?;
+                if initialize.is_some() && name != "_initialize" {
+                    let init = export_func(&instance, store, initialize.as_ref(), "_initialize")?;
+                    let call = pin!(init.call_async(&mut *store, ()));
+                    call.await?;
                 }
                 let func = instance
                     .get_func(&mut *store, name)
@@ -443,6 +481,21 @@ impl Function {
             }
         }
     }
+}
+
+/// The `() -> ()` export found at load time as `export` (`name`, for the
+/// error when it is missing or has another type).
+pub(crate) fn export_func<T>(
+    instance: &wasmtime::Instance,
+    store: &mut Store<T>,
+    export: Option<&ModuleExport>,
+    name: &str,
+) -> wasmtime::Result<wasmtime::TypedFunc<(), ()>> {
+    export
+        .and_then(|e| instance.get_module_export(&mut *store, e))
+        .and_then(wasmtime::Extern::into_func)
+        .ok_or_else(|| wasmtime::format_err!("module has no exported function `{name}`"))?
+        .typed::<(), ()>(&*store)
 }
 
 impl Start<'_> {
@@ -472,15 +525,11 @@ impl Start<'_> {
         let budgeted = budget.is_some();
         let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
         store.data_mut().context = context;
-        let result = guarded(
-            executor,
-            limits,
-            wall_start,
-            budgeted,
-            meter,
-            call(&mut store),
-        )
-        .await;
+        let result = {
+            let call = pin!(call(&mut store));
+            let guarded = pin!(guarded(executor, limits, wall_start, budgeted, meter, call));
+            guarded.await
+        };
         let fuel_consumed = fuel_start.map(|f| f - store.get_fuel().unwrap_or(0));
         let status = match result {
             Ok(status) => status,
@@ -495,8 +544,8 @@ impl Start<'_> {
             status,
             fuel_consumed,
             peak_memory: store.data().limiter.peak_memory,
-            stdout: wasi.stdout.map(|p| p.contents()),
-            stderr: wasi.stderr.map(|p| p.contents()),
+            stdout: wasi.stdout,
+            stderr: wasi.stderr,
             store,
         }
     }
@@ -524,12 +573,7 @@ where
     // timer also stops one that waits past it (in a host call), and the
     // CPU watch one whose waiting costs CPU elsewhere (filesystem calls).
     let call = CpuWatch::new(CatchPanic::new(call), meter.zip(limits.cpu_time));
-    match limits.timeout.and_then(|t| deadline(wall_start, t)) {
-        Some((at, timeout)) => tokio::time::timeout_at(at.into(), call)
-            .await
-            .unwrap_or_else(|_| Err(LimitExceeded::Timeout(timeout).into())),
-        None => call.await,
-    }
+    Deadline::new(call, limits.timeout.and_then(|t| deadline(wall_start, t))).await
 }
 
 fn val_matches(ty: &ValType, v: &Val) -> bool {

@@ -165,13 +165,13 @@ pin_project! {
     /// thread for it (filesystem calls on the blocking pool, charged by
     /// `fs_cpu`) accrues while it waits, and one long call (a `readdir` of
     /// a huge directory) would otherwise run far past the budget. Costs
-    /// nothing for a call that never waits.
+    /// nothing for a call that never waits: the timer is made (on the
+    /// heap, so the invocation's future stays small) only when it does.
     pub(crate) struct CpuWatch<F> {
         #[pin]
         call: F,
         budget: Option<(Arc<CpuMeter>, Duration)>,
-        #[pin]
-        tick: Option<tokio::time::Sleep>,
+        tick: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -192,7 +192,7 @@ where
     type Output = wasmtime::Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(out) = this.call.poll(cx) {
             return Poll::Ready(out);
         }
@@ -200,11 +200,10 @@ where
             return Poll::Pending;
         };
         loop {
-            if this.tick.is_none() {
-                this.tick.set(Some(tokio::time::sleep(CPU_WATCH_INTERVAL)));
-            }
-            let tick = this.tick.as_mut().as_pin_mut().expect("just set");
-            match tick.poll(cx) {
+            let tick = this
+                .tick
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CPU_WATCH_INTERVAL)));
+            match tick.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) => {
                     // Inside a poll of the metered invocation, on its
@@ -212,9 +211,61 @@ where
                     if meter.used() >= *limit {
                         return Poll::Ready(Err(LimitExceeded::CpuTime(*limit).into()));
                     }
-                    this.tick.set(None);
+                    let next = tokio::time::Instant::now() + CPU_WATCH_INTERVAL;
+                    tick.as_mut().reset(next);
                 }
             }
+        }
+    }
+}
+
+pin_project! {
+    /// An invocation's call under its wall-clock timeout: a call still
+    /// waiting at the deadline ends with [`LimitExceeded::Timeout`] (and is
+    /// dropped with this future). What `tokio::time::timeout_at` does, but
+    /// the timer is made (on the heap) only when the call first waits, so
+    /// a call that finishes in its first poll never touches the timer, and
+    /// the invocation's future stays small.
+    pub(crate) struct Deadline<F> {
+        #[pin]
+        call: F,
+        at: Option<(Instant, Duration)>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F> Deadline<F> {
+    /// `call`, stopped at `at` (the instant and the timeout it came from);
+    /// `None`: never.
+    pub(crate) fn new(call: F, at: Option<(Instant, Duration)>) -> Self {
+        Deadline {
+            call,
+            at,
+            timer: None,
+        }
+    }
+}
+
+impl<F, T> Future for Deadline<F>
+where
+    F: Future<Output = wasmtime::Result<T>>,
+{
+    type Output = wasmtime::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.call.poll(cx) {
+            return Poll::Ready(out);
+        }
+        let Some((at, timeout)) = *this.at else {
+            return Poll::Pending;
+        };
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(LimitExceeded::Timeout(timeout).into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -276,9 +276,7 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
     ) -> Result<(Finished, Option<R>), Error> {
         let inner = self.func.inner();
         let Code::Module {
-            pre,
-            has_initialize,
-            ..
+            pre, initialize, ..
         } = &inner.code
         else {
             unreachable!("checked by Function::typed");
@@ -288,8 +286,13 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
         let finished = start
             .in_fresh_store(&inner.executor, wasi, context, async |store| {
                 let instance = pre.instantiate_async(&mut *store).await?;
-                if *has_initialize && &*self.name != "_initialize" {
-                    let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+                if initialize.is_some() && &*self.name != "_initialize" {
+                    let init = crate::function::export_func(
+                        &instance,
+                        store,
+                        initialize.as_ref(),
+                        "_initialize",
+                    )?;
                     init.call_async(&mut *store, ()).await?;
                 }
                 let func = instance
