@@ -35,6 +35,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Frame;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::pin::pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -128,9 +129,10 @@ pub async fn handle_http(
         let watch = start.meter.clone();
         let budget = start.budget;
         let limits = limits.clone();
+        // Futures pinned where they are made (see `Function::metered`).
         Box::pin(async move {
             let _permit = permit;
-            let run = async {
+            let run = pin!(async {
                 let inner = func2.inner();
                 let Code::Component(ComponentCode {
                     world: World::Http(pre),
@@ -140,8 +142,6 @@ pub async fn handle_http(
                 else {
                     unreachable!("checked before spawning");
                 };
-                let wasi = wasi::build_p2(&inv, &limits)?
-                    .map(|ctx| ComponentCtx::new(ctx, outbound.clone()));
                 let scheme = match req.uri().scheme_str() {
                     Some("https") => Scheme::Https,
                     _ => Scheme::Http,
@@ -153,20 +153,31 @@ pub async fn handle_http(
                     meter: watch,
                     budget,
                 };
-                let finished = start
-                    .in_fresh_store(&inner.executor, wasi, context, async |store| {
-                        let req = store.data_mut().http().new_incoming_request(scheme, req)?;
-                        let out = store.data_mut().http().new_response_outparam(head_tx)?;
-                        let proxy = pre.instantiate_async(&mut *store).await?;
-                        proxy
-                            .wasi_http_incoming_handler()
-                            .call_handle(&mut *store, req, out)
-                            .await?;
-                        Ok(Status::Exited(0))
-                    })
-                    .await;
-                Ok(finished)
-            };
+                let finished = pin!(
+                    start.in_fresh_store(
+                        &inner.executor,
+                        wasi::build_p2(&inv, &limits)?
+                            .map(|ctx| ComponentCtx::new(ctx, outbound.clone())),
+                        context,
+                        async |store| {
+                            let req = store.data_mut().http().new_incoming_request(scheme, req)?;
+                            let out = store.data_mut().http().new_response_outparam(head_tx)?;
+                            let proxy = {
+                                let instantiate = pin!(pre.instantiate_async(&mut *store));
+                                instantiate.await?
+                            };
+                            let handle = pin!(proxy.wasi_http_incoming_handler().call_handle(
+                                &mut *store,
+                                req,
+                                out
+                            ));
+                            handle.await?;
+                            Ok(Status::Exited(0))
+                        },
+                    )
+                );
+                Ok(finished.await)
+            });
             Metered::new(run, meter).await
         })
     };
