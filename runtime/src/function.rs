@@ -274,7 +274,7 @@ impl Function {
         let _slot = self.async_slot().await?;
         let context = std::mem::take(&mut inv.context);
         let start = self.start(&inv)?;
-        self.metered(&inv, start, context).await
+        pin!(self.metered(&inv, start, context)).await
     }
 
     /// Waits for a pool slot for an async invocation (held until the

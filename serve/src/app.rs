@@ -69,7 +69,7 @@ impl Func {
         }
         match &self.sandbox {
             Some(pool) => pool.invoke(inv).await,
-            None => function.invoke_async(inv).await,
+            None => std::pin::pin!(function.invoke_async(inv)).await,
         }
     }
 }

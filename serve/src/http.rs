@@ -60,7 +60,12 @@ impl HttpHandler {
         req: http::Request<RequestBody>,
         inv: Invocation,
     ) -> HttpOutcome {
-        handle_http(&self.function, req.map(RequestBody::boxed), inv).await
+        std::pin::pin!(handle_http(
+            &self.function,
+            req.map(RequestBody::boxed),
+            inv
+        ))
+        .await
     }
 }
 

@@ -34,6 +34,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -638,7 +639,7 @@ async fn handle(
         }
         Some((func, route)) => {
             func.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            let handled = call(&shared, &app, func, route, peer, req, &id).await;
+            let handled = pin!(call(&shared, &app, func, route, peer, req, &id)).await;
             let status = handled.response.status();
             func.metrics.response(status.as_u16(), started.elapsed());
             if let Some(cause) = handled.cause {
@@ -711,7 +712,7 @@ async fn call(
     }
     if let Handler::Http(h) = &func.handler {
         // Streamed: the component reads the body as it comes.
-        return call_http(shared, app, func, h, parts, body, id).await;
+        return pin!(call_http(shared, app, func, h, parts, body, id)).await;
     }
     let read = Limited::new(body, max_body as usize).collect();
     let body = match tokio::time::timeout(settings.body_timeout, read).await {
@@ -754,7 +755,7 @@ async fn call(
         .cloned()
         .collect();
     env.extend(cgi_env);
-    let result = func.invoke_command(function, args, env, body).await;
+    let result = pin!(func.invoke_command(function, args, env, body)).await;
     drop(admitted);
     let outcome = match result {
         Ok(o) => o,
@@ -941,7 +942,7 @@ async fn call_http(
     };
     func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
     func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
-    let out = handler.handle(Request::from_parts(parts, body), inv).await;
+    let out = pin!(handler.handle(Request::from_parts(parts, body), inv)).await;
     drop(admitted);
     let max_log = settings.max_log_per_invocation as usize;
     if let Some(stderr) = &out.stderr {
