@@ -59,7 +59,7 @@ impl StoreState {
 /// With a time budget, the epoch deadline is one tick away and the callback
 /// checks the budget on every tick: over it, the guest stops with the limit
 /// as its error; within it, the guest yields to the executor (so other
-/// tasks run, and a `tokio::time::timeout` around the invocation can fire)
+/// tasks run, and the wall-clock `Deadline` around the invocation can fire)
 /// and goes on for another tick. Without one, the guest is never
 /// interrupted (and the ticker does not run for it).
 pub(crate) fn new_store<W: Send + 'static>(
