@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::task::coop::{Unconstrained, unconstrained};
 
 /// The per-store resource limiter.
 pub(crate) struct StoreLimiter {
@@ -230,7 +231,10 @@ pin_project! {
         #[pin]
         call: F,
         at: Option<(Instant, Duration)>,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Outside tokio's cooperative budget, as `timeout_at` polls its
+        // timer once the call has used the budget up: a call that spends
+        // it on every poll must not keep the deadline from firing.
+        timer: Option<Pin<Box<Unconstrained<tokio::time::Sleep>>>>,
     }
 }
 
@@ -262,7 +266,7 @@ where
         };
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+            .get_or_insert_with(|| Box::pin(unconstrained(tokio::time::sleep_until(at.into()))));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(LimitExceeded::Timeout(timeout).into())),
             Poll::Pending => Poll::Pending,
@@ -317,5 +321,71 @@ mod tests {
         };
         let b = TimeBudget::new(&limits, Instant::now(), Arc::default());
         assert_eq!(b.check(), Ok(()));
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    fn timeout_of(r: &wasmtime::Result<u32>) -> Option<LimitExceeded> {
+        r.as_ref().err()?.downcast_ref::<LimitExceeded>().copied()
+    }
+
+    #[test]
+    fn a_deadline_stops_a_waiting_call_and_not_a_finished_one() {
+        let rt = current_thread();
+        let soon = Some((
+            Instant::now() + Duration::from_millis(30),
+            Duration::from_millis(30),
+        ));
+        let waited = rt.block_on(Deadline::new(std::future::pending(), soon));
+        assert_eq!(
+            timeout_of(&waited),
+            Some(LimitExceeded::Timeout(Duration::from_millis(30)))
+        );
+        let past = Some((
+            Instant::now() - Duration::from_secs(1),
+            Duration::from_secs(1),
+        ));
+        let done = rt.block_on(Deadline::new(async { Ok(7) }, past));
+        assert_eq!(done.unwrap(), 7, "a call that is ready is never timed out");
+        let no_deadline = rt.block_on(Deadline::new(
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(1)
+            },
+            None,
+        ));
+        assert_eq!(no_deadline.unwrap(), 1);
+    }
+
+    /// A call that spends tokio's cooperative budget on every poll (as a
+    /// guest streaming through tokio pipes can) still meets its deadline.
+    #[test]
+    fn a_deadline_fires_for_a_call_that_uses_up_the_coop_budget() {
+        let rt = current_thread();
+        let began = Instant::now();
+        let greedy = std::future::poll_fn(move |cx| -> Poll<wasmtime::Result<u32>> {
+            if began.elapsed() > Duration::from_secs(5) {
+                return Poll::Ready(Ok(0));
+            }
+            loop {
+                let mut spend = std::pin::pin!(tokio::task::consume_budget());
+                if spend.as_mut().poll(cx).is_pending() {
+                    // Out of budget: tokio has asked to be polled again.
+                    return Poll::Pending;
+                }
+            }
+        });
+        let soon = Some((began + Duration::from_millis(50), Duration::from_millis(50)));
+        let out = rt.block_on(Deadline::new(greedy, soon));
+        assert_eq!(
+            timeout_of(&out),
+            Some(LimitExceeded::Timeout(Duration::from_millis(50))),
+            "starved of budget, the deadline did not fire"
+        );
     }
 }
