@@ -11,9 +11,13 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, Ta
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::shim::event::Envelope;
+use containerd_shim::protos::shim::events::ForwardRequest;
+use containerd_shim::protos::shim::events_ttrpc::EventsClient;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, TtrpcContext};
 use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, Flags, Shim, StartOpts};
 use std::path::Path;
 use std::sync::Arc;
@@ -100,6 +104,10 @@ impl Shim for WasmletShim {
     }
 }
 
+/// Where containerd tells its shims its ttrpc address (the crate's
+/// constant of the same name is private).
+const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
+
 /// How long a shim that is shutting down waits for its last events to
 /// reach containerd.
 const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -107,24 +115,38 @@ const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Sends events to containerd, in order, from a thread of its own: a
 /// request (create, start, delete) does not wait for containerd to take
 /// its event (a ttrpc round trip of about a millisecond), nor does the
-/// thread that reports a task's exit.
+/// thread that reports a task's exit. Each event's envelope carries the
+/// time it happened (was queued), not the time the thread got to it after
+/// the round trips of the events before it, as containerd's own shims
+/// stamp theirs (their publisher queues without waiting).
 struct Publisher {
-    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<(SystemTime, Event)>>>,
     /// Set once the thread has sent everything queued before `flush`.
     done: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl Publisher {
     fn start(remote: RemotePublisher, namespace: String) -> Publisher {
-        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let (tx, rx) = std::sync::mpsc::channel::<(SystemTime, Event)>();
         let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let finished = done.clone();
-        let sender = Sender { remote, namespace };
+        // Its own connection to containerd's event service, to set each
+        // envelope's time (the crate's publisher stamps the time of
+        // sending); without one, the crate's publisher.
+        let own = std::env::var(TTRPC_ADDRESS)
+            .ok()
+            .and_then(|a| ttrpc::Client::connect(&format!("unix://{a}")).ok())
+            .map(EventsClient::new);
+        let sender = Sender {
+            remote,
+            own,
+            namespace,
+        };
         let spawned = std::thread::Builder::new()
             .name("wasmlet-events".into())
             .spawn(move || {
-                for event in rx {
-                    sender.send(event);
+                for (at, event) in rx {
+                    sender.send(at, event);
                 }
                 *finished.0.lock().expect("events lock") = true;
                 finished.1.notify_all();
@@ -157,7 +179,7 @@ impl Publisher {
 impl EventSink for Publisher {
     fn publish(&self, event: Event) {
         if let Some(tx) = &*self.queue.lock().expect("events lock") {
-            let _ = tx.send(event);
+            let _ = tx.send((SystemTime::now(), event));
         }
     }
 }
@@ -165,11 +187,12 @@ impl EventSink for Publisher {
 /// The events thread's end: containerd's event service.
 struct Sender {
     remote: RemotePublisher,
+    own: Option<EventsClient>,
     namespace: String,
 }
 
 impl Sender {
-    fn send(&self, event: Event) {
+    fn send(&self, at: SystemTime, event: Event) {
         let (topic, msg): (&str, Box<dyn MessageDyn>) = match event {
             Event::Create { id, bundle, pid } => {
                 let mut e = TaskCreate::new();
@@ -218,14 +241,44 @@ impl Sender {
             }
         };
         crate::timing(topic);
-        if let Err(e) = self.remote.publish(
+        if let Some(client) = &self.own {
+            match self.forward(client, at, topic, msg.clone_box()) {
+                Ok(()) => return,
+                Err(e) => log::warn!("publishing {topic} (own connection): {e}; retrying"),
+            }
+        }
+        // Without a connection of its own (or when it failed), the crate's
+        // publisher, which stamps the time of sending.
+        let sent = self.remote.publish(
             ttrpc::context::Context::default(),
             topic,
             &self.namespace,
             msg,
-        ) {
+        );
+        if let Err(e) = sent {
             log::warn!("publishing {topic}: {e}");
         }
+    }
+
+    /// What the crate's publisher sends, with the envelope stamped `at`.
+    fn forward(
+        &self,
+        client: &EventsClient,
+        at: SystemTime,
+        topic: &str,
+        msg: Box<dyn MessageDyn>,
+    ) -> Result<(), String> {
+        let mut envelope = Envelope::new();
+        envelope.set_topic(topic.to_owned());
+        envelope.set_namespace(self.namespace.clone());
+        envelope.timestamp = MessageField::some(timestamp(at));
+        envelope.event = MessageField::some(convert_to_any(msg).map_err(|e| e.to_string())?);
+        let mut req = ForwardRequest::new();
+        req.envelope = MessageField::some(envelope);
+        client
+            .forward(ttrpc::context::Context::default(), &req)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
