@@ -250,9 +250,8 @@ impl Function {
     pub fn invoke(&self, mut inv: Invocation) -> Result<Outcome, Error> {
         let context = std::mem::take(&mut inv.context);
         let start = self.start(&inv)?;
-        // Pinned here, once: the future is a few KiB, not worth moving.
-        let run = self.metered(&inv, start, context);
-        let run = std::pin::pin!(run);
+        // Pinned where it is made, never moved (see `metered`).
+        let run = pin!(self.metered(&inv, start, context));
         let outcome = executor::block_on(run)??;
         if matches!(outcome.status, Status::LimitExceeded(_)) {
             // A filesystem call it may have left running is not the next
