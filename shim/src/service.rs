@@ -34,6 +34,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct WasmletShim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// The serving process's socket (`-socket`), removed when it shuts down.
+    socket: String,
     /// The events queue, drained before the process exits.
     events: std::sync::OnceLock<Arc<Publisher>>,
 }
@@ -45,6 +47,7 @@ impl Shim for WasmletShim {
         WasmletShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             events: std::sync::OnceLock::new(),
         }
     }
@@ -76,6 +79,8 @@ impl Shim for WasmletShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // Also done by the Shutdown request that usually ends the wait.
+        remove_socket(&self.socket);
         // The last events (a task's exit and delete) reach containerd
         // before the process goes.
         if let Some(events) = self.events.get() {
@@ -100,6 +105,7 @@ impl Shim for WasmletShim {
         TaskService {
             tasks: Tasks::new(executor, events),
             exit: self.exit.clone(),
+            socket: self.socket.clone(),
         }
     }
 }
@@ -346,6 +352,24 @@ fn timestamp(t: SystemTime) -> Timestamp {
 pub struct TaskService {
     tasks: Tasks,
     exit: Arc<ExitSignal>,
+    /// This process's socket (see [`remove_socket`]).
+    socket: String,
+}
+
+/// Removes the serving process's socket file (`unix://PATH`), as
+/// containerd's own shims do in Shutdown, before they answer it. The crate
+/// would remove it only after the server stops, finding its path in the
+/// bundle directory's `address` file, which containerd has often deleted
+/// by then: the socket stayed in `/run/containerd/s` (an outside tester
+/// found one left for 8 of 30 tasks run at once). Listening goes on
+/// through the open socket; only the name goes.
+fn remove_socket(address: &str) {
+    if let Some(path) = address.strip_prefix("unix://")
+        && let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!("removing the shim's socket {path}: {e}");
+    }
 }
 
 /// Only the init process exists: any exec id names nothing.
@@ -533,6 +557,7 @@ impl containerd_shim::Task for TaskService {
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         // The pod's other containers may still run here.
         if self.tasks.is_empty() {
+            remove_socket(&self.socket);
             self.exit.signal();
         }
         Ok(api::Empty::new())

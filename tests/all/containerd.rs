@@ -310,6 +310,15 @@ state = "{state}"
                 }
             }
         }
+        // The shim's socket: the shim crate names it after containerd's
+        // address, the namespace and the task's id (or its pod's, which is
+        // the pod sandbox container's id).
+        let named = format!("{}/{ns}/{id}", self.socket.display());
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(named.as_bytes());
+        let shim_socket = format!("/run/containerd/s/{hash:x}");
+        if Path::new(&shim_socket).exists() {
+            left.push(format!("shim socket {shim_socket}"));
+        }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for line in mountinfo.lines().filter(|l| l.contains(id)) {
             left.push(format!("mount {line}"));
