@@ -36,6 +36,10 @@ pub struct WasmletShim {
     namespace: String,
     /// The serving process's socket (`-socket`), removed when it shuts down.
     socket: String,
+    /// containerd's address and the task's id (`-address`, `-id`): what the
+    /// socket is named after, for `delete` after a shim died.
+    containerd: String,
+    id: String,
     /// The events queue, drained before the process exits.
     events: std::sync::OnceLock<Arc<Publisher>>,
 }
@@ -48,6 +52,8 @@ impl Shim for WasmletShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             socket: args.socket.clone(),
+            containerd: args.address.clone(),
+            id: args.id.clone(),
             events: std::sync::OnceLock::new(),
         }
     }
@@ -56,10 +62,7 @@ impl Shim for WasmletShim {
         // One shim process per pod: containers with the same CRI sandbox
         // id share a socket (the spawned process finds it taken and just
         // reports its address); anything else gets its own.
-        let grouping = wasmlet_oci::bundle::Spec::load(Path::new("."))
-            .ok()
-            .and_then(|s| s.pod_sandbox_id().map(String::from))
-            .unwrap_or_else(|| opts.id.clone());
+        let grouping = grouping(&opts.id);
         let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         // Where the serving process finds its address when it shuts down.
         containerd_shim::synchronous::util::write_address(&address)?;
@@ -71,6 +74,16 @@ impl Shim for WasmletShim {
         let rootfs = std::ffi::CString::new("rootfs").expect("no NUL");
         // SAFETY: umount2(2) with a NUL-terminated path; failure is fine.
         unsafe { libc::umount2(rootfs.as_ptr(), libc::MNT_DETACH) };
+        // containerd runs this after every disconnect, also when the shim
+        // still serves other containers of the pod: its socket goes only
+        // when nothing answers on it (a killed shim's).
+        let address =
+            containerd_shim::socket_address(&self.containerd, &self.namespace, &grouping(&self.id));
+        if let Some(path) = address.strip_prefix("unix://")
+            && std::os::unix::net::UnixStream::connect(path).is_err()
+        {
+            remove_socket(&address);
+        }
         let mut resp = api::DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;
         resp.exited_at = MessageField::some(timestamp(SystemTime::now()));
@@ -108,6 +121,16 @@ impl Shim for WasmletShim {
             socket: self.socket.clone(),
         }
     }
+}
+
+/// What decides which shim process serves a container (run from its bundle
+/// directory): containers with the same CRI sandbox id share one; anything
+/// else gets its own.
+fn grouping(id: &str) -> String {
+    wasmlet_oci::bundle::Spec::load(Path::new("."))
+        .ok()
+        .and_then(|s| s.pod_sandbox_id().map(String::from))
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// Where containerd tells its shims its ttrpc address (the crate's

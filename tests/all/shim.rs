@@ -146,6 +146,66 @@ fn a_long_running_task_is_listed_killed_and_deleted() {
 }
 
 #[test]
+fn a_killed_shim_leaves_nothing_once_its_container_is_deleted() {
+    if !can_run("a_killed_shim_leaves_nothing_once_its_container_is_deleted") {
+        return;
+    }
+    let c = containerd();
+    let image = "wasmlet.test/blocker:1";
+    c.import(NS, &c_guest("blocker"), image);
+    let name = id("shimkill");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        image,
+        &name,
+        "/blocker.wasm",
+        "sleep-loop",
+    ]);
+    // A task without limits runs in the shim: its pid is the shim's.
+    let line = wait_status(&c, &name, "RUNNING");
+    let pid: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: kill(2) of the shim process this test's task runs in.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // containerd notices the dead shim and runs its `delete` (rootfs
+    // unmounted, socket removed).
+    let start = Instant::now();
+    while c
+        .ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with(&name) && l.contains("RUNNING"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The task may be gone already (containerd drops a dead shim's task).
+    let _ = c.ctr(&["task", "delete", &name]);
+    c.ctr_ok(&["container", "delete", &name]);
+    // `ctr run -d`'s own FIFOs stay when containerd has dropped the task
+    // before `ctr task delete` (runc's tasks leave the same): ctr's, not
+    // the shim's, so not checked.
+    for dir in std::fs::read_dir("/run/containerd/fifo")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.file_name().to_string_lossy().starts_with(&name) {
+                let _ = std::fs::remove_file(f.path());
+                let _ = std::fs::remove_dir(dir.path());
+            }
+        }
+    }
+    c.assert_cleaned_up(NS, &name);
+}
+
+#[test]
 fn memory_limit_is_enforced_and_reported() {
     if !can_run("memory_limit_is_enforced_and_reported") {
         return;
