@@ -40,6 +40,8 @@ pub struct Artifact {
 impl Artifact {
     /// A new, empty private temporary file.
     pub fn new() -> anyhow::Result<Artifact> {
+        // Ones a SIGKILLed wasmlet left there (no handler can remove them).
+        super::output::remove_stale_temp_files(&std::env::temp_dir());
         let file = tempfile::Builder::new()
             .prefix(super::output::TEMP_PREFIX)
             .tempfile()

@@ -360,6 +360,39 @@ fn stale_temp_files_are_removed_by_the_next_write() {
     assert!(fresh.exists() && other.exists());
 }
 
+#[test]
+fn stale_temp_artifacts_are_removed_by_the_next_compile() {
+    // A compile's artifact is written in TMPDIR; a SIGKILLed wasmlet
+    // leaves it there, and the next compile (or run that compiles) sweeps
+    // the ones older than an hour.
+    let dir = tempdir();
+    let tmp = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    let old = tmp.path().join(".wasmlet-tmp-KmbiHQ");
+    let fresh = tmp.path().join(".wasmlet-tmp-being-written");
+    for f in [&old, &fresh] {
+        std::fs::write(f, b"x").unwrap();
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(2 * 60 * 60))
+        .unwrap();
+    let r = run_cli(
+        wasmlet()
+            .env("TMPDIR", tmp.path())
+            .arg("compile")
+            .arg("--no-cache")
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("t.cwasm")),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!old.exists(), "a stale artifact is left in TMPDIR");
+    assert!(fresh.exists());
+}
+
 /// Starts `wasmlet` with `args`, waits until `ready` holds, sends `signal`
 /// and returns the exit status.
 fn signal_when(
