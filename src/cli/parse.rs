@@ -149,12 +149,16 @@ pub fn dir(s: &str) -> Result<Preopen, String> {
 }
 
 /// Refuses two `--dir` that give the guest the same path (one would
-/// silently hide the other). Paths are compared as paths: `/data/` and
-/// `/data/.` are `/data`.
+/// silently hide the other). Paths are compared as the guest's libc
+/// matches them against its preopens: `/data/`, `/data/.`, `data` and
+/// `./data` are all `/data`, and `.` is `/`.
 pub fn unique_guest_paths(dirs: &[Preopen]) -> anyhow::Result<()> {
     let mut seen: HashMap<Vec<Component<'_>>, &Preopen> = HashMap::new();
     for d in dirs {
-        let key: Vec<_> = Path::new(&d.guest).components().collect();
+        let key: Vec<_> = Path::new(&d.guest)
+            .components()
+            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+            .collect();
         if let Some(first) = seen.insert(key, d) {
             bail!(
                 "--dir: two directories for the guest path `{}` ({} and {}); give each its own",
@@ -284,6 +288,16 @@ mod tests {
         let two = [dir("/a::/data").unwrap(), dir("/b::/data/").unwrap()];
         assert!(unique_guest_paths(&two).is_err());
         unique_guest_paths(&[dir("/a").unwrap(), dir("/b").unwrap()]).unwrap();
+        // The guest's libc takes these for one path (an outside tester's
+        // `--dir d1::x --dir d2::./x` read d2's files).
+        for (a, b) in [("x", "./x"), ("/x", "x"), ("/", "."), ("/x/", "./x/.")] {
+            let two = [
+                dir(&format!("/a::{a}")).unwrap(),
+                dir(&format!("/b::{b}")).unwrap(),
+            ];
+            assert!(unique_guest_paths(&two).is_err(), "{a} and {b}");
+        }
+        unique_guest_paths(&[dir("/a::x").unwrap(), dir("/b::x/y").unwrap()]).unwrap();
     }
 
     #[test]
