@@ -45,6 +45,14 @@ pub struct Usage {
     )]
     pub cpu_time: Duration,
     /// Fuel consumed, when the runtime meters fuel.
+    ///
+    /// Exact for a guest that returns, exits, traps or runs out of fuel.
+    /// For one stopped by a time limit (wall clock or CPU time) while it
+    /// computes, it is a lower bound: it leaves out what the innermost
+    /// function burned since its last call or return. wasmtime keeps that
+    /// function's running count in a register and writes it to the store
+    /// only at calls and returns, not at the epoch check that stops it, so
+    /// a loop without calls that is stopped reports 0.
     pub fuel_consumed: Option<u64>,
     /// Largest total linear memory the instance had, in bytes.
     pub peak_memory_bytes: u64,
