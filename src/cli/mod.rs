@@ -107,6 +107,9 @@ impl CacheArgs {
         config.cache.enabled = !self.no_cache;
         config.cache.dir = self.cache_dir.clone();
         config.compile = self.compile.limits();
+        if let Some(max) = self.compile.max_module_size() {
+            config.max_module_size = max;
+        }
         config
     }
 }
@@ -121,12 +124,22 @@ pub struct CompileLimitArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse::limit_size)]
     pub compile_memory: Option<u64>,
     /// Raise or lower a cap checked before compiling, e.g. max_functions=500000
-    /// (caps: max_wasm_size, max_functions, max_function_size, max_locals, max_data_size).
+    /// (caps: max_module_size, the file read, 1GiB; max_wasm_size, max_functions,
+    /// max_function_size, max_locals, max_data_size).
     #[arg(long, value_name = "CAP=N", value_parser = parse::compile_cap)]
     pub compile_cap: Vec<(String, u64)>,
 }
 
 impl CompileLimitArgs {
+    /// `--compile-cap max_module_size=N`, the last one given.
+    pub fn max_module_size(&self) -> Option<u64> {
+        self.compile_cap
+            .iter()
+            .rev()
+            .find(|(name, _)| name == parse::MAX_MODULE_SIZE)
+            .map(|&(_, v)| v)
+    }
+
     /// The limits these flags describe (caps already checked by the parser).
     pub fn limits(&self) -> CompileLimits {
         let mut limits = CompileLimits::default();
@@ -137,6 +150,9 @@ impl CompileLimitArgs {
             limits.max_memory = m;
         }
         for (name, value) in &self.compile_cap {
+            if name == parse::MAX_MODULE_SIZE {
+                continue;
+            }
             limits
                 .set_cap(name, *value)
                 .expect("checked by parse::compile_cap");
@@ -207,7 +223,7 @@ pub fn read_module(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> 
     }
     if meta.len() > max {
         anyhow::bail!(
-            "cannot read {}: {} bytes is more than the largest module accepted ({max} bytes)",
+            "cannot read {}: {} bytes is more than the largest module accepted ({max} bytes; raise it with --compile-cap max_module_size=SIZE)",
             path.display(),
             meta.len()
         );

@@ -47,7 +47,12 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `CAP=N` for `--compile-cap`: a cap of `CompileLimits` and its value.
+/// The `--compile-cap` that bounds the module file's size (read before it is
+/// parsed: `RuntimeConfig::max_module_size`), beside `CompileLimits`' caps.
+pub const MAX_MODULE_SIZE: &str = "max_module_size";
+
+/// `CAP=N` for `--compile-cap`: a cap of `CompileLimits` (or
+/// [`MAX_MODULE_SIZE`]) and its value.
 pub fn compile_cap(s: &str) -> Result<(String, u64), String> {
     let Some((name, value)) = s.split_once('=') else {
         return Err(format!(
@@ -56,7 +61,13 @@ pub fn compile_cap(s: &str) -> Result<(String, u64), String> {
     };
     let value = wasmlet_serve::manifest::parse_size(value)
         .map_err(|e| format!("invalid --compile-cap `{s}`: {e}"))?;
-    wasmlet_runtime::CompileLimits::default().set_cap(name, value)?;
+    if name == MAX_MODULE_SIZE {
+        if value == 0 {
+            return Err(format!("invalid --compile-cap `{s}`: must be at least 1"));
+        }
+    } else {
+        wasmlet_runtime::CompileLimits::default().set_cap(name, value)?;
+    }
     Ok((name.to_string(), value))
 }
 

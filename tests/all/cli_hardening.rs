@@ -682,3 +682,26 @@ fn final_output_into_an_unread_pipe_does_not_outlive_the_timeout() {
     assert_eq!(code, 0);
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
+
+#[test]
+fn the_module_size_cap_is_a_compile_cap() {
+    // The error names `max_module_size`; the CLI sets it like the other caps.
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    let small = run_cli(
+        wasmlet()
+            .args(["compile", "--compile-cap", "max_module_size=10"])
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("t.cwasm")),
+    );
+    small.assert_one_line_error("max_module_size");
+    let raised = run_cli(
+        wasmlet()
+            .args(["compile", "--compile-cap", "max_module_size=1MiB"])
+            .arg(&m)
+            .arg("-o")
+            .arg(dir.path().join("t.cwasm")),
+    );
+    assert_eq!(raised.code, 0, "{}", raised.stderr);
+}
