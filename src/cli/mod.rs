@@ -14,6 +14,7 @@ mod snapshot;
 mod usage;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,7 +89,8 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct CacheArgs {
     /// Directory of the compilation cache [default: $XDG_CACHE_HOME/wasmlet or ~/.cache/wasmlet]
-    #[arg(long, value_name = "DIR", env = "WASMLET_CACHE_DIR")]
+    #[arg(long, value_name = "DIR", env = "WASMLET_CACHE_DIR",
+          value_parser = clap::builder::OsStringValueParser::new().try_map(parse::cache_dir))]
     pub cache_dir: Option<PathBuf>,
     /// Do not read or write the compilation cache.
     #[arg(long)]

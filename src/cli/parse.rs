@@ -71,6 +71,18 @@ pub fn compile_cap(s: &str) -> Result<(String, u64), String> {
     Ok((name.to_string(), value))
 }
 
+/// `--cache-dir` (or `WASMLET_CACHE_DIR`): a UTF-8 path, as the compile
+/// child is handed its configuration as JSON.
+pub fn cache_dir(s: std::ffi::OsString) -> Result<std::path::PathBuf, String> {
+    match s.into_string() {
+        Ok(s) => Ok(s.into()),
+        Err(s) => Err(format!(
+            "the cache directory {} is not UTF-8",
+            Path::new(&s).display()
+        )),
+    }
+}
+
 /// `--sandbox-cpus`: a number of CPUs in (0, host CPUs].
 pub fn sandbox_cpus(s: &str) -> Result<f64, String> {
     let c: f64 = s

@@ -546,6 +546,27 @@ fn non_utf8_argument_is_a_one_line_usage_error() {
 }
 
 #[test]
+fn a_non_utf8_cache_dir_is_named_in_the_error() {
+    // It used to be blamed on the module ("cannot load MODULE: path
+    // contains invalid UTF-8 characters").
+    use std::ffi::OsStr;
+    let dir = tempdir();
+    let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
+    let mut bad = dir.path().as_os_str().as_bytes().to_vec();
+    bad.extend_from_slice(b"/\xff");
+    let bad = OsStr::from_bytes(&bad);
+    for cmd in [
+        wasmlet().env("WASMLET_CACHE_DIR", bad).arg("compile"),
+        wasmlet().arg("compile").arg("--cache-dir").arg(bad),
+    ] {
+        let r = run_cli(cmd.arg(&m).arg("-o").arg(dir.path().join("t.cwasm")));
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        r.assert_one_line_error("the cache directory");
+        assert!(!r.stderr.contains("t.wat"), "{}", r.stderr);
+    }
+}
+
+#[test]
 fn env_passthrough_of_a_non_utf8_value_says_so() {
     use std::ffi::OsStr;
     let r = run_cli(
