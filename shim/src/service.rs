@@ -142,7 +142,7 @@ const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
 const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long the events thread holds a create or start event back while
-/// containerd is busy with the requests that follow it (see [`Sender::run`]).
+/// containerd is busy with the requests that follow it (see [`forward_in_order`]).
 const EVENTS_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Sends events to containerd, in order, from a thread of its own: a
