@@ -82,8 +82,8 @@ impl WasmExecutor {
 
     /// Builds the engine and its instance pool on a thread of its own, so
     /// the first task does not wait for all of it (a failure is reported
-    /// by that task's create, which tries again). Then runs one empty
-    /// invocation of [`WARM_UP_MODULE`] the way a task's guest runs, so the
+    /// by that task's create, which tries again). Then runs one
+    /// invocation of an empty WASI module the way a task's guest runs, so the
     /// first task's start does not pay for what every process does once
     /// (the task runtime's threads, the first fiber stack, WASI's set-up):
     /// about 0.1 ms of a hello task's start, measured in process.
