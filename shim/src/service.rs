@@ -92,8 +92,6 @@ impl Shim for WasmletShim {
 
     fn wait(&mut self) {
         self.exit.wait();
-        // Also done by the Shutdown request that usually ends the wait.
-        remove_socket(&self.socket);
         // The last events (a task's exit and delete) reach containerd
         // before the process goes.
         if let Some(events) = self.events.get() {

@@ -323,17 +323,29 @@ state = "{state}"
         for line in mountinfo.lines().filter(|l| l.contains(id)) {
             left.push(format!("mount {line}"));
         }
-        if let Ok(dirs) = std::fs::read_dir("/run/containerd/fifo") {
-            for d in dirs.flatten() {
-                for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-                    if f.file_name().to_string_lossy().starts_with(id) {
-                        left.push(format!("fifo {}", f.path().display()));
-                    }
-                }
-            }
+        for f in ctr_fifos(id) {
+            left.push(format!("fifo {}", f.display()));
         }
         left
     }
+}
+
+/// The FIFOs `ctr` made for container `id`'s stdio (under
+/// `/run/containerd/fifo/<random>/`).
+pub fn ctr_fifos(id: &str) -> Vec<PathBuf> {
+    let mut fifos = Vec::new();
+    for d in std::fs::read_dir("/run/containerd/fifo")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with(id) {
+                fifos.push(f.path());
+            }
+        }
+    }
+    fifos
 }
 
 /// Pids of wasmlet shims started by the daemon at `socket`.

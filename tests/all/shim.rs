@@ -102,6 +102,24 @@ fn wait_status(c: &crate::containerd::Containerd, id: &str, status: &str) -> Str
     }
 }
 
+/// Starts the blocker guest's endless sleep as task `name` (detached) and
+/// waits until it runs: its pid and its `ctr task ls` line.
+fn run_sleeper(c: &crate::containerd::Containerd, image: &str, name: &str) -> (u32, String) {
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        image,
+        name,
+        "/blocker.wasm",
+        "sleep-loop",
+    ]);
+    let line = wait_status(c, name, "RUNNING");
+    let pid = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (pid, line)
+}
+
 #[test]
 fn a_long_running_task_is_listed_killed_and_deleted() {
     if !can_run("a_long_running_task_is_listed_killed_and_deleted") {
@@ -112,19 +130,8 @@ fn a_long_running_task_is_listed_killed_and_deleted() {
     c.import(NS, &c_guest("blocker"), image);
     for (signal, status) in [("SIGTERM", 143), ("SIGKILL", 137)] {
         let name = id("sleeper");
-        c.ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            image,
-            &name,
-            "/blocker.wasm",
-            "sleep-loop",
-        ]);
-        let line = wait_status(&c, &name, "RUNNING");
+        let (pid, line) = run_sleeper(&c, image, &name);
         // The pid column is a real pid.
-        let pid: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(
             std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "{line}"
@@ -154,21 +161,10 @@ fn a_killed_shim_leaves_nothing_once_its_container_is_deleted() {
     let image = "wasmlet.test/blocker:1";
     c.import(NS, &c_guest("blocker"), image);
     let name = id("shimkill");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        image,
-        &name,
-        "/blocker.wasm",
-        "sleep-loop",
-    ]);
     // A task without limits runs in the shim: its pid is the shim's.
-    let line = wait_status(&c, &name, "RUNNING");
-    let pid: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (pid, _) = run_sleeper(&c, image, &name);
     // SAFETY: kill(2) of the shim process this test's task runs in.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     // containerd notices the dead shim and runs its `delete` (rootfs
     // unmounted, socket removed).
     let start = Instant::now();
@@ -186,21 +182,9 @@ fn a_killed_shim_leaves_nothing_once_its_container_is_deleted() {
     // `ctr run -d`'s own FIFOs stay when containerd has dropped the task
     // before `ctr task delete` (runc's tasks leave the same): ctr's, not
     // the shim's, so not checked.
-    for dir in std::fs::read_dir("/run/containerd/fifo")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for f in std::fs::read_dir(dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if f.file_name().to_string_lossy().starts_with(&name) {
-                let _ = std::fs::remove_file(f.path());
-                let _ = std::fs::remove_dir(dir.path());
-            }
-        }
+    for f in crate::containerd::ctr_fifos(&name) {
+        let _ = std::fs::remove_file(&f);
+        let _ = std::fs::remove_dir(f.parent().unwrap());
     }
     c.assert_cleaned_up(NS, &name);
 }
