@@ -75,6 +75,22 @@ pub struct Process {
     /// The OOM score asked for.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// The user it runs as (`ctr run --user`, the image's `USER`,
+    /// Kubernetes' `runAsUser`).
+    #[serde(default)]
+    pub user: Option<User>,
+}
+
+/// `process.user`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    /// User id.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group id.
+    #[serde(default)]
+    pub gid: u32,
 }
 
 /// `root`.

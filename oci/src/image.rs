@@ -52,6 +52,10 @@ pub struct ImageSpec {
     /// processor `wasmlet oci wasm-layer` to unpack it, and the module is
     /// `/`[`WASM_LAYER_FILE`] whatever its file name.
     pub wasm_layer: bool,
+    /// The user the task runs as, numeric `UID:GID` (the config's `User`,
+    /// Dockerfile's `USER`): containerd puts it in the runtime spec, and
+    /// the shim runs a sandboxed task's worker as that host user.
+    pub user: Option<String>,
 }
 
 /// The digests of what was written.
@@ -124,6 +128,7 @@ pub fn write_image(spec: &ImageSpec, out: &Path) -> Result<Written, Error> {
             "Entrypoint": [format!("/{entry_name}")],
             "WorkingDir": "/",
             "Labels": labels,
+            "User": spec.user.clone().unwrap_or_default(),
         },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
@@ -278,6 +283,7 @@ mod tests {
             module: b"\0asm\x01\0\0\0".to_vec(),
             annotations: [("wasmlet.io/snapshot".to_string(), "true".to_string())].into(),
             wasm_layer,
+            user: None,
         };
         let written = write_image(&spec, &out).unwrap();
         let files = read_tar(&out);
@@ -381,6 +387,7 @@ mod tests {
             module: vec![],
             annotations: BTreeMap::new(),
             wasm_layer: false,
+            user: None,
         };
         assert!(write_image(&spec, &dir.path().join("a.tar")).is_err());
         spec.name = "ok".into();

@@ -208,6 +208,17 @@ impl SandboxConfig {
                 "cgroup_path must be a relative path of plain names (like `default/c1`), not {path:?}"
             ));
         }
+        // Root in the worker's user namespace is this host id: 0 would be
+        // the host's root (with every capability the supervisor has), and
+        // -1 means "unchanged" to setresuid.
+        for (name, id) in [("uid", self.uid), ("gid", self.gid)] {
+            if id == 0 || id == u32::MAX {
+                return bad(format!(
+                    "{name} must be an unprivileged host id (not 0 or {}), not {id}",
+                    u32::MAX
+                ));
+            }
+        }
         if self.max_call.is_zero() {
             return bad("max_call must be more than 0".into());
         }
@@ -328,5 +339,14 @@ mod tests {
             }),
             None
         );
+        for (uid, gid) in [(0, 1000), (1000, 0), (u32::MAX, 1000), (1000, u32::MAX)] {
+            let e = check(SandboxConfig {
+                uid,
+                gid,
+                ..Default::default()
+            })
+            .unwrap_or_else(|| panic!("uid {uid} gid {gid} accepted"));
+            assert!(e.contains("unprivileged host id"), "{e}");
+        }
     }
 }

@@ -420,7 +420,11 @@ fn load_function(
     let metrics = metrics.function(&spec.name);
     let sandbox = match (&spec.sandbox, &handler) {
         (Some(sb), Handler::Wagi(code)) => {
-            let config = SandboxConfig::for_invocations(&dirs, sb.memory, sb.cpus, sb.pids);
+            let config = SandboxConfig {
+                uid: sb.uid,
+                gid: sb.gid,
+                ..SandboxConfig::for_invocations(&dirs, sb.memory, sb.cpus, sb.pids)
+            };
             config.validate().map_err(|e| e.to_string())?;
             let spec = PoolSpec {
                 function: spec.name.clone(),

@@ -322,6 +322,12 @@ pub struct SandboxSettings {
     /// stopped.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// Host uid the workers run as (default `nobody`, 65534). Give each
+    /// tenant its own, so one tenant's workers cannot read another's
+    /// files where their grants meet.
+    pub uid: u32,
+    /// Host gid the workers run as (default `nogroup`, 65534).
+    pub gid: u32,
 }
 
 impl Default for SandboxSettings {
@@ -332,6 +338,8 @@ impl Default for SandboxSettings {
             pids: None,
             warm: DEFAULT_SANDBOX_WARM,
             idle_timeout: DEFAULT_SANDBOX_IDLE_TIMEOUT,
+            uid: wasmlet_sandbox::DEFAULT_SANDBOX_ID,
+            gid: wasmlet_sandbox::DEFAULT_SANDBOX_ID,
         }
     }
 }

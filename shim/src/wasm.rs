@@ -240,9 +240,9 @@ impl Executor for WasmExecutor {
             resources
         );
         if resources.has_limits() {
-            // The worker runs as `nobody`: it must be able to pass through
-            // the bundle directory to the rootfs (containerd makes it 0700;
-            // its parents are 0711).
+            // The worker runs as the container's user (root as `nobody`):
+            // it must be able to pass through the bundle directory to the
+            // rootfs (containerd makes it 0700; its parents are 0711).
             use std::os::unix::fs::PermissionsExt;
             if let Err(e) =
                 std::fs::set_permissions(&req.bundle, std::fs::Permissions::from_mode(0o711))
@@ -251,6 +251,11 @@ impl Executor for WasmExecutor {
             }
             let cgroup_path = spec.cgroup_path()?;
             let oom_score_adj = spec.process.as_ref().and_then(|p| p.oom_score_adj);
+            let user = spec
+                .process
+                .as_ref()
+                .and_then(|p| p.user)
+                .unwrap_or_default();
             let sandboxed = SandboxTask::create(
                 &runtime,
                 &function,
@@ -259,6 +264,7 @@ impl Executor for WasmExecutor {
                 &resources,
                 cgroup_path,
                 oom_score_adj,
+                worker_ids(user.uid, user.gid),
                 stdio,
                 mounted,
                 self.v2_host,
@@ -638,6 +644,22 @@ fn exit_of(result: std::result::Result<Outcome, String>, stdio: &Stdio) -> Exit 
     }
 }
 
+/// The host ids a container's sandbox worker runs as: the OCI process's
+/// user (`ctr run --user`, the image's `USER`, Kubernetes' `runAsUser`),
+/// so containers of different users cannot reach each other's files where
+/// their mounts meet; root (and the ids setresuid reads as "unchanged") as
+/// `nobody`/`nogroup`, as the worker never holds host privileges.
+fn worker_ids(uid: u32, gid: u32) -> (u32, u32) {
+    let unprivileged = |id: u32| {
+        if id == 0 || id == u32::MAX {
+            wasmlet_sandbox::DEFAULT_SANDBOX_ID
+        } else {
+            id
+        }
+    };
+    (unprivileged(uid), unprivileged(gid))
+}
+
 fn shim_pid() -> u32 {
     std::process::id()
 }
@@ -768,6 +790,7 @@ impl SandboxTask {
         resources: &Resources,
         cgroup_path: Option<String>,
         oom_score_adj: Option<i32>,
+        (uid, gid): (u32, u32),
         stdio: Stdio,
         mounted: Option<Mounted>,
         v2_host: bool,
@@ -794,6 +817,8 @@ impl SandboxTask {
             ),
             cgroup_path,
             dirs: inv.dirs.iter().map(DirGrant::from).collect(),
+            uid,
+            gid,
             ..SandboxConfig::default()
         };
         let mut worker = WorkerCommand::current_exe()?;

@@ -35,6 +35,19 @@ pub struct BuildArgs {
     /// stream processor to unpack it.
     #[arg(long)]
     wasm_layer: bool,
+    /// The user its tasks run as, numeric UID:GID (the image's `User`, as
+    /// Dockerfile's USER): a sandboxed task's worker runs as that host user.
+    #[arg(long, value_name = "UID:GID", value_parser = user)]
+    user: Option<String>,
+}
+
+fn user(s: &str) -> Result<String, String> {
+    match s.split_once(':') {
+        Some((u, g)) if u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok() => Ok(s.into()),
+        _ => Err(format!(
+            "expected numeric UID:GID, e.g. 1000:1000, not {s:?}"
+        )),
+    }
 }
 
 fn annotation(s: &str) -> Result<(String, String), String> {
@@ -70,6 +83,7 @@ pub fn oci(cmd: OciCommand) -> anyhow::Result<()> {
         module,
         annotations,
         wasm_layer: args.wasm_layer,
+        user: args.user,
     };
     let written = wasmlet_oci::image::write_image(&spec, &args.output)?;
     println(&format!("{} {}", spec.name, written.manifest))?;

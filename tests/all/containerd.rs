@@ -233,6 +233,7 @@ state = "{state}"
                 module: std::fs::read(&exe).unwrap(),
                 annotations: Default::default(),
                 wasm_layer: false,
+                user: None,
             };
             wasmlet_oci::image::write_image(&spec, tar).unwrap();
         });

@@ -466,3 +466,50 @@ fn serve_sandbox_workers_count_against_the_memory_budget() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains(": ok"), "{}", r.stdout);
 }
+
+#[test]
+fn serve_sandbox_functions_of_different_uids_cannot_read_each_others_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let mode =
+        |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(dir.path(), 0o711);
+    // A directory granted to both functions, with a corner private to 4242.
+    let shared = dir.path().join("shared");
+    let private = shared.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::write(private.join("secret"), "4242's\n").unwrap();
+    mode(&shared, 0o755);
+    mode(&private, 0o700);
+    std::os::unix::fs::chown(&private, Some(4242), Some(4242)).unwrap();
+    std::os::unix::fs::chown(private.join("secret"), Some(4242), Some(4242)).unwrap();
+    let dirs = "dirs = [\"shared::/shared\"]";
+    let other = format!(
+        "[[function]]\nname = \"other\"\nmodule = \"{}\"\n{dirs}\n[function.sandbox]\nuid = 4343\ngid = 4343\n[[function.trigger]]\ntype = \"http\"\nroute = \"/other/...\"",
+        c_guest("wagi").display()
+    );
+    let m = manifest(dir.path(), "", "uid = 4242\ngid = 4242", &other);
+    let text =
+        std::fs::read_to_string(&m)
+            .unwrap()
+            .replacen("env = {", &format!("{dirs}\nenv = {{"), 1);
+    std::fs::write(&m, text).unwrap();
+    let server = Serve::start(&m);
+    wait_ready(&server);
+    assert_eq!(
+        server.get("/sb/cat?/shared/private/secret").text(),
+        "4242's\n"
+    );
+    let r = server.get("/other/cat?/shared/private/secret");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(!r.text().contains("4242's"), "{r:?}");
+    assert_eq!(metric(&server, "wasmlet_sandbox_worker_deaths_total"), 0);
+    drop(server);
+    // Root is never a worker's id.
+    for (field, value) in [("uid", "0"), ("gid", "0")] {
+        let m = manifest(dir.path(), "", &format!("{field} = {value}"), "");
+        let r = run_cli(wasmlet().arg("serve").arg(&m).arg("--check"));
+        r.assert_one_line_error("function `sb`");
+        assert!(r.stderr.contains("unprivileged host id"), "{}", r.stderr);
+    }
+}

@@ -456,3 +456,89 @@ fn the_wasm_layer_processor_writes_a_deterministic_tar_and_refuses_other_input()
     };
     run.assert_one_line_error("not a WebAssembly binary");
 }
+
+#[test]
+fn a_sandboxed_task_runs_as_its_containers_user_and_cannot_read_anothers_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !can_run("a_sandboxed_task_runs_as_its_containers_user_and_cannot_read_anothers_files") {
+        return;
+    }
+    let c = containerd();
+    // The image's `User` (`wasmlet oci build --user`) is the task's user:
+    // Debian's ctr 1.6 has no `--user`.
+    let image = |user: Option<&str>| {
+        let name = format!(
+            "wasmlet.test/fileops-{}:1",
+            user.unwrap_or("root").replace(':', "-")
+        );
+        let args: Vec<&str> = user.map(|u| vec!["--user", u]).unwrap_or_default();
+        c.import_with(NS, &c_guest("fileops"), &name, &args);
+        name
+    };
+    // One directory mounted into every task: user 4242's private corner
+    // (0700), and a corner anyone may write.
+    let dir = crate::helpers::tempdir();
+    let mode = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(dir.path(), 0o755);
+    let private = dir.path().join("private");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::create_dir(&open).unwrap();
+    std::fs::write(private.join("secret"), "4242's\n").unwrap();
+    mode(&private, 0o700);
+    mode(&open, 0o777);
+    std::os::unix::fs::chown(&private, Some(4242), Some(4242)).unwrap();
+    std::os::unix::fs::chown(private.join("secret"), Some(4242), Some(4242)).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        dir.path().display()
+    );
+    // A memory limit: the guest runs in a jailed worker, not in the shim.
+    let run = |user: Option<&str>, args: &[&str]| {
+        let name = id("user");
+        let mem = (64u64 << 20).to_string();
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, "--memory-limit", &mem];
+        a.extend_from_slice(&["--mount", &mount]);
+        let image = image(user);
+        a.extend_from_slice(&[&image, &name, "/fileops.wasm"]);
+        a.extend_from_slice(args);
+        let out = c.ctr(&a);
+        c.assert_cleaned_up(NS, &name);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(Some("4242:4242"), &["read", "/data/private/secret"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "4242's\n"),
+        "{err}\n{}",
+        c.log()
+    );
+    // Another user, and root (which runs as nobody), are refused.
+    for user in [Some("4343:4343"), None] {
+        let (code, out, err) = run(user, &["read", "/data/private/secret"]);
+        assert_eq!(code, Some(2), "{user:?}: {out}{err}");
+        assert!(
+            out.starts_with("error: /data/private/secret"),
+            "{user:?}: {out}"
+        );
+        assert!(!out.contains("4242's"), "{user:?}: {out}");
+    }
+    // What a task writes is its user's on the host.
+    for (user, file, owner) in [
+        (Some("4343:4344"), "a", (4343, 4344)),
+        (None, "b", (65534, 65534)),
+    ] {
+        let path = format!("/data/open/{file}");
+        let (code, out, err) = run(user, &["write", &path, "x"]);
+        assert_eq!(code, Some(0), "{user:?}: {out}{err}");
+        let meta = std::fs::metadata(open.join(file)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), owner, "{user:?}");
+    }
+}
