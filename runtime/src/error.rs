@@ -173,6 +173,14 @@ pub enum LimitExceeded {
     /// Fuel.
     #[error("fuel limit of {0} exceeded")]
     Fuel(u64),
+    /// An invocation without a timeout of its own ran past its sandbox's
+    /// longest call (`SandboxConfig::max_call`): the supervisor killed
+    /// its worker.
+    #[error(
+        "sandbox call deadline of {} exceeded (the invocation had no timeout; the sandbox's max_call)",
+        humantime::format_duration(*.0)
+    )]
+    SandboxMaxCall(Duration),
     /// The sandbox's memory cgroup: the kernel killed its worker.
     #[error("sandbox memory limit of {} exceeded", Bytes(*.0))]
     SandboxMemory(u64),

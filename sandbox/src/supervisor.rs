@@ -344,7 +344,8 @@ impl Sandbox {
     /// [`crate::WORKER_THREADS`]). The call has a deadline: the
     /// invocation's timeout plus [`SandboxConfig::deadline_grace`], else
     /// [`SandboxConfig::max_call`]; a worker that misses it is killed and
-    /// the invocation ends with [`LimitExceeded::Timeout`]. If the worker
+    /// the invocation ends with [`LimitExceeded::Timeout`] (or
+    /// [`LimitExceeded::SandboxMaxCall`] without a timeout). If the worker
     /// dies, the invocation fails with the cause (billed what it used) and
     /// a fresh worker takes over.
     pub fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
@@ -391,9 +392,10 @@ impl Sandbox {
                 }
                 Err(CallError::Died(d)) => d,
                 Err(CallError::Deadline(mut d)) => {
-                    d.status = Status::LimitExceeded(LimitExceeded::Timeout(
-                        timeout.unwrap_or(self.config.max_call),
-                    ));
+                    d.status = Status::LimitExceeded(match timeout {
+                        Some(t) => LimitExceeded::Timeout(t),
+                        None => LimitExceeded::SandboxMaxCall(self.config.max_call),
+                    });
                     d
                 }
             };

@@ -833,9 +833,9 @@ fn status_failure(status: &Status) -> Handled {
             Cause::Trap,
             &format!("guest trapped: {msg}"),
         ),
-        Status::LimitExceeded(l @ LimitExceeded::Timeout(_)) => {
-            failure(StatusCode::GATEWAY_TIMEOUT, Cause::Timeout, &l.to_string())
-        }
+        Status::LimitExceeded(
+            l @ (LimitExceeded::Timeout(_) | LimitExceeded::SandboxMaxCall(_)),
+        ) => failure(StatusCode::GATEWAY_TIMEOUT, Cause::Timeout, &l.to_string()),
         Status::LimitExceeded(l) => failure(
             StatusCode::INTERNAL_SERVER_ERROR,
             Cause::Limit,

@@ -456,9 +456,18 @@ fn a_call_past_its_deadline_kills_and_replaces_the_worker() {
         .unwrap();
     let took = start.elapsed();
     assert!(
-        matches!(o.status, Status::LimitExceeded(LimitExceeded::Timeout(t)) if t == Duration::from_millis(500)),
+        matches!(o.status, Status::LimitExceeded(LimitExceeded::SandboxMaxCall(t)) if t == Duration::from_millis(500)),
         "{:?}",
         o.status
+    );
+    // The message names the deadline that stopped it, not a timeout that
+    // was never set.
+    let Status::LimitExceeded(l) = &o.status else {
+        unreachable!()
+    };
+    assert_eq!(
+        l.to_string(),
+        "sandbox call deadline of 500ms exceeded (the invocation had no timeout; the sandbox's max_call)"
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(
