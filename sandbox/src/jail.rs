@@ -342,6 +342,24 @@ fn build_root(grants: &[Grant]) -> Result<(), String> {
             "bind the granted directory",
         )?;
         restrict_tree(&target, !g.writable)?;
+        // A grant that holds the host's kernel interfaces (granting `/`
+        // brings its /proc, /sys, cgroupfs...) gets them covered by an
+        // empty read-only file system: they show the host's processes and
+        // settings, which the jail's own namespaces do not hide. (Locked
+        // into the grant by the user namespace, they cannot be unmounted;
+        // the worker can never mount or unmount to uncover them.)
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+        for point in kernel_mounts_under(&target, &mountinfo) {
+            mount(
+                Some("tmpfs"),
+                &point,
+                Some("tmpfs"),
+                locked | libc::MS_RDONLY,
+                Some("size=4k,nr_inodes=1,mode=0555"),
+                "cover a kernel interface inside the granted directory",
+            )?;
+        }
     }
     drop(sources);
     mount(
@@ -368,6 +386,81 @@ fn build_root(grants: &[Grant]) -> Result<(), String> {
     }
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     Ok(())
+}
+
+/// File systems that are the kernel's interfaces rather than data: never
+/// shown inside a jail, even when a grant holds a mount of one.
+const KERNEL_FILE_SYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "pstore",
+    "efivarfs",
+    "binfmt_misc",
+    "mqueue",
+    "devpts",
+    "devtmpfs",
+    "hugetlbfs",
+    "autofs",
+    "rpc_pipefs",
+    "nsfs",
+];
+
+/// The mount points strictly under `target` (in `mountinfo`'s format) of
+/// [`KERNEL_FILE_SYSTEMS`], outermost first, leaving out those under
+/// another one listed (covering the outer one hides them).
+fn kernel_mounts_under(target: &str, mountinfo: &str) -> Vec<String> {
+    let prefix = format!("{}/", target.trim_end_matches('/'));
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let point = unescape_mountinfo(head.split(' ').nth(4)?);
+            let fstype = tail.split(' ').next()?;
+            (point.starts_with(&prefix) && KERNEL_FILE_SYSTEMS.contains(&fstype)).then_some(point)
+        })
+        .collect();
+    points.sort_by_key(|p| p.matches('/').count());
+    let mut outer: Vec<String> = Vec::new();
+    for p in points {
+        if !outer
+            .iter()
+            .any(|o| p == *o || p.starts_with(&format!("{o}/")))
+        {
+            outer.push(p);
+        }
+    }
+    outer
+}
+
+/// mountinfo's octal escapes (`\040` for a space, and tab, newline, `\`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Makes a bind mount and every mount beneath it nosuid, nodev and noexec,
@@ -498,4 +591,29 @@ pub(crate) fn drop_capabilities() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_mounts_under_a_grant_outermost_first() {
+        let info = "\
+22 1 8:1 / /tmp rw - ext4 /dev/sda1 rw
+23 22 0:5 / /tmp/proc rw - proc proc rw
+24 23 0:6 / /tmp/proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw
+25 22 0:7 / /tmp/sys rw - sysfs sysfs rw
+26 25 0:8 / /tmp/sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+27 22 8:2 / /tmp/data rw - ext4 /dev/sda2 rw
+28 22 0:9 / /tmp/my\\040dir/proc rw - proc proc rw
+29 1 0:5 / /proc rw - proc proc rw
+30 22 0:10 / /tmpfoo/proc rw - proc proc rw
+";
+        assert_eq!(
+            kernel_mounts_under("/tmp", info),
+            ["/tmp/proc", "/tmp/sys", "/tmp/my dir/proc"]
+        );
+        assert!(kernel_mounts_under("/tmp/data", info).is_empty());
+    }
 }

@@ -773,3 +773,58 @@ fn workers_map_the_supervisors_artifact() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(sb.invoke(export("initialized", None)).unwrap().success());
 }
+
+#[test]
+fn a_grant_of_the_host_root_shows_none_of_its_kernel_interfaces() {
+    let run = |sandbox: bool, args: &[&str]| {
+        let mut cmd = wasmlet();
+        cmd.arg("run");
+        if sandbox {
+            cmd.arg("--sandbox");
+        }
+        run_cli(
+            cmd.args(["--dir", "/::/"])
+                .arg(c_guest("fileops"))
+                .args(args),
+        )
+    };
+    // In process (no jail), the grant holds the host's /proc as it is...
+    let r = run(false, &["list", "/proc"]);
+    assert!(
+        r.stdout.lines().any(|l| l == "1"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    // ...in a sandbox, its kernel interfaces are empty and read-only.
+    for dir in ["/proc", "/sys", "/sys/fs/cgroup", "/dev/pts"] {
+        let r = run(true, &["count", dir]);
+        if r.code == 2 {
+            continue; // not there at all
+        }
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (0, "2\n"),
+            "{dir}: {}",
+            r.stderr
+        );
+    }
+    for file in [
+        "/proc/1/cmdline",
+        "/proc/self/status",
+        "/sys/kernel/osrelease",
+    ] {
+        let r = run(true, &["read", file]);
+        assert_eq!(r.code, 2, "{file}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.starts_with(&format!("error: {file}")),
+            "{}",
+            r.stdout
+        );
+    }
+    let r = run(true, &["write", "/proc/x", "y"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    // The rest of the grant is still there.
+    let r = run(true, &["read", "/etc/hostname"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
