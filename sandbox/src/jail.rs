@@ -294,7 +294,20 @@ fn build_root(grants: &[Grant]) -> Result<(), String> {
                 ));
             }
             // SAFETY: `fd` was just opened and nothing else owns it.
-            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // SAFETY: statfs is plain integers; all-zero is a valid value.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: fstatfs(2) on an open fd, writing a local struct.
+            let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
+            if rc == 0
+                && let Some(name) = kernel_magic_name(st.f_type as i64)
+            {
+                return Err(format!(
+                    "granted directory {} is the host kernel's {name} file system, which a sandbox never shows: grant a directory of data",
+                    g.host.display()
+                ));
+            }
+            Ok(fd)
         })
         .collect::<Result<_, String>>()?;
     let mount = |src: Option<&str>,
@@ -351,6 +364,11 @@ fn build_root(grants: &[Grant]) -> Result<(), String> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
         for point in kernel_mounts_under(&target, &mountinfo) {
+            // A mount on a file (nsfs handles under /run/netns): nothing to
+            // list, and the worker can never setns (seccomp).
+            if !Path::new(&point).is_dir() {
+                continue;
+            }
             mount(
                 Some("tmpfs"),
                 &point,
@@ -413,31 +431,74 @@ const KERNEL_FILE_SYSTEMS: &[&str] = &[
     "nsfs",
 ];
 
-/// The mount points strictly under `target` (in `mountinfo`'s format) of
-/// [`KERNEL_FILE_SYSTEMS`], outermost first, leaving out those under
-/// another one listed (covering the outer one hides them).
+/// The kernel file systems a grant itself may not be, by `statfs` magic.
+fn kernel_magic_name(magic: i64) -> Option<&'static str> {
+    Some(match magic {
+        0x9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        0x0027_e0eb => "cgroup",
+        0x6367_7270 => "cgroup2",
+        0x6462_6720 => "debugfs",
+        0x7472_6163 => "tracefs",
+        0x7363_6673 => "securityfs",
+        0xcafe_4a11 => "bpf",
+        0x6265_6570 => "configfs",
+        0x6573_5543 => "fusectl",
+        0x6165_676c => "pstore",
+        0xde5e_81e4 => "efivarfs",
+        0x4249_4e4d => "binfmt_misc",
+        0x1980_0202 => "mqueue",
+        0x1cd1 => "devpts",
+        0x6e73_6673 => "nsfs",
+        _ => return None,
+    })
+}
+
+/// The mount points (in `mountinfo`'s format) of [`KERNEL_FILE_SYSTEMS`]
+/// in the tree of the mount most recently made at `target`: found by
+/// parent mount id, so mounts hidden under other paths are never matched;
+/// outermost only (covering one hides what is inside it).
 fn kernel_mounts_under(target: &str, mountinfo: &str) -> Vec<String> {
-    let prefix = format!("{}/", target.trim_end_matches('/'));
-    let mut points: Vec<String> = mountinfo
+    struct Entry {
+        id: u64,
+        parent: u64,
+        point: String,
+        kernel: bool,
+    }
+    let entries: Vec<Entry> = mountinfo
         .lines()
         .filter_map(|line| {
             let (head, tail) = line.split_once(" - ")?;
-            let point = unescape_mountinfo(head.split(' ').nth(4)?);
+            let mut f = head.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let parent = f.next()?.parse().ok()?;
+            let point = unescape_mountinfo(f.nth(2)?);
             let fstype = tail.split(' ').next()?;
-            (point.starts_with(&prefix) && KERNEL_FILE_SYSTEMS.contains(&fstype)).then_some(point)
+            Some(Entry {
+                id,
+                parent,
+                point,
+                kernel: KERNEL_FILE_SYSTEMS.contains(&fstype),
+            })
         })
         .collect();
-    points.sort_by_key(|p| p.matches('/').count());
-    let mut outer: Vec<String> = Vec::new();
-    for p in points {
-        if !outer
-            .iter()
-            .any(|o| p == *o || p.starts_with(&format!("{o}/")))
-        {
-            outer.push(p);
+    let Some(root) = entries.iter().rev().find(|e| e.point == target) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut walk = vec![root.id];
+    while let Some(id) = walk.pop() {
+        for child in entries.iter().filter(|e| e.parent == id && e.id != id) {
+            if child.kernel {
+                out.push(child.point.clone());
+            } else {
+                walk.push(child.id);
+            }
         }
     }
-    outer
+    out.sort_by_key(|p| p.matches('/').count());
+    out.dedup();
+    out
 }
 
 /// mountinfo's octal escapes (`\040` for a space, and tab, newline, `\`).
@@ -598,22 +659,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_mounts_under_a_grant_outermost_first() {
+    fn kernel_mounts_in_a_grants_tree_outermost_first() {
+        // 40 is the grant bound at /tmp; 22 a host mount hidden under the
+        // jail's staging tmpfs (41), with a proc of its own beneath.
         let info = "\
-22 1 8:1 / /tmp rw - ext4 /dev/sda1 rw
-23 22 0:5 / /tmp/proc rw - proc proc rw
-24 23 0:6 / /tmp/proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw
-25 22 0:7 / /tmp/sys rw - sysfs sysfs rw
-26 25 0:8 / /tmp/sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-27 22 8:2 / /tmp/data rw - ext4 /dev/sda2 rw
-28 22 0:9 / /tmp/my\\040dir/proc rw - proc proc rw
-29 1 0:5 / /proc rw - proc proc rw
-30 22 0:10 / /tmpfoo/proc rw - proc proc rw
+1 0 8:1 / / rw - ext4 /dev/sda1 rw
+22 1 8:1 / /tmp/x rw - ext4 /dev/sda1 rw
+23 22 0:5 / /tmp/x/p rw - proc proc rw
+41 1 0:30 / /tmp rw - tmpfs tmpfs rw
+40 41 8:1 / /tmp rw - ext4 /dev/sda1 rw
+42 40 0:5 / /tmp/proc rw - proc proc rw
+43 42 0:6 / /tmp/proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw
+44 40 0:7 / /tmp/sys rw - sysfs sysfs rw
+45 44 0:8 / /tmp/sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+46 40 8:2 / /tmp/data rw - ext4 /dev/sda2 rw
+47 46 0:9 / /tmp/data/my\\040dir/proc rw - proc proc rw
 ";
         assert_eq!(
             kernel_mounts_under("/tmp", info),
-            ["/tmp/proc", "/tmp/sys", "/tmp/my dir/proc"]
+            ["/tmp/proc", "/tmp/sys", "/tmp/data/my dir/proc"]
         );
-        assert!(kernel_mounts_under("/tmp/data", info).is_empty());
+        assert_eq!(
+            kernel_mounts_under("/tmp/data", info),
+            ["/tmp/data/my dir/proc"]
+        );
+        assert!(kernel_mounts_under("/tmp/none", info).is_empty());
     }
 }

@@ -644,6 +644,11 @@ fn exit_of(result: std::result::Result<Outcome, String>, stdio: &Stdio) -> Exit 
     }
 }
 
+/// The sandbox's deadline for a task's one call: none in practice (100
+/// years; a container runs until it ends or is killed), where `serve`'s
+/// and `run`'s sandboxes stop a call without a timeout after 5 minutes.
+const TASK_MAX_CALL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The host ids a container's sandbox worker runs as: the OCI process's
 /// user (`ctr run --user`, the image's `USER`, Kubernetes' `runAsUser`),
 /// so containers of different users cannot reach each other's files where
@@ -819,6 +824,8 @@ impl SandboxTask {
             dirs: inv.dirs.iter().map(DirGrant::from).collect(),
             uid,
             gid,
+            // A task runs until it ends or is killed, as in the shim itself.
+            max_call: TASK_MAX_CALL,
             ..SandboxConfig::default()
         };
         let mut worker = WorkerCommand::current_exe()?;

@@ -828,3 +828,84 @@ fn a_grant_of_the_host_root_shows_none_of_its_kernel_interfaces() {
     let r = run(true, &["read", "/etc/hostname"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn kernel_file_systems_granted_or_mounted_in_grants_stay_hidden_and_others_do_not_matter() {
+    let fileops = c_guest("fileops");
+    let run = |dir: &str, args: &[&str]| {
+        run_cli(
+            wasmlet()
+                .args(["run", "--sandbox", "--dir", dir])
+                .arg(&fileops)
+                .args(args),
+        )
+    };
+    // A grant that is itself a kernel interface is refused, by what it is
+    // (a symlink to /proc is /proc).
+    let link = tempdir();
+    std::os::unix::fs::symlink("/proc", link.path().join("p")).unwrap();
+    let via_link = format!("{}::/k", link.path().join("p").display());
+    for dir in [
+        "/proc::/k",
+        "/proc/sys::/k",
+        "/sys::/k",
+        "/sys/fs/cgroup/memory::/k",
+        &via_link,
+    ] {
+        let r = run(dir, &["list", "/k"]);
+        assert_eq!(r.code, 1, "{dir}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("which a sandbox never shows"),
+            "{dir}: {}",
+            r.stderr
+        );
+        assert!(!r.stdout.lines().any(|l| l == "1"), "{dir}: {}", r.stdout);
+    }
+    let mount = |args: &[&str]| {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount {args:?}");
+    };
+    let umount = |p: &std::path::Path| {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(p)
+            .status();
+    };
+    // Inside a grant: a proc mount (covered) and a namespace handle mounted
+    // on a file (as `ip netns` makes; left alone, the jail still starts).
+    let d = tempdir();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(data.join("proc")).unwrap();
+    std::fs::write(data.join("netns"), "").unwrap();
+    mount(&["--bind", "/proc", data.join("proc").to_str().unwrap()]);
+    mount(&[
+        "--bind",
+        "/proc/self/ns/net",
+        data.join("netns").to_str().unwrap(),
+    ]);
+    // A host mount at the path the jail's staging would give another grant:
+    // not in that grant, so not its business.
+    let name = format!("wlt-{}", std::process::id());
+    let hidden = std::path::Path::new("/tmp").join(&name);
+    std::fs::create_dir_all(hidden.join("p")).unwrap();
+    mount(&["--bind", "/proc", hidden.join("p").to_str().unwrap()]);
+    let r1 = run(
+        &format!("{}::/data", data.display()),
+        &["count", "/data/proc"],
+    );
+    let r2 = run(
+        &format!("{}::/{name}", d.path().display()),
+        &["list", &format!("/{name}")],
+    );
+    umount(&data.join("proc"));
+    umount(&data.join("netns"));
+    umount(&hidden.join("p"));
+    let _ = std::fs::remove_dir_all(&hidden);
+    assert_eq!((r1.code, r1.stdout.as_str()), (0, "2\n"), "{}", r1.stderr);
+    assert_eq!(r2.code, 0, "{}{}", r2.stdout, r2.stderr);
+    assert!(r2.stdout.lines().any(|l| l == "data"), "{}", r2.stdout);
+}
