@@ -36,16 +36,27 @@ pub struct BuildArgs {
     #[arg(long)]
     wasm_layer: bool,
     /// The user its tasks run as, numeric UID:GID (the image's `User`, as
-    /// Dockerfile's USER): a sandboxed task's worker runs as that host user.
+    /// Dockerfile's USER): a sandboxed task's worker runs as that host user
+    /// (root's as nobody).
     #[arg(long, value_name = "UID:GID", value_parser = user)]
     user: Option<String>,
 }
 
+/// `UID:GID`, written back in canonical form (`+1000:01000` is `1000:1000`).
+/// Root (0) is allowed, as in a Dockerfile: the shim runs root's tasks as
+/// `nobody`, never as the host's root.
 fn user(s: &str) -> Result<String, String> {
-    match s.split_once(':') {
-        Some((u, g)) if u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok() => Ok(s.into()),
+    let id = |x: &str| {
+        x.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| x.parse::<u32>().ok())
+            .flatten()
+            .filter(|&n| n != u32::MAX)
+    };
+    match s.split_once(':').map(|(u, g)| (id(u), id(g))) {
+        Some((Some(u), Some(g))) => Ok(format!("{u}:{g}")),
         _ => Err(format!(
-            "expected numeric UID:GID, e.g. 1000:1000, not {s:?}"
+            "expected numeric UID:GID below 4294967295, e.g. 1000:1000, not {s:?}"
         )),
     }
 }
@@ -114,4 +125,25 @@ fn wasm_layer() -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .context("writing the layer tar to stdout")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn user_is_numeric_and_canonical() {
+        assert_eq!(super::user("01000:+1000").ok(), None);
+        assert_eq!(super::user("01000:1000").unwrap(), "1000:1000");
+        assert_eq!(super::user("0:0").unwrap(), "0:0");
+        for bad in [
+            "1000",
+            "1000:",
+            ":1",
+            "a:b",
+            "4294967295:1",
+            "1:2:3",
+            "-1:-1",
+        ] {
+            assert!(super::user(bad).is_err(), "{bad}");
+        }
+    }
 }
