@@ -36,6 +36,16 @@ route = "/sb/..."
     p
 }
 
+/// Gives the manifest's `sb` function the `dirs = [...]` line `dirs`.
+fn grant_sb(manifest: &Path, dirs: &str) {
+    let text = std::fs::read_to_string(manifest).unwrap().replacen(
+        "env = {",
+        &format!("{dirs}\nenv = {{"),
+        1,
+    );
+    std::fs::write(manifest, text).unwrap();
+}
+
 /// `wasmlet serve` on [`manifest`]'s manifest, once `/readyz` says its
 /// warm workers are up.
 fn serve_ready(dir: &Path, limits: &str, sandbox: &str) -> Serve {
@@ -269,11 +279,7 @@ fn serve_sandbox_jail_refuses_what_in_process_allows() {
         c_guest("wagi").display()
     );
     let m = manifest(dir.path(), "", "", &plain);
-    let text =
-        std::fs::read_to_string(&m)
-            .unwrap()
-            .replacen("env = {", &format!("{dirs}\nenv = {{"), 1);
-    std::fs::write(&m, text).unwrap();
+    grant_sb(&m, dirs);
     let server = Serve::start(&m);
     wait_ready(&server);
     assert_eq!(
@@ -489,11 +495,7 @@ fn serve_sandbox_functions_of_different_uids_cannot_read_each_others_files() {
         c_guest("wagi").display()
     );
     let m = manifest(dir.path(), "", "uid = 4242\ngid = 4242", &other);
-    let text =
-        std::fs::read_to_string(&m)
-            .unwrap()
-            .replacen("env = {", &format!("{dirs}\nenv = {{"), 1);
-    std::fs::write(&m, text).unwrap();
+    grant_sb(&m, dirs);
     let server = Serve::start(&m);
     wait_ready(&server);
     assert_eq!(
