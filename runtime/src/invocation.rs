@@ -155,24 +155,51 @@ impl Outcome {
         }
     }
 
-    /// The status and usage as one JSON object, for logs and billing.
-    pub fn usage_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.usage).expect("usage serializes");
-        let (status, detail) = match &self.status {
-            Status::Exited(code) => ("exited", serde_json::json!(code)),
-            Status::Returned(_) => ("returned", serde_json::Value::Null),
-            Status::Trapped(m) => ("trapped", serde_json::json!(m)),
-            Status::LimitExceeded(l) => ("limit_exceeded", serde_json::json!(l.to_string())),
-            Status::SandboxFailed(m) => ("sandbox_failed", serde_json::json!(m)),
+    /// The status and usage as one flat record, for logs and billing.
+    pub fn usage_record(&self) -> UsageRecord {
+        let (status, exit_code, error) = match &self.status {
+            Status::Exited(code) => ("exited", Some(*code), None),
+            Status::Returned(_) => ("returned", None, None),
+            Status::Trapped(m) => ("trapped", None, Some(m.clone())),
+            Status::LimitExceeded(l) => ("limit_exceeded", None, Some(l.to_string())),
+            Status::SandboxFailed(m) => ("sandbox_failed", None, Some(m.clone())),
         };
-        v["status"] = status.into();
-        match &self.status {
-            Status::Exited(_) => v["exit_code"] = detail,
-            Status::Trapped(_) | Status::LimitExceeded(_) | Status::SandboxFailed(_) => {
-                v["error"] = detail
-            }
-            Status::Returned(_) => {}
+        UsageRecord {
+            usage: self.usage.clone(),
+            status,
+            exit_code,
+            error,
         }
-        v
+    }
+
+    /// The status and usage as one JSON object ([`Outcome::usage_record`]).
+    pub fn usage_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.usage_record()).expect("usage serializes")
+    }
+}
+
+/// An invocation's usage and how it ended, as one flat record: the fields
+/// of [`Usage`], then `status` (`exited`, `returned`, `trapped`,
+/// `limit_exceeded`, `sandbox_failed`) with `exit_code` or `error`. The
+/// usage line of `wasmlet serve` and `wasmlet run --usage` print it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UsageRecord {
+    /// What the invocation used.
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// How it ended.
+    pub status: &'static str,
+    /// The exit code, for `exited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The trap, limit or sandbox failure, for those.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl UsageRecord {
+    /// Whether the guest succeeded: it returned, or exited with code 0.
+    pub fn success(&self) -> bool {
+        self.status == "returned" || (self.status == "exited" && self.exit_code == Some(0))
     }
 }

@@ -20,7 +20,7 @@ use crate::handler::Handler;
 use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
-use crate::usage_log::{LineHead, UsageLog};
+use crate::usage_log::{LineHead, LineOutcome, UsageLog};
 use crate::wagi::{CgiRequest, parse_output};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -40,7 +40,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use wasmlet_runtime::{
-    Entry, Input, Invocation, LimitExceeded, Output, Runtime, RuntimeBuilder, RuntimeConfig, Status,
+    Entry, Input, Invocation, LimitExceeded, Output, Runtime, RuntimeBuilder, RuntimeConfig,
+    Status, UsageRecord,
 };
 
 /// A response body: streamed, boxed, the runtime's
@@ -127,8 +128,46 @@ pub(crate) struct Handled {
     pub response: Response<Body>,
     /// Why it is an error response, if it is one.
     pub cause: Option<Cause>,
-    /// The usage record, as JSON, when an instance ran.
-    pub usage: Option<serde_json::Value>,
+    /// The usage record, when an instance ran.
+    pub usage: Option<UsageRecord>,
+    /// For a response still streaming: the final record, when the guest
+    /// ends (then the line is written).
+    pub final_usage: Option<FinalUsage>,
+}
+
+/// The final usage record of an invocation whose response was still
+/// streaming when it was sent (`None` if the guest's task went away).
+pub(crate) type FinalUsage =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<UsageRecord>> + Send>>;
+
+/// Usage lines waiting for a streaming invocation to end: the server's
+/// last flush of the log waits for them.
+#[derive(Default)]
+struct PendingLines {
+    count: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl PendingLines {
+    fn start(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none_left.notify_waiters();
+        }
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Loads and checks the manifest and every function (compiling them), as
@@ -161,6 +200,8 @@ pub(crate) struct Shared {
     local: SocketAddr,
     /// The usage log every trigger appends to.
     pub(crate) usage: UsageLog,
+    /// Lines of streaming responses, written when their guests end.
+    pending_lines: PendingLines,
 }
 
 impl Server {
@@ -219,6 +260,7 @@ impl Server {
                 ids: RequestIds::new(),
                 local,
                 usage,
+                pending_lines: PendingLines::default(),
             }),
             listener,
             admin,
@@ -302,7 +344,7 @@ impl Server {
                                 let id = usage.ids.generate();
                                 let mut line = http_line(None, &id, chrono::Utc::now())
                                     .rejected("header_too_large");
-                                line["http_status"] = 431.into();
+                                line.http_status = Some(431);
                                 usage.usage.record(line).await;
                             }
                         }
@@ -341,6 +383,12 @@ impl Server {
         tokio::task::spawn_blocking(move || app.shutdown_sandboxes())
             .await
             .ok();
+        if tokio::time::timeout(settings.drain_timeout, shared.pending_lines.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("usage lines of streaming responses still pending at exit");
+        }
         if !shared.usage.flush(settings.drain_timeout).await {
             tracing::error!(
                 "the usage log {} could not be synced before exiting",
@@ -570,6 +618,7 @@ fn failure(status: StatusCode, cause: Cause, detail: &str) -> Handled {
         response,
         cause: Some(cause),
         usage: None,
+        final_usage: None,
     }
 }
 
@@ -633,7 +682,7 @@ async fn handle(
         None => {
             shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
             let mut line = http_line(None, &id, start_time).rejected("no_route");
-            line["http_status"] = 404.into();
+            line.http_status = Some(404);
             shared.usage.record(line).await;
             text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
         }
@@ -645,19 +694,36 @@ async fn handle(
             if let Some(cause) = handled.cause {
                 func.metrics.error(cause);
             }
-            let mut head = http_line(Some(func), &id, start_time);
+            let head = http_line(Some(func), &id, start_time);
             let mut line = match handled.usage {
                 Some(usage) => head.ran(usage),
-                None => {
-                    head.memory_limit_bytes = None;
-                    head.rejected(handled.cause.map_or("none", Cause::label))
-                }
+                None => head.rejected(handled.cause.map_or("none", Cause::label)),
             };
-            line["http_status"] = status.as_u16().into();
-            if shared.opts.usage {
-                tracing::info!(target: "wasmlet::usage", "usage {line}");
+            line.http_status = Some(status.as_u16());
+            match handled.final_usage {
+                None => {
+                    if shared.opts.usage {
+                        tracing::info!(target: "wasmlet::usage", "usage {line}");
+                    }
+                    shared.usage.record(line).await;
+                }
+                Some(last) => {
+                    // The guest is still writing the body: its line, with
+                    // its final figures, is written when it ends.
+                    let shared = shared.clone();
+                    shared.pending_lines.start();
+                    tokio::spawn(async move {
+                        if let (Some(record), LineOutcome::Ran(_)) = (last.await, &line.outcome) {
+                            line.outcome = LineOutcome::Ran(record);
+                        }
+                        if shared.opts.usage {
+                            tracing::info!(target: "wasmlet::usage", "usage {line}");
+                        }
+                        shared.usage.record(line).await;
+                        shared.pending_lines.done();
+                    });
+                }
             }
-            shared.usage.record(line).await;
             handled.response
         }
     };
@@ -774,7 +840,7 @@ async fn call(
         outcome.stderr.as_deref().unwrap_or_default(),
         settings.max_log_per_invocation as usize,
     );
-    let usage = Some(outcome.usage_json());
+    let usage = Some(outcome.usage_record());
     let mut handled = match &outcome.status {
         Status::Trapped(_) | Status::LimitExceeded(_) | Status::SandboxFailed(_) => {
             status_failure(&outcome.status)
@@ -807,6 +873,7 @@ async fn call(
                             response: r,
                             cause: None,
                             usage: None,
+                            final_usage: None,
                         }
                     }
                     Err(why) if code != 0 => failure(
@@ -954,31 +1021,27 @@ async fn call_http(
         Err(wasmlet_runtime::Error::LimitExceeded(l)) => Status::LimitExceeded(*l),
         Err(_) => Status::Exited(1),
     };
-    let usage = shared.opts.usage.then(|| {
+    let status = status_of(&out.response);
+    let record = |usage: wasmlet_runtime::Usage, status: Status| {
         wasmlet_runtime::Outcome {
-            status: status_of(&out.response),
-            usage: out.usage.clone(),
+            status,
+            usage,
             stdout: None,
             stderr: None,
         }
-        .usage_json()
-    });
-    if let Some(rx) = out.final_usage {
+        .usage_record()
+    };
+    let final_usage = out.final_usage.map(|rx| {
         // Still streaming: the guest's stderr and final usage come later.
-        let (name, id, log_usage) = (func.spec.name.clone(), id.to_string(), shared.opts.usage);
-        tokio::spawn(async move {
-            if let Ok((usage, stderr)) = rx.await {
-                log_stderr(&name, &id, stderr.as_deref().unwrap_or_default(), max_log);
-                if log_usage {
-                    let mut v = serde_json::to_value(&usage).unwrap_or_default();
-                    v["function"] = name.into();
-                    v["request_id"] = id.into();
-                    v["final"] = true.into();
-                    tracing::info!(target: "wasmlet::usage", "usage {v}");
-                }
-            }
-        });
-    }
+        let (name, id) = (func.spec.name.clone(), id.to_string());
+        let status = status.clone();
+        Box::pin(async move {
+            let (usage, stderr) = rx.await.ok()?;
+            log_stderr(&name, &id, stderr.as_deref().unwrap_or_default(), max_log);
+            Some(record(usage, status))
+        }) as FinalUsage
+    });
+    let usage = Some(record(out.usage, status));
     let mut handled = match (fault.get(), out.response) {
         (Some(BodyFault::TooLarge), _) => body_too_large(settings.max_body_size),
         (Some(BodyFault::Timeout), _) => body_timeout(settings.body_timeout),
@@ -986,6 +1049,7 @@ async fn call_http(
             response,
             cause: None,
             usage: None,
+            final_usage: None,
         },
         (None, Err(e)) => match crate::http::error_status(e) {
             Ok(status) => status_failure(&status),
@@ -995,6 +1059,7 @@ async fn call_http(
     };
     log_failure(func, id, &handled);
     handled.usage = usage;
+    handled.final_usage = final_usage;
     handled
 }
 

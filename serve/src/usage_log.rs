@@ -29,6 +29,7 @@
 //! to start (two writers would interleave rotations and cut each other's
 //! lines when a write fails).
 
+use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use wasmlet_runtime::UsageRecord;
 
 /// The log's file name when the manifest and flags name none (beside the
 /// manifest).
@@ -71,10 +73,8 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// One line: its JSON and what the counters take from it.
-struct Line {
-    json: Value,
-}
+/// One line, typed: serialized once, by the writer.
+type Line = UsageLine;
 
 /// The log: cheap to clone, shared by every trigger.
 #[derive(Clone)]
@@ -145,9 +145,9 @@ impl UsageLog {
         &self.path
     }
 
-    /// Queues `line` (one JSON object); waits while the queue is full.
-    pub async fn record(&self, line: Value) {
-        let msg = Msg::Line(Box::new(Line { json: line }));
+    /// Queues `line`; waits while the queue is full.
+    pub async fn record(&self, line: UsageLine) {
+        let msg = Msg::Line(Box::new(line));
         if self.tx.send(msg).await.is_err() {
             tracing::error!(target: "wasmlet::usage", "usage log writer is gone; a line is lost");
         }
@@ -308,8 +308,7 @@ impl Writer {
             let encoded: Vec<Vec<u8>> = batch
                 .iter()
                 .map(|l| {
-                    // A Value always serializes.
-                    let mut b = serde_json::to_vec(&l.json).unwrap_or_default();
+                    let mut b = l.to_json();
                     b.push(b'\n');
                     b
                 })
@@ -412,20 +411,25 @@ impl Writer {
         }
         s.lines += batch.len() as u64;
         for l in batch {
-            let j = &l.json;
-            let f = j["function"].as_str().unwrap_or("-").to_string();
-            let t = s.totals.entry(f).or_default();
-            if j["status"] == "rejected" {
-                t.rejected += 1;
-                continue;
-            }
+            let f = l.function.as_deref().unwrap_or("-");
+            let t = match s.totals.get_mut(f) {
+                Some(t) => t,
+                None => s.totals.entry(f.to_string()).or_default(),
+            };
+            let r = match &l.outcome {
+                LineOutcome::Rejected(_) => {
+                    t.rejected += 1;
+                    continue;
+                }
+                LineOutcome::Ran(r) => r,
+            };
             t.invocations += 1;
-            if !is_success(j) {
+            if !r.success() {
                 t.errors += 1;
             }
-            t.gb_seconds += j["gb_seconds"].as_f64().unwrap_or(0.0);
-            t.cpu_ns += j["cpu_time_ns"].as_u64().unwrap_or(0);
-            t.wall_ns += j["wall_time_ns"].as_u64().unwrap_or(0);
+            t.gb_seconds += r.usage.gb_seconds;
+            t.cpu_ns += nanos(r.usage.cpu_time);
+            t.wall_ns += nanos(r.usage.wall_time);
         }
     }
 }
@@ -437,8 +441,12 @@ fn take(m: Msg, batch: &mut Vec<Line>, waiters: &mut Vec<oneshot::Sender<()>>) {
     }
 }
 
-/// Whether a line records a successful invocation: it ran and ended with
-/// exit code 0 (or returned).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whether a line (read back from the log) records a successful
+/// invocation: it ran and ended with exit code 0 (or returned).
 pub fn is_success(line: &Value) -> bool {
     match line["status"].as_str() {
         Some("returned") => true,
@@ -489,48 +497,148 @@ pub struct LineHead<'a> {
 
 impl LineHead<'_> {
     /// The line of an invocation that ran: the head, then the fields of
-    /// `usage` (an `Outcome::usage_json`), with the same names as
-    /// `wasmlet run --usage` prints.
-    pub fn ran(&self, usage: Value) -> Value {
-        let mut line = self.head("ran");
-        if let (Value::Object(l), Value::Object(u)) = (&mut line, usage) {
-            l.remove("status");
-            l.extend(u);
-        }
-        line
+    /// its usage record, with the same names as `wasmlet run --usage`
+    /// prints.
+    pub fn ran(&self, record: UsageRecord) -> UsageLine {
+        self.line(LineOutcome::Ran(record))
     }
 
     /// The line of a request refused before it ran: `status = "rejected"`,
     /// no resource figures.
-    pub fn rejected(&self, reason: &str) -> Value {
-        let mut line = self.head("rejected");
-        line["reason"] = reason.into();
+    pub fn rejected(&self, reason: &'static str) -> UsageLine {
+        let mut line = self.line(LineOutcome::Rejected(Rejected {
+            status: "rejected",
+            reason,
+        }));
+        line.memory_limit_bytes = None;
         line
     }
 
-    fn head(&self, status: &str) -> Value {
-        let mut line = serde_json::json!({
-            "function": self.function,
-            "trigger": self.trigger,
-            "id": self.id,
-            "start_time": self
-                .start_time
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "status": status,
-        });
-        if let Some(m) = self.memory_limit_bytes {
-            line["memory_limit_bytes"] = m.into();
+    fn line(&self, outcome: LineOutcome) -> UsageLine {
+        UsageLine {
+            function: self.function.map(str::to_string),
+            trigger: self.trigger.to_string(),
+            id: self.id.to_string(),
+            start_time: self.start_time,
+            memory_limit_bytes: self.memory_limit_bytes,
+            outcome,
+            http_status: None,
+            fields: serde_json::Map::new(),
         }
-        line
     }
+}
+
+/// One line of the usage log, in the order its fields are written:
+/// `function` (null for a request no function took), `trigger`, `id`,
+/// `start_time` (RFC 3339, microseconds, UTC), `memory_limit_bytes` (for an
+/// invocation that ran), then the usage record's fields (or `status =
+/// "rejected"` and `reason`), `http_status` for an HTTP request, and the
+/// trigger's own fields (`file`, `scheduled_time`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageLine {
+    /// The function, `None` for a request no function took (404).
+    pub function: Option<String>,
+    /// The trigger's name.
+    pub trigger: String,
+    /// The request or event id.
+    pub id: String,
+    /// When the request arrived or the event was taken.
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    /// The function's configured memory limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// What it used and how it ended, or why it did not run.
+    #[serde(flatten)]
+    pub outcome: LineOutcome,
+    /// The HTTP status answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The trigger's own fields.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, Value>,
+}
+
+/// What a usage line records: an invocation that ran, or a refusal.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum LineOutcome {
+    /// It ran: its usage and how it ended.
+    Ran(UsageRecord),
+    /// It was refused before it ran.
+    Rejected(Rejected),
+}
+
+/// Why a request or event did not run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    /// Always `rejected`.
+    status: &'static str,
+    /// The cause (`no_route`, `queue_full`, `setup`, ...).
+    pub reason: &'static str,
+}
+
+impl UsageLine {
+    /// Whether it records an invocation that ran and succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(&self.outcome, LineOutcome::Ran(r) if r.success())
+    }
+
+    /// The line as one JSON object, without its newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(384);
+        // Strings, numbers and maps of JSON values: nothing here fails to
+        // serialize.
+        let _ = serde_json::to_writer(&mut b, self);
+        b
+    }
+}
+
+impl std::fmt::Display for UsageLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.to_json()))
+    }
+}
+
+fn rfc3339_micros<S: serde::Serializer>(
+    t: &chrono::DateTime<chrono::Utc>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn line(f: &str, gb: f64) -> Value {
-        serde_json::json!({"function": f, "status": "exited", "exit_code": 0, "gb_seconds": gb, "cpu_time_ns": 5, "wall_time_ns": 7})
+    fn head(function: Option<&str>) -> LineHead<'_> {
+        LineHead {
+            function,
+            trigger: "http",
+            id: "x1",
+            start_time: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            memory_limit_bytes: Some(1 << 20),
+        }
+    }
+
+    fn exited(code: i32, gb: f64) -> UsageRecord {
+        let mut usage = wasmlet_runtime::Usage::new(
+            Duration::from_nanos(7),
+            Duration::from_nanos(5),
+            Some(9),
+            1 << 20,
+        );
+        usage.gb_seconds = gb;
+        UsageRecord {
+            usage,
+            status: "exited",
+            exit_code: Some(code),
+            error: None,
+        }
+    }
+
+    fn line(f: &str, gb: f64) -> UsageLine {
+        head(Some(f)).ran(exited(0, gb))
     }
 
     #[test]
@@ -546,8 +654,7 @@ mod tests {
             for i in 0..20 {
                 log.record(line("a", i as f64)).await;
             }
-            log.record(serde_json::json!({"function": null, "status": "rejected"}))
-                .await;
+            log.record(head(None).rejected("no_route")).await;
             assert!(log.flush(Duration::from_secs(10)).await);
             let text = log.render();
             assert!(text.contains("wasmlet_usage_invocations_total{function=\"a\"} 20\n"));
@@ -570,23 +677,35 @@ mod tests {
     }
 
     #[test]
-    fn head_fields_and_success() {
-        let h = LineHead {
-            function: Some("f"),
-            trigger: "http",
-            id: "x1",
-            start_time: chrono::DateTime::from_timestamp(0, 0).unwrap(),
-            memory_limit_bytes: Some(1 << 20),
-        };
-        let r = h.rejected("queue_full");
-        assert_eq!(r["status"], "rejected");
-        assert_eq!(r["start_time"], "1970-01-01T00:00:00.000000Z");
-        assert!(r.get("gb_seconds").is_none());
-        let ran = h.ran(serde_json::json!({"status": "exited", "exit_code": 0, "gb_seconds": 1.0}));
-        assert_eq!(ran["id"], "x1");
-        assert!(is_success(&ran));
+    fn lines_are_written_in_order_and_read_back_alike() {
+        let mut ran = head(Some("f")).ran(exited(0, 1.5));
+        ran.http_status = Some(200);
+        assert_eq!(
+            String::from_utf8(ran.to_json()).unwrap(),
+            r#"{"function":"f","trigger":"http","id":"x1","start_time":"1970-01-01T00:00:00.000000Z","memory_limit_bytes":1048576,"wall_time_ns":7,"cpu_time_ns":5,"fuel_consumed":9,"peak_memory_bytes":1048576,"gb_seconds":1.5,"status":"exited","exit_code":0,"http_status":200}"#
+        );
+        assert!(ran.is_success());
+        assert!(is_success(&serde_json::from_slice(&ran.to_json()).unwrap()));
+        let failed = head(Some("f")).ran(exited(3, 0.0));
+        assert!(!failed.is_success());
         assert!(!is_success(
-            &h.ran(serde_json::json!({"status": "exited", "exit_code": 3}))
+            &serde_json::from_slice(&failed.to_json()).unwrap()
         ));
+        let mut rejected = head(None).rejected("no_route");
+        rejected.fields.insert("file".into(), "a.txt".into());
+        assert_eq!(
+            rejected.to_string(),
+            r#"{"function":null,"trigger":"http","id":"x1","start_time":"1970-01-01T00:00:00.000000Z","status":"rejected","reason":"no_route","file":"a.txt"}"#
+        );
+        assert!(!rejected.is_success());
+        let trapped = head(Some("f")).ran(UsageRecord {
+            status: "trapped",
+            exit_code: None,
+            error: Some("unreachable".into()),
+            ..exited(0, 0.0)
+        });
+        let v: Value = serde_json::from_slice(&trapped.to_json()).unwrap();
+        assert_eq!(v["error"], "unreachable");
+        assert!(v.get("exit_code").is_none());
     }
 }

@@ -988,6 +988,8 @@ fn serve_http_component_end_to_end() {
     assert_eq!(r.header("x-guest"), Some("wasmlet"));
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("x-request-id").map(str::len), Some(16), "{r:?}");
+    let id = |r: &Resp| r.header("x-request-id").unwrap().to_string();
+    let hello_id = id(&r);
     // A body the guest finished writing goes out whole, with its length.
     assert_eq!(r.header("content-length"), Some("21"), "{r:?}");
     assert_eq!(r.header("transfer-encoding"), None, "{r:?}");
@@ -1008,17 +1010,21 @@ fn serve_http_component_end_to_end() {
     assert_eq!(r.status, 201);
     assert_eq!(r.text(), format!("POST {}", "b".repeat(0x4000)));
     // A streamed (4 MiB) response body arrives whole.
-    assert_eq!(server.get("/big").body.len(), 4 << 20);
+    let r = server.get("/big");
+    assert_eq!(r.body.len(), 4 << 20);
+    let big_id = id(&r);
     // Trap 500, CPU limit 500, wall-clock timeout 504, no response 502.
     let r = server.get("/trap");
     assert_eq!(r.status, 500, "{r:?}");
     assert!(cause(&r).contains("trap"), "{r:?}");
+    let trap_id = id(&r);
     let r = server.get("/loop");
     assert_eq!(r.status, 500, "{r:?}");
     assert!(cause(&r).contains("CPU time limit of 300ms"), "{r:?}");
     let r = server.get("/sleep");
     assert_eq!(r.status, 504, "{r:?}");
     assert!(cause(&r).contains("timeout"), "{r:?}");
+    let sleep_id = id(&r);
     let r = server.get("/none");
     assert_eq!(r.status, 502, "{r:?}");
     assert!(cause(&r).contains("without setting a response"), "{r:?}");
@@ -1091,6 +1097,58 @@ fn serve_http_component_end_to_end() {
     assert!(
         m.contains("wasmlet_instances_in_flight{function=\"web\"} 0\n"),
         "{m}"
+    );
+    // Every invocation of the component is in the usage log with what it
+    // used and how it ended; a streamed body's line is written when its
+    // guest ends. (16 requests; refused before an instance started: the
+    // declared oversized body, 413, and the oversized head, 431.)
+    let lines = crate::usage::wait_lines(&dir.path().join("wasmlet-usage.jsonl"), 16);
+    assert_eq!(lines.len(), 16, "{lines:?}");
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("no usage line for {id}: {lines:?}"))
+    };
+    for (id, status, http) in [
+        (&hello_id, "exited", 200),
+        (&big_id, "exited", 200),
+        (&trap_id, "trapped", 500),
+        (&sleep_id, "limit_exceeded", 504),
+    ] {
+        let l = by_id(id);
+        assert_eq!(l["function"], "web", "{l}");
+        assert_eq!(l["status"], status, "{l}");
+        assert_eq!(l["http_status"], http, "{l}");
+        assert_eq!(l["memory_limit_bytes"], 16 << 20, "{l}");
+        assert!(l["wall_time_ns"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["cpu_time_ns"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["peak_memory_bytes"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["gb_seconds"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    assert_eq!(by_id(&hello_id)["exit_code"], 0);
+    assert!(
+        by_id(&trap_id)["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable")
+    );
+    assert!(by_id(&sleep_id)["wall_time_ns"].as_u64().unwrap() >= 3_000_000_000);
+    let mut rejected: Vec<_> = lines
+        .iter()
+        .filter(|l| l["status"] == "rejected")
+        .map(|l| {
+            (
+                l["reason"].as_str().unwrap(),
+                l["http_status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [("body_too_large", 413), ("header_too_large", 431)],
+        "{lines:?}"
     );
 }
 

@@ -17,7 +17,7 @@ pub(crate) mod schedule;
 use crate::handler::Handler;
 use crate::manifest::EventTrigger;
 use crate::server::{Shared, log_stderr};
-use crate::usage_log::{LineHead, is_success};
+use crate::usage_log::LineHead;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,9 +155,7 @@ pub(crate) async fn invoke(ctx: &Ctx, event: Event) -> Result<(), String> {
         Err(e) => {
             let why = format!("invocation failed: {e}");
             let mut line = head.rejected("setup");
-            if let Some(l) = line.as_object_mut() {
-                l.extend(event.fields);
-            }
+            line.fields = event.fields;
             ctx.shared.usage.record(line).await;
             return Err(why);
         }
@@ -169,11 +167,9 @@ pub(crate) async fn invoke(ctx: &Ctx, event: Event) -> Result<(), String> {
     for line in String::from_utf8_lossy(&stdout[..stdout.len().min(max_log)]).lines() {
         tracing::info!(function = %func.spec.name, trigger = %ctx.trigger, id = %id, "stdout: {line}");
     }
-    let mut line = head.ran(outcome.usage_json());
-    if let Some(l) = line.as_object_mut() {
-        l.extend(event.fields);
-    }
-    let ok = is_success(&line);
+    let mut line = head.ran(outcome.usage_record());
+    line.fields = event.fields;
+    let ok = line.is_success();
     ctx.shared.usage.record(line).await;
     if ok {
         return Ok(());
