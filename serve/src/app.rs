@@ -299,6 +299,48 @@ fn sandbox_workers(spec: &FunctionSpec) -> u32 {
     spec.limits.max_concurrency.div_ceil(threads).max(warm)
 }
 
+/// Why the sandbox's `uid`/`gid` cannot use the granted directory `host`
+/// as granted (list it, and for a writable grant create files in it), by
+/// its owner, group and mode bits; `None` if they can. A warning, not an
+/// error: ACLs and a writable subdirectory under a read-only top can make
+/// a grant work that the bits alone refuse.
+fn grant_access(host: &Path, writable: bool, uid: u32, gid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(host).ok()?;
+    let mode = md.mode();
+    let (bits, whose) = if md.uid() == uid {
+        (mode >> 6, "owner")
+    } else if md.gid() == gid {
+        (mode >> 3, "group")
+    } else {
+        (mode, "others")
+    };
+    let (need, verb) = if writable {
+        (0o3, "write (create files in)")
+    } else {
+        (0o5, "list")
+    };
+    (bits & need != need).then(|| {
+        format!(
+            "dirs: {} is granted {} but the sandbox's uid {uid} / gid {gid} cannot {verb} it (owner {}, group {}, mode {:03o}: {whose} have {}); the guest will be refused there",
+            host.display(),
+            if writable { "writable" } else { "read-only" },
+            md.uid(),
+            md.gid(),
+            mode & 0o777,
+            match bits & 7 {
+                0 => "no access".to_string(),
+                b => ["r", "w", "x"]
+                    .iter()
+                    .zip([4, 2, 1])
+                    .filter(|(_, bit)| b & bit != 0)
+                    .map(|(n, _)| *n)
+                    .collect::<String>(),
+            }
+        )
+    })
+}
+
 fn human(b: u64) -> String {
     wasmlet_runtime::error::Bytes(b).to_string()
 }
@@ -366,6 +408,11 @@ fn load_function(
             .map_err(|e| format!("dirs: {}: {e}", d.host.display()))?;
         if !host.is_dir() {
             return Err(format!("dirs: {} is not a directory", host.display()));
+        }
+        if let Some(sb) = &spec.sandbox
+            && let Some(why) = grant_access(&host, d.writable, sb.uid, sb.gid)
+        {
+            tracing::warn!(function = %spec.name, "{why}");
         }
         dirs.push(Preopen {
             host,

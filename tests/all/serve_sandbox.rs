@@ -515,3 +515,40 @@ fn serve_sandbox_functions_of_different_uids_cannot_read_each_others_files() {
         assert!(r.stderr.contains("unprivileged host id"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn serve_check_warns_of_a_grant_the_sandbox_uid_cannot_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mode = |m| std::fs::set_permissions(&data, std::fs::Permissions::from_mode(m)).unwrap();
+    let check = |grant: &str| {
+        let m = manifest(dir.path(), "", "uid = 4242\ngid = 4242", "");
+        grant_sb(&m, &format!("dirs = [\"{grant}data::/data\"]"));
+        let r = run_cli(wasmlet().arg("serve").arg(&m).arg("--check"));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stderr
+    };
+    // Root's 0755 directory, granted writable to uid 4242: it could not
+    // create a file there, and `--check` says so.
+    mode(0o755);
+    let err = check("rw:");
+    assert!(
+        err.contains("is granted writable but the sandbox's uid 4242 / gid 4242 cannot write"),
+        "{err}"
+    );
+    assert!(err.contains("mode 755: others have rx"), "{err}");
+    // Read-only, it can be listed: no warning.
+    assert!(!check("").contains("cannot"), "{}", check(""));
+    // The uid's own directory, writable: no warning.
+    std::os::unix::fs::chown(&data, Some(4242), Some(4242)).unwrap();
+    assert!(!check("rw:").contains("cannot"), "{}", check("rw:"));
+    // Another uid's private directory: not even listed.
+    std::os::unix::fs::chown(&data, Some(4343), Some(4343)).unwrap();
+    mode(0o700);
+    let err = check("");
+    assert!(err.contains("is granted read-only but"), "{err}");
+    assert!(err.contains("cannot list it"), "{err}");
+    assert!(err.contains("others have no access"), "{err}");
+}
