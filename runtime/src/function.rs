@@ -98,6 +98,11 @@ pub(crate) struct Finished<W: 'static = WasiP1Ctx> {
 }
 
 impl<W: 'static> Finished<W> {
+    /// How the guest ended (its store still alive).
+    pub(crate) fn status(&self) -> &Status {
+        &self.status
+    }
+
     /// The outcome, with the usage record (also for an invocation stopped
     /// by a limit).
     pub(crate) fn outcome(self, wall_start: Instant, cpu_time: std::time::Duration) -> Outcome {

@@ -9,7 +9,7 @@
 //!  read the body while the guest runs  ◀── body frames ──
 //!  guest done: exact usage, body = what was read
 //!  or HTTP_BODY_BUFFER read first: the guest moves to a task of its
-//!     own, the rest streams, usage so far, `final_usage` when it ends
+//!     own, the rest streams, usage so far, `final_outcome` when it ends
 //! ```
 //!
 //! The guest's future is polled by the caller's task, beside the response
@@ -20,7 +20,7 @@
 //! [`HTTP_BODY_BUFFER`] bytes is streamed: the guest's future is moved to a
 //! task of its own (a body is a stream the guest may still be writing),
 //! its usage so far is in `usage`, and the final record arrives on
-//! `final_usage` when it ends. Either way the time limits hold: past the
+//! `final_outcome` when it ends. Either way the time limits hold: past the
 //! timeout the guest is stopped and its body ends with an error.
 
 use crate::component::{ComponentCode, ComponentCtx, World};
@@ -36,7 +36,8 @@ use hyper::body::Frame;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
@@ -64,15 +65,16 @@ pub struct HttpOutcome {
     /// answered with a wasi:http error code, or returned without a
     /// response), [`Error::Exit`], or a set-up error.
     pub response: Result<hyper::Response<HttpBody>, Error>,
-    /// What the invocation used: final unless `final_usage` is set, in
+    /// What the invocation used: final unless `final_outcome` is set, in
     /// which case it is the use up to the response.
     pub usage: Usage,
     /// The guest's captured stderr (with [`crate::Output::Capture`]), when
     /// the guest has finished.
     pub stderr: Option<Bytes>,
-    /// For a response still streaming when returned: the final usage
-    /// record (and captured stderr) when the guest ends.
-    pub final_usage: Option<oneshot::Receiver<(Usage, Option<Bytes>)>>,
+    /// For a response still streaming when returned: the final outcome
+    /// when the guest ends (how it ended, even after its head went out: a
+    /// trap or a limit mid-body; its usage; its captured stderr).
+    pub final_outcome: Option<oneshot::Receiver<Outcome>>,
 }
 
 impl HttpOutcome {
@@ -81,7 +83,7 @@ impl HttpOutcome {
             response: Err(error),
             usage: Usage::default(),
             stderr: None,
-            final_usage: None,
+            final_outcome: None,
         }
     }
 }
@@ -222,7 +224,7 @@ pub async fn handle_http(
                 response: Err(error),
                 usage: out.usage,
                 stderr: out.stderr,
-                final_usage: None,
+                final_outcome: None,
             };
         }
     };
@@ -240,12 +242,13 @@ pub async fn handle_http(
         let body = Chain {
             frames,
             rest: (out.success() && !body_done).then_some(rest),
+            cut: None,
         };
         return HttpOutcome {
             response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
             usage: out.usage,
             stderr: out.stderr,
-            final_usage: None,
+            final_outcome: None,
         };
     }
     // The head is here: read the body while the guest finishes, up to the
@@ -292,18 +295,23 @@ pub async fn handle_http(
                 frames.push_back(Err(Box::new(status_error(&out.status)) as BodyError));
             }
             let body = if body_done || !out.success() {
-                Chain { frames, rest: None }
+                Chain {
+                    frames,
+                    rest: None,
+                    cut: None,
+                }
             } else {
                 Chain {
                     frames,
                     rest: Some(rest),
+                    cut: None,
                 }
             };
             HttpOutcome {
                 response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
                 usage: out.usage,
                 stderr: out.stderr,
-                final_usage: None,
+                final_outcome: None,
             }
         }
         None => {
@@ -311,20 +319,47 @@ pub async fn handle_http(
             let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
             let (tx, rx) = oneshot::channel();
             let usage = Usage::new(wall_start.elapsed(), Default::default(), None, 0);
+            let cut = Arc::new(OnceLock::new());
+            let cut_by = cut.clone();
             tokio::spawn(async move {
-                if let Ok(out) = done(task.await, wall_start) {
-                    let _ = tx.send((out.usage, out.stderr));
-                }
+                let (result, cpu) = task.await;
+                let out = match result {
+                    Ok(f) => {
+                        // Before the store goes: a body it never finished
+                        // ends when the store is dropped, and must then
+                        // end with this error, not as if complete.
+                        if !matches!(f.status(), Status::Exited(0) | Status::Returned(_)) {
+                            let _ = cut_by.set(f.status().clone());
+                        }
+                        f.outcome(wall_start, cpu)
+                    }
+                    // Not a guest's status (those are in `Finished`): the
+                    // invocation itself failed, after its response head.
+                    Err(e) => Outcome {
+                        status: match e {
+                            Error::Trap(m) => Status::Trapped(m),
+                            Error::LimitExceeded(l) => Status::LimitExceeded(l),
+                            Error::Exit(c) => Status::Exited(c),
+                            Error::Sandbox(m) => Status::SandboxFailed(m),
+                            e => Status::Trapped(e.to_string()),
+                        },
+                        usage: Usage::new(wall_start.elapsed(), cpu, None, 0),
+                        stdout: None,
+                        stderr: None,
+                    },
+                };
+                let _ = tx.send(out);
             });
             let body = Chain {
                 frames,
                 rest: Some(rest),
+                cut: Some(cut),
             };
             HttpOutcome {
                 response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
                 usage,
                 stderr: None,
-                final_usage: Some(rx),
+                final_outcome: Some(rx),
             }
         }
     }
@@ -392,6 +427,14 @@ fn to_wasi_error(e: BodyError) -> wasmtime_wasi_http::Error {
 struct Chain {
     frames: VecDeque<Result<Frame<Bytes>, BodyError>>,
     rest: Option<HttpBody>,
+    /// For a body streamed while the guest runs: how the guest failed, set
+    /// before its store (and with it the body's sender) is dropped.
+    /// wasmtime-wasi-http ends a body whose sender is dropped unfinished
+    /// (a trap, a limit) as if it were complete; an end seen once this is
+    /// set is such a cut, and ends with the guest's error instead. (A
+    /// guest that finished its body and failed only afterwards, before
+    /// the client had read the body's end, is reported the same way.)
+    cut: Option<Arc<OnceLock<Status>>>,
 }
 
 impl hyper::body::Body for Chain {
@@ -405,9 +448,18 @@ impl hyper::body::Body for Chain {
         if let Some(f) = self.frames.pop_front() {
             return Poll::Ready(Some(f));
         }
-        match &mut self.rest {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(rest) = &mut self.rest else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(rest).poll_frame(cx)) {
+            None => {
+                self.rest = None;
+                match self.cut.as_ref().and_then(|c| c.get()) {
+                    Some(status) => Poll::Ready(Some(Err(Box::new(status_error(status))))),
+                    None => Poll::Ready(None),
+                }
+            }
+            frame => Poll::Ready(frame),
         }
     }
 

@@ -1021,27 +1021,29 @@ async fn call_http(
         Err(wasmlet_runtime::Error::LimitExceeded(l)) => Status::LimitExceeded(*l),
         Err(_) => Status::Exited(1),
     };
-    let status = status_of(&out.response);
-    let record = |usage: wasmlet_runtime::Usage, status: Status| {
+    let final_usage = out.final_outcome.map(|rx| {
+        // Still streaming: the guest's stderr and final figures come later.
+        let (name, id) = (func.spec.name.clone(), id.to_string());
+        Box::pin(async move {
+            let out = rx.await.ok()?;
+            log_stderr(
+                &name,
+                &id,
+                out.stderr.as_deref().unwrap_or_default(),
+                max_log,
+            );
+            Some(out.usage_record())
+        }) as FinalUsage
+    });
+    let usage = Some(
         wasmlet_runtime::Outcome {
-            status,
-            usage,
+            status: status_of(&out.response),
+            usage: out.usage,
             stdout: None,
             stderr: None,
         }
-        .usage_record()
-    };
-    let final_usage = out.final_usage.map(|rx| {
-        // Still streaming: the guest's stderr and final usage come later.
-        let (name, id) = (func.spec.name.clone(), id.to_string());
-        let status = status.clone();
-        Box::pin(async move {
-            let (usage, stderr) = rx.await.ok()?;
-            log_stderr(&name, &id, stderr.as_deref().unwrap_or_default(), max_log);
-            Some(record(usage, status))
-        }) as FinalUsage
-    });
-    let usage = Some(record(out.usage, status));
+        .usage_record(),
+    );
     let mut handled = match (fault.get(), out.response) {
         (Some(BodyFault::TooLarge), _) => body_too_large(settings.max_body_size),
         (Some(BodyFault::Timeout), _) => body_timeout(settings.body_timeout),

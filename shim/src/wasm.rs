@@ -715,6 +715,7 @@ impl Instance for InShim {
         let function = self.function.clone();
         let stdio = self.stdio.clone();
         self.handle.spawn(async move {
+            crate::timing("guest task polled");
             let result = tokio::select! {
                 r = function.invoke_async(inv) => Ok(r.map_err(|e| e.to_string())),
                 sig = rx => Err(sig.unwrap_or(libc::SIGKILL as u32)),

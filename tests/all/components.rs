@@ -142,7 +142,7 @@ fn http_hello_status_headers_and_body() {
     assert_eq!(resp.headers()["content-type"], "text/plain");
     assert_eq!(resp.headers()["x-guest"], "wasmlet");
     assert_eq!(&body[..], b"hello from wasi:http\n");
-    assert!(out.final_usage.is_none());
+    assert!(out.final_outcome.is_none());
     assert!(out.usage.wall_time > Duration::ZERO && out.usage.peak_memory_bytes > 0);
 
     // Both ways: the request's method, header and body reach the guest.
@@ -172,8 +172,35 @@ fn http_large_body_streams_and_usage_follows() {
         let out = handle_http(&f, request("GET", "/big", b""), Invocation::default()).await;
         let body = out.response.unwrap().into_body().collect().await.unwrap();
         assert_eq!(body.to_bytes().len(), 4 << 20);
-        let (usage, _) = out.final_usage.expect("streamed").await.unwrap();
+        let last = out.final_outcome.expect("streamed").await.unwrap();
+        assert!(
+            matches!(last.status, Status::Exited(0)),
+            "{:?}",
+            last.status
+        );
+        let usage = last.usage;
         assert!(usage.peak_memory_bytes > 0 && usage.cpu_time > Duration::ZERO);
+    });
+}
+
+#[test]
+fn http_trap_after_the_head_is_in_the_final_outcome() {
+    let rt = runtime();
+    let f = http_guest(&rt, &LoadOptions::default());
+    tokio_rt().block_on(async {
+        let out = handle_http(&f, request("GET", "/partial", b""), Invocation::default()).await;
+        let response = out.response.expect("the head went out before the trap");
+        assert_eq!(response.status(), 200);
+        // The body ends with an error where the guest trapped.
+        assert!(response.into_body().collect().await.is_err());
+        let last = out.final_outcome.expect("streamed").await.unwrap();
+        assert!(
+            matches!(&last.status, Status::Trapped(m) if m.contains("unreachable")),
+            "{:?}",
+            last.status
+        );
+        assert!(last.usage.peak_memory_bytes > 0);
+        assert!(last.usage.cpu_time > Duration::ZERO);
     });
 }
 

@@ -949,6 +949,7 @@ max_concurrency = 8
         "/log",
         "/outbound",
         "/big",
+        "/partial",
     ] {
         text.push_str(&format!(
             "[[function.trigger]]\ntype = \"http\"\nroute = \"{route}\"\n"
@@ -1013,6 +1014,23 @@ fn serve_http_component_end_to_end() {
     let r = server.get("/big");
     assert_eq!(r.body.len(), 4 << 20);
     let big_id = id(&r);
+    // A guest that traps after its head and 1 MiB of body: the client gets
+    // the 200 and a body cut short; the usage line says how it ended.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /partial HTTP/1.1\r\nHost: x\r\nX-Request-Id: partial-1\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &raw[..raw.len().min(200)]
+    );
+    assert!(
+        !raw.ends_with(b"0\r\n\r\n"),
+        "the body ended as if complete"
+    );
     // Trap 500, CPU limit 500, wall-clock timeout 504, no response 502.
     let r = server.get("/trap");
     assert_eq!(r.status, 500, "{r:?}");
@@ -1100,10 +1118,10 @@ fn serve_http_component_end_to_end() {
     );
     // Every invocation of the component is in the usage log with what it
     // used and how it ended; a streamed body's line is written when its
-    // guest ends. (16 requests; refused before an instance started: the
+    // guest ends. (17 requests; refused before an instance started: the
     // declared oversized body, 413, and the oversized head, 431.)
-    let lines = crate::usage::wait_lines(&dir.path().join("wasmlet-usage.jsonl"), 16);
-    assert_eq!(lines.len(), 16, "{lines:?}");
+    let lines = crate::usage::wait_lines(&dir.path().join("wasmlet-usage.jsonl"), 17);
+    assert_eq!(lines.len(), 17, "{lines:?}");
     let by_id = |id: &str| {
         lines
             .iter()
@@ -1115,6 +1133,7 @@ fn serve_http_component_end_to_end() {
         (&big_id, "exited", 200),
         (&trap_id, "trapped", 500),
         (&sleep_id, "limit_exceeded", 504),
+        (&"partial-1".to_string(), "trapped", 200),
     ] {
         let l = by_id(id);
         assert_eq!(l["function"], "web", "{l}");

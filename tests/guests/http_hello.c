@@ -236,6 +236,16 @@ void exports_wasi_http_incoming_handler_handle(
         respond(out, 200, wasi_http_types_constructor_fields(), &body, &stream);
         for (int i = 0; i < 1024; i++) write_all(stream, block, sizeof block);
         finish(body, stream);
+    } else if (path_is(&path, "/partial")) {
+        // A head and 1 MiB of body (past what the host buffers before it
+        // streams), then a trap mid-body.
+        static uint8_t block[4096];
+        memset(block, 'p', sizeof block);
+        body_t body;
+        stream_t stream;
+        respond(out, 200, wasi_http_types_constructor_fields(), &body, &stream);
+        for (int i = 0; i < 256; i++) write_all(stream, block, sizeof block);
+        __builtin_trap();
     } else if (path_is(&path, "/trap")) {
         __builtin_trap();
     } else if (path_is(&path, "/loop")) {
