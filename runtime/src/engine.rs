@@ -24,10 +24,6 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 
-/// Table slots added to the pool for components' extra tables (at most one
-/// per instance slot).
-const SPARE_COMPONENT_TABLES: u32 = 32;
-
 /// Builds the engine for `config`.
 pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
     let pool_cfg = &config.pool;
@@ -57,15 +53,13 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, Error> {
         // Each instance's GC heap (where thrown exceptions and GC objects
         // live, made on first use) is a memory from the same pool.
         .total_memories(pool_cfg.instances * (pool_cfg.memories_per_module + 1))
-        // Not doubled for components: each table slot reserves
-        // `table_elements` entries of writable memory, which counts against
-        // a compiling child's RLIMIT_DATA. A component whose modules define
-        // two tables (wit-component's shim has one) takes two; a few spare
-        // slots let a one-slot pool (`wasmlet run`) run one.
-        .total_tables(
-            pool_cfg.instances * pool_cfg.tables_per_module
-                + pool_cfg.instances.min(SPARE_COMPONENT_TABLES),
-        )
+        // A component (the C module's table and the table of
+        // wit-component's shim) takes `tables_per_module` + 1 table slots,
+        // as it takes memories: so every instance slot can hold one.
+        // (Each table slot reserves `table_elements` writable entries; a
+        // compiling child, which runs under RLIMIT_DATA, builds a one-slot
+        // pool, as it instantiates nothing.)
+        .total_tables(pool_cfg.instances * (pool_cfg.tables_per_module + 1))
         .max_memories_per_module(pool_cfg.memories_per_module)
         .max_tables_per_module(pool_cfg.tables_per_module)
         .max_memory_size(to_usize(pool_cfg.max_memory, "pool.max_memory")?)

@@ -8,8 +8,9 @@
 //!  wait for the response head  ◀── outparam.set ──
 //!  read the body while the guest runs  ◀── body frames ──
 //!  guest done: exact usage, body = what was read
-//!  or HTTP_BODY_BUFFER read first: the guest moves to a task of its
-//!     own, the rest streams, usage so far, `final_outcome` when it ends
+//!  or HTTP_BODY_BUFFER read first, or HTTP_BODY_WAIT passed: the guest
+//!     moves to a task of its own, the rest streams, usage so far,
+//!     `final_outcome` when it ends
 //! ```
 //!
 //! The guest's future is polled by the caller's task, beside the response
@@ -17,7 +18,9 @@
 //! for the usual handler, which writes a small body and returns; its whole
 //! body is read while the guest finishes, so the usage record in
 //! [`HttpOutcome`] is final. A guest that writes more than
-//! [`HTTP_BODY_BUFFER`] bytes is streamed: the guest's future is moved to a
+//! [`HTTP_BODY_BUFFER`] bytes, or is still running [`HTTP_BODY_WAIT`] after
+//! its head (a slow stream, server-sent events), is streamed: the guest's
+//! future is moved to a
 //! task of its own (a body is a stream the guest may still be writing),
 //! its usage so far is in `usage`, and the final record arrives on
 //! `final_outcome` when it ends. Either way the time limits hold: past the
@@ -55,6 +58,9 @@ pub type HttpBody = UnsyncBoxBody<Bytes, BodyError>;
 /// Bytes of a response body read while the guest finishes, before the
 /// response is returned with the rest streaming.
 pub const HTTP_BODY_BUFFER: usize = 256 << 10;
+/// How long after the response head the body is held back while the guest
+/// finishes; past it, what was written goes out and the rest streams.
+pub const HTTP_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The result of one request.
 #[derive(Debug)]
@@ -257,6 +263,7 @@ pub async fn handle_http(
     let mut frames = VecDeque::new();
     let mut buffered = 0usize;
     let mut body_done = false;
+    let mut waited = pin!(tokio::time::sleep(HTTP_BODY_WAIT));
     let finished = loop {
         tokio::select! {
             biased;
@@ -275,6 +282,7 @@ pub async fn handle_http(
                 None => body_done = true,
             },
             r = &mut task => break Some(r),
+            () = &mut waited => break None,
         }
     };
     match finished {
@@ -315,7 +323,8 @@ pub async fn handle_http(
             }
         }
         None => {
-            // Still writing: stream the rest; the usage follows.
+            // Still writing (or still running): stream the rest; the usage
+            // follows.
             let rest = body.map_err(|e| Box::new(e) as BodyError).boxed_unsync();
             let (tx, rx) = oneshot::channel();
             let usage = Usage::new(wall_start.elapsed(), Default::default(), None, 0);
@@ -350,10 +359,12 @@ pub async fn handle_http(
                 };
                 let _ = tx.send(out);
             });
+            // A body already ended while the guest runs on was finished
+            // (an unfinished one ends only when the store goes): complete.
             let body = Chain {
                 frames,
-                rest: Some(rest),
-                cut: Some(cut),
+                rest: (!body_done).then_some(rest),
+                cut: (!body_done).then_some(cut),
             };
             HttpOutcome {
                 response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),

@@ -20,7 +20,7 @@ use crate::handler::Handler;
 use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
-use crate::usage_log::{LineHead, LineOutcome, UsageLog};
+use crate::usage_log::{LineHead, LineOutcome, UsageLine, UsageLog};
 use crate::wagi::{CgiRequest, parse_output};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -31,6 +31,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,29 +141,80 @@ pub(crate) struct Handled {
 pub(crate) type FinalUsage =
     std::pin::Pin<Box<dyn std::future::Future<Output = Option<UsageRecord>> + Send>>;
 
-/// Usage lines waiting for a streaming invocation to end: the server's
-/// last flush of the log waits for them.
+/// Usage lines waiting for a streaming invocation to end, as they stood
+/// when its response head went out: the server's exit waits for them (at
+/// most until its drain deadline), then writes the rest as they are.
 #[derive(Default)]
 struct PendingLines {
-    count: std::sync::atomic::AtomicUsize,
+    lines: std::sync::Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
     none_left: tokio::sync::Notify,
 }
 
+enum Pending {
+    /// Waiting for its guest to end.
+    Held(Box<UsageLine>),
+    /// Taken by its task, being queued.
+    Writing,
+}
+
 impl PendingLines {
-    fn start(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn done(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+    /// Holds `line` until its guest ends; the key to take it back.
+    fn hold(&self, line: UsageLine) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, Pending::Held(Box::new(line)));
+        key
+    }
+
+    /// Takes back a held line to write it (`None` if the exit already
+    /// wrote it); [`PendingLines::done`] once it is queued.
+    fn take(&self, key: u64) -> Option<UsageLine> {
+        match self.lock().insert(key, Pending::Writing) {
+            Some(Pending::Held(line)) => Some(*line),
+            _ => {
+                self.done(key);
+                None
+            }
+        }
+    }
+
+    fn done(&self, key: u64) {
+        let mut lines = self.lock();
+        lines.remove(&key);
+        if lines.is_empty() {
             self.none_left.notify_waiters();
         }
+    }
+
+    /// Every line still held (their guests still running), for the exit.
+    fn take_all(&self) -> Vec<UsageLine> {
+        let mut lines = self.lock();
+        let held: Vec<u64> = lines
+            .iter()
+            .filter(|(_, p)| matches!(p, Pending::Held(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        let taken = held
+            .into_iter()
+            .filter_map(|k| match lines.remove(&k) {
+                Some(Pending::Held(line)) => Some(*line),
+                _ => None,
+            })
+            .collect();
+        if lines.is_empty() {
+            self.none_left.notify_waiters();
+        }
+        taken
     }
 
     async fn wait(&self) {
         loop {
             let notified = self.none_left.notified();
-            if self.count.load(Ordering::Acquire) == 0 {
+            if self.lock().is_empty() {
                 return;
             }
             notified.await;
@@ -368,7 +420,8 @@ impl Server {
             "{signal_name}: no longer accepting; draining {in_flight} request(s) in flight (at most {})",
             humantime::format_duration(settings.drain_timeout)
         );
-        match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+        let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+        match tokio::time::timeout_at(deadline, graceful.shutdown()).await {
             Ok(()) => tracing::info!("drained; exiting"),
             Err(_) => tracing::warn!(
                 "drain timeout of {} passed with requests still in flight; exiting",
@@ -383,12 +436,29 @@ impl Server {
         tokio::task::spawn_blocking(move || app.shutdown_sandboxes())
             .await
             .ok();
-        if tokio::time::timeout(settings.drain_timeout, shared.pending_lines.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("usage lines of streaming responses still pending at exit");
+        // Streaming responses whose guests are still running: their lines
+        // until the drain deadline, then as they stood at their heads.
+        let grace = tokio::time::Instant::now() + Duration::from_millis(100);
+        let _ = tokio::time::timeout_at(deadline.max(grace), shared.pending_lines.wait()).await;
+        let cut = shared.pending_lines.take_all();
+        if !cut.is_empty() {
+            tracing::warn!(
+                "{} streaming response(s) still running at exit: their usage lines have the figures up to their heads, status \"interrupted\"",
+                cut.len()
+            );
         }
+        for mut line in cut {
+            if let LineOutcome::Ran(r) = &mut line.outcome {
+                r.status = "interrupted";
+                r.exit_code = None;
+                r.error = Some(
+                    "the server exited while the response was streaming: figures up to its head"
+                        .into(),
+                );
+            }
+            shared.usage.record(line).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), shared.pending_lines.wait()).await;
         if !shared.usage.flush(settings.drain_timeout).await {
             tracing::error!(
                 "the usage log {} could not be synced before exiting",
@@ -711,16 +781,20 @@ async fn handle(
                     // The guest is still writing the body: its line, with
                     // its final figures, is written when it ends.
                     let shared = shared.clone();
-                    shared.pending_lines.start();
+                    let key = shared.pending_lines.hold(line);
                     tokio::spawn(async move {
-                        if let (Some(record), LineOutcome::Ran(_)) = (last.await, &line.outcome) {
+                        let record = last.await;
+                        let Some(mut line) = shared.pending_lines.take(key) else {
+                            return; // written by the exit
+                        };
+                        if let (Some(record), LineOutcome::Ran(_)) = (record, &line.outcome) {
                             line.outcome = LineOutcome::Ran(record);
                         }
                         if shared.opts.usage {
                             tracing::info!(target: "wasmlet::usage", "usage {line}");
                         }
                         shared.usage.record(line).await;
-                        shared.pending_lines.done();
+                        shared.pending_lines.done(key);
                     });
                 }
             }
@@ -1010,7 +1084,6 @@ async fn call_http(
     func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
     func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);
     let out = pin!(handler.handle(Request::from_parts(parts, body), inv)).await;
-    drop(admitted);
     let max_log = settings.max_log_per_invocation as usize;
     if let Some(stderr) = &out.stderr {
         log_stderr(&func.spec.name, id, stderr, max_log);
@@ -1021,20 +1094,41 @@ async fn call_http(
         Err(wasmlet_runtime::Error::LimitExceeded(l)) => Status::LimitExceeded(*l),
         Err(_) => Status::Exited(1),
     };
-    let final_usage = out.final_outcome.map(|rx| {
-        // Still streaming: the guest's stderr and final figures come later.
-        let (name, id) = (func.spec.name.clone(), id.to_string());
-        Box::pin(async move {
-            let out = rx.await.ok()?;
-            log_stderr(
-                &name,
-                &id,
-                out.stderr.as_deref().unwrap_or_default(),
-                max_log,
-            );
-            Some(out.usage_record())
-        }) as FinalUsage
-    });
+    let final_usage = match out.final_outcome {
+        None => {
+            drop(admitted);
+            None
+        }
+        Some(rx) => {
+            // Still streaming: the guest holds its instance (and its place
+            // in max_concurrency) until it ends; its stderr and final
+            // figures come then, and how it ended, even after its head.
+            let (name, id, metrics) =
+                (func.spec.name.clone(), id.to_string(), func.metrics.clone());
+            Some(Box::pin(async move {
+                let out = rx.await.ok();
+                drop(admitted);
+                let out = out?;
+                log_stderr(
+                    &name,
+                    &id,
+                    out.stderr.as_deref().unwrap_or_default(),
+                    max_log,
+                );
+                if !out.success() {
+                    let failed = status_failure(&out.status);
+                    if let Some(cause) = failed.cause {
+                        metrics.error(cause);
+                    }
+                    tracing::warn!(function = %name, request_id = %id,
+                        "failed after its response head was sent (the body was cut): {}",
+                        failed.response.headers().get("x-wasmlet-error")
+                            .and_then(|v| v.to_str().ok()).unwrap_or(""));
+                }
+                Some(out.usage_record())
+            }) as FinalUsage)
+        }
+    };
     let usage = Some(
         wasmlet_runtime::Outcome {
             status: status_of(&out.response),

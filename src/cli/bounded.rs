@@ -288,6 +288,11 @@ pub fn worker_main(config_json: &str, module: &Path, out: &Path) -> anyhow::Resu
         serde_json::from_str(config_json).context("bad compile-worker configuration")?;
     wasmlet_runtime::prescan::limit_own_memory(config.compile.max_memory)?;
     config.compile.in_process = true;
+    // Compiling instantiates nothing: a one-slot pool keeps the engine's
+    // reserved table slots (writable memory, counted by RLIMIT_DATA) out
+    // of the compile budget. Pool sizes are not part of what an artifact
+    // is checked against.
+    config.pool.instances = 1;
     let bytes = super::read_module(module, config.max_module_size)?;
     let runtime = Runtime::new(config)?;
     let artifact = runtime.precompile(&bytes)?;

@@ -246,6 +246,18 @@ void exports_wasi_http_incoming_handler_handle(
         respond(out, 200, wasi_http_types_constructor_fields(), &body, &stream);
         for (int i = 0; i < 256; i++) write_all(stream, block, sizeof block);
         __builtin_trap();
+    } else if (path_is(&path, "/drip")) {
+        // A head and a first chunk, then a minute's wait before the rest:
+        // a guest still running after its response went out.
+        body_t body;
+        stream_t stream;
+        respond(out, 200, wasi_http_types_constructor_fields(), &body, &stream);
+        write_all(stream, (const uint8_t *)"first\n", 6);
+        wasi_io_poll_own_pollable_t p =
+            wasi_clocks_monotonic_clock_subscribe_duration(60ull * 1000 * 1000 * 1000);
+        wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(p));
+        write_all(stream, (const uint8_t *)"rest\n", 5);
+        finish(body, stream);
     } else if (path_is(&path, "/trap")) {
         __builtin_trap();
     } else if (path_is(&path, "/loop")) {
