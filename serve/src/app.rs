@@ -306,15 +306,37 @@ fn sandbox_workers(spec: &FunctionSpec) -> u32 {
 /// a grant work that the bits alone refuse.
 fn grant_access(host: &Path, writable: bool, uid: u32, gid: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
+    let bits_of = |md: &std::fs::Metadata| {
+        let mode = md.mode();
+        if md.uid() == uid {
+            (mode >> 6, "owner")
+        } else if md.gid() == gid {
+            (mode >> 3, "group")
+        } else {
+            (mode, "others")
+        }
+    };
+    // The jail opens the grant by its path as the sandbox's ids: every
+    // directory above it must let them through.
+    for parent in host.ancestors().skip(1) {
+        let Ok(md) = std::fs::metadata(parent) else {
+            continue;
+        };
+        let (bits, whose) = bits_of(&md);
+        if bits & 0o1 == 0 {
+            return Some(format!(
+                "dirs: {} cannot be reached by the sandbox's uid {uid} / gid {gid}: {} above it does not let them through (owner {}, group {}, mode {:03o}: {whose} have no x); the sandbox will fail to start",
+                host.display(),
+                parent.display(),
+                md.uid(),
+                md.gid(),
+                md.mode() & 0o777,
+            ));
+        }
+    }
     let md = std::fs::metadata(host).ok()?;
     let mode = md.mode();
-    let (bits, whose) = if md.uid() == uid {
-        (mode >> 6, "owner")
-    } else if md.gid() == gid {
-        (mode >> 3, "group")
-    } else {
-        (mode, "others")
-    };
+    let (bits, whose) = bits_of(&md);
     let (need, verb) = if writable {
         (0o3, "write (create files in)")
     } else {
@@ -412,7 +434,7 @@ fn load_function(
         if let Some(sb) = &spec.sandbox
             && let Some(why) = grant_access(&host, d.writable, sb.uid, sb.gid)
         {
-            tracing::warn!(function = %spec.name, "{why}");
+            tracing::warn!(function = %spec.name, guest = %d.guest, "{why}");
         }
         dirs.push(Preopen {
             host,
