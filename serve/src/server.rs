@@ -758,7 +758,16 @@ async fn handle(
         }
         Some((func, route)) => {
             func.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let mut gone = ClientGone {
+                shared: &shared,
+                func,
+                id: &id,
+                start_time,
+                started,
+                armed: true,
+            };
             let handled = pin!(call(&shared, &app, func, route, peer, req, &id)).await;
+            gone.armed = false;
             let status = handled.response.status();
             func.metrics.response(status.as_u16(), started.elapsed());
             if let Some(cause) = handled.cause {
@@ -812,6 +821,40 @@ async fn handle(
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(response)
+}
+
+/// Writes the usage line of a request whose client went away before its
+/// response (hyper then drops the request's future, and with it the
+/// invocation: the guest is stopped). Its figures are the wall time until
+/// then; the CPU and memory the guest used are not known.
+struct ClientGone<'a> {
+    shared: &'a Arc<Shared>,
+    func: &'a Func,
+    id: &'a str,
+    start_time: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let line = http_line(Some(self.func), self.id, self.start_time).ran(UsageRecord {
+            usage: wasmlet_runtime::Usage::new(self.started.elapsed(), Duration::ZERO, None, 0),
+            status: "interrupted",
+            exit_code: None,
+            error: Some(
+                "the client closed the connection before the response: the guest was stopped"
+                    .into(),
+            ),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            rt.spawn(async move { shared.usage.record(line).await });
+        }
+    }
 }
 
 /// The head of an HTTP request's usage line.

@@ -1235,9 +1235,25 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
         dir.path(),
         "drain_timeout = \"1s\"",
         "timeout = \"2s\"\nmax_concurrency = 1\nqueue_depth = 1\nqueue_timeout = \"200ms\"",
-        &["/drip", "/hello"],
+        &["/drip", "/hello", "/sleep"],
     );
     let mut server = Serve::start(&m);
+    // A client that leaves before its response: the guest is stopped, and
+    // the request still has its line.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /sleep HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-1\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    let log = dir.path().join("wasmlet-usage.jsonl");
+    let lines = crate::usage::wait_lines(&log, 1);
+    let l = lines
+        .iter()
+        .find(|l| l["id"] == "gone-1")
+        .expect("gone-1's line");
+    assert_eq!(l["status"], "interrupted", "{l}");
+    assert!(l.get("http_status").is_none(), "{l}");
+    assert!(l["wall_time_ns"].as_u64().unwrap() >= 250_000_000, "{l}");
     let drip = |id: &str| {
         let mut s = TcpStream::connect(server.addr).unwrap();
         write!(
@@ -1280,8 +1296,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
         String::from_utf8_lossy(&rest)
     );
     assert_eq!(server.get("/hello").status, 200);
-    let log = dir.path().join("wasmlet-usage.jsonl");
-    let lines = crate::usage::wait_lines(&log, 3);
+    let lines = crate::usage::wait_lines(&log, 4);
     let l = lines
         .iter()
         .find(|l| l["id"] == "drip-1")
