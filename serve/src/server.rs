@@ -173,7 +173,9 @@ impl PendingLines {
     /// Takes back a held line to write it (`None` if the exit already
     /// wrote it); [`PendingLines::done`] once it is queued.
     fn take(&self, key: u64) -> Option<UsageLine> {
-        match self.lock().insert(key, Pending::Writing) {
+        // (The lock is released before `done` takes it again.)
+        let was = self.lock().insert(key, Pending::Writing);
+        match was {
             Some(Pending::Held(line)) => Some(*line),
             _ => {
                 self.done(key);
@@ -370,9 +372,14 @@ impl Server {
             .header_read_timeout(settings.header_timeout)
             .max_buf_size(settings.max_header_size.max(MIN_HEAD_BUFFER) as usize)
             .keep_alive(true);
+        // The connections, so those still open at the drain deadline can be
+        // ended (and their requests' usage lines written) before the log's
+        // last flush.
+        let mut conns = tokio::task::JoinSet::new();
         let signal_name = loop {
             tokio::select! {
                 accepted = listener.accept() => {
+                    while conns.try_join_next().is_some() {}
                     let (stream, peer) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
@@ -388,7 +395,7 @@ impl Server {
                     let svc = service_fn(move |req| handle(shared.clone(), peer, req));
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, "connection: {e}");
                             if e.is_parse_too_large() {
@@ -428,6 +435,10 @@ impl Server {
                 humantime::format_duration(settings.drain_timeout)
             ),
         }
+        // Requests still open are ended here: each writes its line as it
+        // goes (interrupted, or rejected if it was still queued).
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
         triggers.stop(settings.drain_timeout).await;
         admin_task.abort();
         // Sandbox workers are processes with cgroups: end them now, not
@@ -758,15 +769,17 @@ async fn handle(
         }
         Some((func, route)) => {
             func.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let ran = AtomicBool::new(false);
             let mut gone = ClientGone {
                 shared: &shared,
                 func,
                 id: &id,
                 start_time,
                 started,
+                ran: &ran,
                 armed: true,
             };
-            let handled = pin!(call(&shared, &app, func, route, peer, req, &id)).await;
+            let handled = pin!(call(&shared, &app, func, route, peer, req, &id, &ran)).await;
             gone.armed = false;
             let status = handled.response.status();
             func.metrics.response(status.as_u16(), started.elapsed());
@@ -823,16 +836,20 @@ async fn handle(
     Ok(response)
 }
 
-/// Writes the usage line of a request whose client went away before its
-/// response (hyper then drops the request's future, and with it the
-/// invocation: the guest is stopped). Its figures are the wall time until
-/// then; the CPU and memory the guest used are not known.
+/// Writes the usage line of a request ended before its response: its
+/// client went away, or the server's drain deadline passed (its future is
+/// dropped, and with it the invocation: the guest is stopped). One that
+/// had started its guest is `interrupted`, with the wall time until then
+/// (the CPU and memory the guest used are not known); one still sending
+/// its body or waiting for admission is `rejected` (`ended_before_start`).
 struct ClientGone<'a> {
     shared: &'a Arc<Shared>,
     func: &'a Func,
     id: &'a str,
     start_time: chrono::DateTime<chrono::Utc>,
     started: Instant,
+    /// Set once the request was admitted and its guest started.
+    ran: &'a AtomicBool,
     armed: bool,
 }
 
@@ -841,18 +858,25 @@ impl Drop for ClientGone<'_> {
         if !self.armed {
             return;
         }
-        let line = http_line(Some(self.func), self.id, self.start_time).ran(UsageRecord {
-            usage: wasmlet_runtime::Usage::new(self.started.elapsed(), Duration::ZERO, None, 0),
-            status: "interrupted",
-            exit_code: None,
-            error: Some(
-                "the client closed the connection before the response: the guest was stopped"
-                    .into(),
-            ),
-        });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let head = http_line(Some(self.func), self.id, self.start_time);
+        let line = if self.ran.load(Ordering::Acquire) {
+            head.ran(UsageRecord {
+                usage: wasmlet_runtime::Usage::new(self.started.elapsed(), Duration::ZERO, None, 0),
+                status: "interrupted",
+                exit_code: None,
+                error: Some(
+                    "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped"
+                        .into(),
+                ),
+            })
+        } else {
+            head.rejected("ended_before_start")
+        };
+        if let Err(line) = self.shared.usage.record_now(line)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
             let shared = self.shared.clone();
-            rt.spawn(async move { shared.usage.record(line).await });
+            rt.spawn(async move { shared.usage.record(*line).await });
         }
     }
 }
@@ -873,6 +897,7 @@ fn http_line<'a>(
 }
 
 /// One request to one function: body, admission, the handler, the result.
+#[allow(clippy::too_many_arguments)]
 async fn call(
     shared: &Shared,
     app: &App,
@@ -881,6 +906,7 @@ async fn call(
     peer: SocketAddr,
     req: Request<Incoming>,
     id: &str,
+    ran: &AtomicBool,
 ) -> Handled {
     let settings = &app.manifest.server;
     let (parts, body) = req.into_parts();
@@ -895,7 +921,7 @@ async fn call(
     }
     if let Handler::Http(h) = &func.handler {
         // Streamed: the component reads the body as it comes.
-        return pin!(call_http(shared, app, func, h, parts, body, id)).await;
+        return pin!(call_http(shared, app, func, h, parts, body, id, ran)).await;
     }
     let read = Limited::new(body, max_body as usize).collect();
     let body = match tokio::time::timeout(settings.body_timeout, read).await {
@@ -919,6 +945,7 @@ async fn call(
         Ok(a) => a,
         Err(busy) => return busy,
     };
+    ran.store(true, Ordering::Release);
     let Handler::Wagi(function) = &func.handler else {
         unreachable!("http handled above")
     };
@@ -1081,6 +1108,7 @@ fn body_timeout(limit: Duration) -> Handled {
 
 /// One request to a wasi:http component: admission, the body streamed to
 /// the guest under the server's limits, the guest's response streamed back.
+#[allow(clippy::too_many_arguments)]
 async fn call_http(
     shared: &Shared,
     app: &App,
@@ -1089,12 +1117,14 @@ async fn call_http(
     mut parts: http::request::Parts,
     body: Incoming,
     id: &str,
+    ran: &AtomicBool,
 ) -> Handled {
     let settings = &app.manifest.server;
     let admitted = match admit(shared, app, func).await {
         Ok(a) => a,
         Err(busy) => return busy,
     };
+    ran.store(true, Ordering::Release);
     // wasi:http needs an authority; the guest sees the request id.
     if !parts.headers.contains_key(http::header::HOST)
         && let Ok(v) = HeaderValue::from_str(&shared.local.to_string())

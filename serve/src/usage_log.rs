@@ -153,6 +153,19 @@ impl UsageLog {
         }
     }
 
+    /// Queues `line` without waiting (from a `Drop`, or with no runtime):
+    /// the line back if the queue is full.
+    pub fn record_now(&self, line: UsageLine) -> Result<(), Box<UsageLine>> {
+        match self.tx.try_send(Msg::Line(Box::new(line))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Msg::Line(l))) => Err(l),
+            Err(_) => {
+                tracing::error!(target: "wasmlet::usage", "usage log writer is gone; a line is lost");
+                Ok(())
+            }
+        }
+    }
+
     /// Waits until every line queued before this call is written and synced
     /// (or, when the disk fails, until `limit` passes).
     pub async fn flush(&self, limit: Duration) -> bool {

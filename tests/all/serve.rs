@@ -1287,6 +1287,12 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     // request waits, then gets 503.
     assert_eq!(server.get("/hello").status, 503);
     assert!(server.metrics().contains("wasmlet_in_flight 1\n"));
+    // One whose client leaves while it waits in the queue ran nothing.
+    let mut q = TcpStream::connect(server.addr).unwrap();
+    q.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-queued\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(q);
     // At its timeout the guest is stopped: the body is cut, not ended.
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
@@ -1296,7 +1302,14 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
         String::from_utf8_lossy(&rest)
     );
     assert_eq!(server.get("/hello").status, 200);
-    let lines = crate::usage::wait_lines(&log, 4);
+    let lines = crate::usage::wait_lines(&log, 5);
+    let l = lines
+        .iter()
+        .find(|l| l["id"] == "left-queued")
+        .expect("left-queued's line");
+    assert_eq!(l["status"], "rejected", "{l}");
+    assert_eq!(l["reason"], "ended_before_start", "{l}");
+    assert!(l.get("gb_seconds").is_none(), "{l}");
     let l = lines
         .iter()
         .find(|l| l["id"] == "drip-1")
@@ -1329,6 +1342,53 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
         .expect("drip-2's line");
     assert_eq!(l["status"], "interrupted", "{l}");
     assert_eq!(lines.iter().filter(|l| l["id"] == "drip-2").count(), 1);
+}
+
+#[test]
+fn serve_sigterm_writes_a_line_for_every_request_still_open() {
+    let dir = tempdir();
+    let m = component_manifest(
+        dir.path(),
+        "drain_timeout = \"1s\"",
+        "timeout = \"10s\"\nmax_concurrency = 1\nqueue_depth = 4\nqueue_timeout = \"10s\"",
+        &["/sleep", "/hello"],
+    );
+    let mut server = Serve::start(&m);
+    let send = |path: &str, id: &str| {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\n\r\n"
+        )
+        .unwrap();
+        s
+    };
+    // One running (its guest waits a minute), one queued behind it.
+    let _running = send("/sleep", "run-1");
+    std::thread::sleep(Duration::from_millis(200));
+    let _queued = send("/hello", "queued-1");
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)), 0);
+    assert!(
+        start.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        start.elapsed()
+    );
+    let lines = crate::usage::lines(&dir.path().join("wasmlet-usage.jsonl"));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap();
+    assert_eq!(by_id("run-1")["status"], "interrupted");
+    assert!(by_id("run-1")["wall_time_ns"].as_u64().unwrap() >= 1_000_000_000);
+    // The queued one was ended while it waited, or ran in the moment the
+    // running one's place came free: either way, one line.
+    let q = by_id("queued-1");
+    assert!(
+        (q["status"] == "rejected" && q["reason"] == "ended_before_start")
+            || q["status"] == "exited",
+        "{q}"
+    );
 }
 
 #[test]
