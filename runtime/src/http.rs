@@ -302,18 +302,10 @@ pub async fn handle_http(
             if !out.success() && !body_done {
                 frames.push_back(Err(Box::new(status_error(&out.status)) as BodyError));
             }
-            let body = if body_done || !out.success() {
-                Chain {
-                    frames,
-                    rest: None,
-                    cut: None,
-                }
-            } else {
-                Chain {
-                    frames,
-                    rest: Some(rest),
-                    cut: None,
-                }
+            let body = Chain {
+                frames,
+                rest: (out.success() && !body_done).then_some(rest),
+                cut: None,
             };
             HttpOutcome {
                 response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
@@ -337,7 +329,7 @@ pub async fn handle_http(
                         // Before the store goes: a body it never finished
                         // ends when the store is dropped, and must then
                         // end with this error, not as if complete.
-                        if !matches!(f.status(), Status::Exited(0) | Status::Returned(_)) {
+                        if !f.status().success() {
                             let _ = cut_by.set(f.status().clone());
                         }
                         f.outcome(wall_start, cpu)

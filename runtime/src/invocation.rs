@@ -124,6 +124,13 @@ pub enum Status {
     SandboxFailed(String),
 }
 
+impl Status {
+    /// Whether the guest succeeded: exit code 0 or returned values.
+    pub fn success(&self) -> bool {
+        matches!(self, Status::Exited(0) | Status::Returned(_))
+    }
+}
+
 /// The result of a finished invocation.
 #[derive(Debug)]
 pub struct Outcome {
@@ -140,7 +147,7 @@ pub struct Outcome {
 impl Outcome {
     /// Whether the guest succeeded: exit code 0 or returned values.
     pub fn success(&self) -> bool {
-        matches!(self.status, Status::Exited(0) | Status::Returned(_))
+        self.status.success()
     }
 
     /// The status as a `Result`: a trap, a limit or a non-zero exit is an

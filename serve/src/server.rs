@@ -20,7 +20,7 @@ use crate::handler::Handler;
 use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
-use crate::usage_log::{LineHead, LineOutcome, UsageLine, UsageLog};
+use crate::usage_log::{LineHead, LineOutcome, UsageLine, UsageLog, interrupted};
 use crate::wagi::{CgiRequest, parse_output};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -460,11 +460,9 @@ impl Server {
         }
         for mut line in cut {
             if let LineOutcome::Ran(r) = &mut line.outcome {
-                r.status = "interrupted";
-                r.exit_code = None;
-                r.error = Some(
-                    "the server exited while the response was streaming: figures up to its head"
-                        .into(),
+                *r = interrupted(
+                    r.usage.clone(),
+                    "the server exited while the response was streaming: figures up to its head",
                 );
             }
             shared.usage.record(line).await;
@@ -860,15 +858,10 @@ impl Drop for ClientGone<'_> {
         }
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.ran.load(Ordering::Acquire) {
-            head.ran(UsageRecord {
-                usage: wasmlet_runtime::Usage::new(self.started.elapsed(), Duration::ZERO, None, 0),
-                status: "interrupted",
-                exit_code: None,
-                error: Some(
-                    "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped"
-                        .into(),
-                ),
-            })
+            head.ran(interrupted(
+                wasmlet_runtime::Usage::new(self.started.elapsed(), Duration::ZERO, None, 0),
+                "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped",
+            ))
         } else {
             head.rejected("ended_before_start")
         };

@@ -591,6 +591,18 @@ pub struct Rejected {
     pub reason: &'static str,
 }
 
+/// The record of an invocation ended before it finished (its client
+/// left, or the server exited): `status = "interrupted"`, `why` as its
+/// error, and the figures known then.
+pub fn interrupted(usage: wasmlet_runtime::Usage, why: &str) -> UsageRecord {
+    UsageRecord {
+        usage,
+        status: "interrupted",
+        exit_code: None,
+        error: Some(why.into()),
+    }
+}
+
 impl UsageLine {
     /// Whether it records an invocation that ran and succeeded.
     pub fn is_success(&self) -> bool {

@@ -1016,9 +1016,7 @@ fn serve_http_component_end_to_end() {
     let big_id = id(&r);
     // A guest that traps after its head and 1 MiB of body: the client gets
     // the 200 and a body cut short; the usage line says how it ended.
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.write_all(b"GET /partial HTTP/1.1\r\nHost: x\r\nX-Request-Id: partial-1\r\n\r\n")
-        .unwrap();
+    let mut s = send_get(server.addr, "/partial", "partial-1");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
@@ -1214,6 +1212,18 @@ fn serve_http_component_runs_max_concurrency_instances_at_once() {
     assert!(statuses.iter().all(|s| *s == 504), "{statuses:?}");
 }
 
+/// Opens a connection and sends `GET path` with `X-Request-Id: id`; the
+/// answer is left unread.
+fn send_get(addr: SocketAddr, path: &str, id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
 /// Reads from `s` until `want` has arrived (or 10 s pass); what arrived.
 fn read_until(s: &mut TcpStream, want: &[u8]) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1240,9 +1250,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     let mut server = Serve::start(&m);
     // A client that leaves before its response: the guest is stopped, and
     // the request still has its line.
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.write_all(b"GET /sleep HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-1\r\n\r\n")
-        .unwrap();
+    let s = send_get(server.addr, "/sleep", "gone-1");
     std::thread::sleep(Duration::from_millis(300));
     drop(s);
     let log = dir.path().join("wasmlet-usage.jsonl");
@@ -1254,15 +1262,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     assert_eq!(l["status"], "interrupted", "{l}");
     assert!(l.get("http_status").is_none(), "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() >= 250_000_000, "{l}");
-    let drip = |id: &str| {
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        write!(
-            s,
-            "GET /drip HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\n\r\n"
-        )
-        .unwrap();
-        s
-    };
+    let drip = |id: &str| send_get(server.addr, "/drip", id);
     // The head and first chunk go out while the guest still runs (it
     // waits a minute before the rest).
     let start = Instant::now();
@@ -1288,9 +1288,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     assert_eq!(server.get("/hello").status, 503);
     assert!(server.metrics().contains("wasmlet_in_flight 1\n"));
     // One whose client leaves while it waits in the queue ran nothing.
-    let mut q = TcpStream::connect(server.addr).unwrap();
-    q.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-queued\r\n\r\n")
-        .unwrap();
+    let q = send_get(server.addr, "/hello", "left-queued");
     std::thread::sleep(Duration::from_millis(100));
     drop(q);
     // At its timeout the guest is stopped: the body is cut, not ended.
@@ -1354,19 +1352,10 @@ fn serve_sigterm_writes_a_line_for_every_request_still_open() {
         &["/sleep", "/hello"],
     );
     let mut server = Serve::start(&m);
-    let send = |path: &str, id: &str| {
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\n\r\n"
-        )
-        .unwrap();
-        s
-    };
     // One running (its guest waits a minute), one queued behind it.
-    let _running = send("/sleep", "run-1");
+    let _running = send_get(server.addr, "/sleep", "run-1");
     std::thread::sleep(Duration::from_millis(200));
-    let _queued = send("/hello", "queued-1");
+    let _queued = send_get(server.addr, "/hello", "queued-1");
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
     server.signal(libc::SIGTERM);

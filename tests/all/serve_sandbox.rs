@@ -523,21 +523,6 @@ fn serve_check_warns_of_a_grant_the_sandbox_uid_cannot_use() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let mode = |m| std::fs::set_permissions(&data, std::fs::Permissions::from_mode(m)).unwrap();
-    // The test's own directory above the grant, made root's 0700: the
-    // sandbox uid could not even reach the grant.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let m = manifest(dir.path(), "", "uid = 4242\ngid = 4242", "");
-    grant_sb(&m, "dirs = [\"data::/data\"]");
-    let r = run_cli(wasmlet().arg("serve").arg(&m).arg("--check"));
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("cannot be reached by the sandbox's uid 4242")
-            && r.stderr.contains("mode 700: others have no x"),
-        "{}",
-        r.stderr
-    );
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let check = |grant: &str| {
         let m = manifest(dir.path(), "", "uid = 4242\ngid = 4242", "");
         grant_sb(&m, &format!("dirs = [\"{grant}data::/data\"]"));
@@ -545,6 +530,16 @@ fn serve_check_warns_of_a_grant_the_sandbox_uid_cannot_use() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         r.stderr
     };
+    // The test's own directory above the grant, made root's 0700: the
+    // sandbox uid could not even reach the grant.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = check("");
+    assert!(
+        err.contains("cannot be reached by the sandbox's uid 4242")
+            && err.contains("mode 700: others have no x"),
+        "{err}"
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     // Root's 0755 directory, granted writable to uid 4242: it could not
     // create a file there, and `--check` says so.
     mode(0o755);
