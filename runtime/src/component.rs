@@ -15,7 +15,7 @@
 
 use crate::error::Error;
 use crate::store::StoreState;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -174,6 +174,15 @@ type SendResult = wasmtime_wasi_http::Result<(
 )>;
 
 impl WasiHttpHooks for Outbound {
+    /// wasmtime-wasi-http's default filter (its forbidden headers), made
+    /// once: the default makes a new `Arc` on every call, six a request.
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        static FILTER: LazyLock<wasmtime_wasi_http::ForbiddenHeaderFilter> = LazyLock::new(|| {
+            Arc::new(|name| wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name))
+        });
+        FILTER.clone()
+    }
+
     fn send_request(
         &mut self,
         request: hyper::Request<HyperOutgoingBody>,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use wasmtime_wasi::cli::{AsyncStdoutStream, IsTerminal, StdinStream, StdoutStream};
+use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 /// Bytes one guest write may hand over at once (wasmtime-wasi's figure).
@@ -265,9 +265,86 @@ impl AsyncRead for ReadFd {
 }
 
 /// A guest's stdout or stderr on a host descriptor.
+///
+/// Written inline: a guest's write goes to the descriptor in the call that
+/// makes it, and only what the descriptor does not take at once (a full
+/// pipe) is kept, to be written when the reactor says it can be; until
+/// then `check_write` gives no permit and `ready` waits. (wasmtime-wasi's
+/// `AsyncStdoutStream` hands every write to a task of its own and waits for
+/// it: a round trip through the scheduler, and two reads of the CPU clock,
+/// per `printf` that reaches the descriptor.) Every stream made from one
+/// output shares its queue, so writes leave in the order they were made.
 pub(crate) struct HostOutput {
-    stream: AsyncStdoutStream,
+    shared: Arc<OutputShared>,
     tty: bool,
+}
+
+struct OutputShared {
+    fd: Fd,
+    state: std::sync::Mutex<OutputState>,
+}
+
+#[derive(Default)]
+struct OutputState {
+    /// Written by the guest, not yet taken by the descriptor.
+    queued: BytesMut,
+    /// The error that ended the stream (reported to every later call).
+    failed: Option<Failed>,
+}
+
+#[derive(Clone, Copy)]
+enum Failed {
+    /// The reading end is gone.
+    Closed,
+    Error(io::ErrorKind),
+}
+
+impl OutputShared {
+    fn state(&self) -> std::sync::MutexGuard<'_, OutputState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl OutputState {
+    fn check(&self) -> StreamResult<()> {
+        match self.failed {
+            None => Ok(()),
+            Some(Failed::Closed) => Err(StreamError::Closed),
+            Some(Failed::Error(kind)) => Err(StreamError::LastOperationFailed(
+                io::Error::from(kind).into(),
+            )),
+        }
+    }
+
+    /// Records the end of the stream from a failed write.
+    fn fail(&mut self, e: &io::Error) {
+        self.queued.clear();
+        self.failed = Some(match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::WriteZero => Failed::Closed,
+            kind => Failed::Error(kind),
+        });
+    }
+
+    /// Writes what is queued with `write` (one attempt per call, more while
+    /// it takes everything), stopping at `WouldBlock`. Ready when the queue
+    /// is empty or the stream has failed.
+    fn drain(&mut self, mut write: impl FnMut(&[u8]) -> Poll<io::Result<usize>>) -> Poll<()> {
+        while !self.queued.is_empty() && self.failed.is_none() {
+            match write(&self.queued) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => self.fail(&io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    let _ = self.queued.split_to(n);
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => self.fail(&e),
+            }
+        }
+        Poll::Ready(())
+    }
 }
 
 /// Output to `fd` (duplicated; the caller keeps its own).
@@ -275,7 +352,10 @@ pub(crate) fn output(fd: BorrowedFd<'_>) -> io::Result<HostOutput> {
     let tty = std::io::IsTerminal::is_terminal(&fd);
     let fd = Fd::open(fd, true)?;
     Ok(HostOutput {
-        stream: AsyncStdoutStream::new(WRITE_BUDGET, WriteFd(fd)),
+        shared: Arc::new(OutputShared {
+            fd,
+            state: Default::default(),
+        }),
         tty,
     })
 }
@@ -288,16 +368,96 @@ impl IsTerminal for HostOutput {
 
 impl StdoutStream for HostOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        self.stream.p2_stream()
+        Box::new(OutputFd {
+            shared: self.shared.clone(),
+            permit: 0,
+        })
     }
 
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        self.stream.async_stream()
+        Box::new(WriteFd(self.shared.clone()))
     }
 }
 
-/// `AsyncWrite` for wasmtime-wasi's writer task.
-struct WriteFd(Fd);
+/// The WASI output stream.
+struct OutputFd {
+    shared: Arc<OutputShared>,
+    /// Bytes the last `check_write` allowed and no `write` used yet.
+    permit: usize,
+}
+
+impl OutputFd {
+    /// Writes the queue now, as far as the descriptor takes it.
+    fn drain_now(&self, state: &mut OutputState) {
+        let fd = &self.shared.fd;
+        let _ = state.drain(|b| Poll::Ready(fd.write_now(b)));
+    }
+}
+
+impl OutputStream for OutputFd {
+    fn write(&mut self, mut bytes: Bytes) -> StreamResult<()> {
+        let mut state = self.shared.state();
+        state.check()?;
+        if bytes.len() > self.permit {
+            return Err(StreamError::trap(
+                "wrote more bytes than `check-write` allowed",
+            ));
+        }
+        self.permit -= bytes.len();
+        if state.queued.is_empty() {
+            // The common case: straight to the descriptor.
+            while !bytes.is_empty() {
+                match self.shared.fd.write_now(&bytes) {
+                    Ok(0) => {
+                        state.fail(&io::ErrorKind::WriteZero.into());
+                        return state.check();
+                    }
+                    Ok(n) => {
+                        let _ = bytes.split_to(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        state.fail(&e);
+                        return state.check();
+                    }
+                }
+            }
+        }
+        state.queued.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        let mut state = self.shared.state();
+        self.drain_now(&mut state);
+        state.check()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        let mut state = self.shared.state();
+        self.drain_now(&mut state);
+        state.check()?;
+        self.permit = if state.queued.is_empty() {
+            WRITE_BUDGET
+        } else {
+            0
+        };
+        Ok(self.permit)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for OutputFd {
+    async fn ready(&mut self) {
+        let shared = &self.shared;
+        std::future::poll_fn(|cx| shared.state().drain(|b| shared.fd.poll_write_some(cx, b))).await;
+    }
+}
+
+/// `AsyncWrite` over the same output (for interfaces that want one): what
+/// the WASI streams queued goes first.
+struct WriteFd(Arc<OutputShared>);
 
 impl AsyncWrite for WriteFd {
     fn poll_write(
@@ -305,14 +465,25 @@ impl AsyncWrite for WriteFd {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write_some(cx, buf)
+        let shared = &self.0;
+        let mut state = shared.state();
+        ready!(state.drain(|b| shared.fd.poll_write_some(cx, b)));
+        if let Some(failed) = state.failed {
+            return Poll::Ready(Err(match failed {
+                Failed::Closed => io::ErrorKind::BrokenPipe.into(),
+                Failed::Error(kind) => kind.into(),
+            }));
+        }
+        shared.fd.poll_write_some(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shared = &self.0;
+        ready!(shared.state().drain(|b| shared.fd.poll_write_some(cx, b)));
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
     }
 }

@@ -48,11 +48,39 @@ pub const EXIT_LIMIT: u32 = 137;
 pub const EXIT_HOST_ERROR: u32 = 1;
 
 /// What the shim runs once at start to warm its task runtime (see
-/// [`WasmExecutor::warm_up`]): a command that imports WASI and does nothing.
-const WARM_UP_MODULE: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+/// [`WasmExecutor::warm_up`]): a command that makes the WASI calls a C
+/// program's start-up and `printf` make (arguments, environment, the
+/// preopened directories, stdout's kind, one write, one read of stdin), so
+/// the host code behind them is paged in before a task needs it (in a
+/// fresh process, each first call of one of them took page faults in the
+/// first task's start).
+pub const WARM_UP_MODULE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $env (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $prestat_name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fdstat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (func (export "_start")))"#;
+  (data (i32.const 256) "warm\n")
+  (func (export "_start")
+    (drop (call $args_sizes (i32.const 0) (i32.const 4)))
+    (drop (call $args (i32.const 1024) (i32.const 2048)))
+    (drop (call $env_sizes (i32.const 0) (i32.const 4)))
+    (drop (call $env (i32.const 1024) (i32.const 2048)))
+    (drop (call $prestat (i32.const 3) (i32.const 8)))
+    (drop (call $prestat_name (i32.const 3) (i32.const 2048) (i32.const 16)))
+    (drop (call $prestat (i32.const 4) (i32.const 8)))
+    (drop (call $fdstat (i32.const 1) (i32.const 16)))
+    (i32.store (i32.const 32) (i32.const 256))
+    (i32.store (i32.const 36) (i32.const 5))
+    (drop (call $write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))
+    (i32.store (i32.const 48) (i32.const 3072))
+    (i32.store (i32.const 52) (i32.const 64))
+    (drop (call $read (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 56)))))"#;
 
 /// Runs wasm tasks.
 pub struct WasmExecutor {
@@ -103,20 +131,33 @@ impl WasmExecutor {
 
     fn warm_invocation(&self, runtime: &Runtime) -> Result<()> {
         let function = runtime.load_bytes(WARM_UP_MODULE.as_bytes(), &LoadOptions::default())?;
-        let null = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| Error::Other(format!("/dev/null: {e}")))?;
+        // Stdout a pipe, as a task's is a FIFO (the reactor's path, not the
+        // inline one of /dev/null); its five bytes fit the pipe's buffer.
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| Error::Other(format!("warm-up pipe: {e}")))?;
         let inv = Invocation {
-            stdout: Output::File(null),
+            args: vec!["warm-up".into()],
+            env: vec![("PATH".into(), "/".into())],
+            dirs: vec![Preopen {
+                host: std::env::temp_dir(),
+                guest: "/".into(),
+                read_only: true,
+            }],
+            stdin: Input::Null,
+            stdout: Output::File(File::from(std::os::fd::OwnedFd::from(writer))),
             ..Invocation::default()
         };
-        self.tokio
+        let outcome = self
+            .tokio
             .block_on(
                 self.tokio
                     .spawn(async move { function.invoke_async(inv).await }),
             )
             .map_err(|e| Error::Other(format!("warm-up task: {e}")))??;
+        drop(reader);
+        if !outcome.success() {
+            return Err(Error::Other(format!("warm-up guest: {:?}", outcome.status)));
+        }
         Ok(())
     }
 

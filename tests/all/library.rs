@@ -1,6 +1,7 @@
 //! The embedding API of `wasmlet-runtime`.
 
 use crate::helpers::*;
+use std::time::Duration;
 use wasmlet_runtime::{
     Entry, Error, Input, Invocation, LimitExceeded, Limits, LoadOptions, Output, Runtime,
     RuntimeConfig, Status, Val,
@@ -198,4 +199,78 @@ fn runtime_from_toml_config() {
         ..RuntimeConfig::default()
     };
     assert!(matches!(Runtime::new(bad), Err(Error::Config(_))));
+}
+
+/// Writes 16 chunks of 64 KiB to stdout, chunk `k` all bytes `k`, each
+/// with as many `fd_write` calls as it takes; traps if a write fails.
+const CHUNKS_OUT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $k i32) (local $off i32) (local $left i32)
+    (loop $chunks
+      (memory.fill (i32.const 1024) (local.get $k) (i32.const 65536))
+      (local.set $off (i32.const 1024))
+      (local.set $left (i32.const 65536))
+      (block $done (loop $part
+        (br_if $done (i32.eqz (local.get $left)))
+        (i32.store (i32.const 0) (local.get $off))
+        (i32.store (i32.const 4) (local.get $left))
+        (if (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)) (then unreachable))
+        (local.set $off (i32.add (local.get $off) (i32.load (i32.const 8))))
+        (local.set $left (i32.sub (local.get $left) (i32.load (i32.const 8))))
+        (br $part)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br_if $chunks (i32.lt_u (local.get $k) (i32.const 16))))))"#;
+
+#[test]
+fn output_to_a_slow_pipe_arrives_whole_and_in_order() {
+    use std::io::Read;
+    let f = runtime()
+        .load_bytes(CHUNKS_OUT.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    // A reader slower than the guest: the pipe fills, and what the
+    // descriptor does not take at once waits for it.
+    let slow = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let inv = Invocation {
+        stdout: Output::File(std::fs::File::from(std::os::fd::OwnedFd::from(writer))),
+        ..Default::default()
+    };
+    let o = within(Duration::from_secs(30), move || f.invoke(inv).unwrap());
+    assert!(o.success(), "{:?}", o.status);
+    let all = slow.join().unwrap();
+    assert_eq!(all.len(), 16 << 16);
+    for (k, chunk) in all.chunks(1 << 16).enumerate() {
+        assert!(
+            chunk.iter().all(|&b| b as usize == k),
+            "chunk {k} out of order"
+        );
+    }
+}
+
+#[test]
+fn output_to_a_pipe_whose_reader_is_gone_fails_the_write() {
+    let f = runtime()
+        .load_bytes(CHUNKS_OUT.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let inv = Invocation {
+        stdout: Output::File(std::fs::File::from(std::os::fd::OwnedFd::from(writer))),
+        ..Default::default()
+    };
+    // The guest's first write fails (its module then traps): no hang, no
+    // SIGPIPE, no panic.
+    let o = within(Duration::from_secs(10), move || f.invoke(inv).unwrap());
+    assert!(matches!(o.status, Status::Trapped(_)), "{:?}", o.status);
 }
