@@ -14,6 +14,13 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A guest writing past the file-size limit (`ulimit -f`) gets EFBIG
+    // from its write, as a guest whose pipe reader left gets EPIPE (Rust
+    // ignores SIGPIPE): the signal's default would kill wasmlet, and with
+    // it the invocation's outcome and usage record.
+    // SAFETY: setting a signal's disposition to "ignore" installs no
+    // handler; nothing else in this process sets SIGXFSZ.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     // A server logs what it does (start-up, reloads, guest stderr) with
     // timestamps; one-shot commands only warn.
     let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");

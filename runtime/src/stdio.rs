@@ -12,15 +12,19 @@
 //! - `O_NONBLOCK` belongs to the open file description, which an fd shares
 //!   with everyone else holding it (the shell's terminal, the parent's end of
 //!   a pipe). So pipes, FIFOs and terminals are reopened through
-//!   `/proc/self/fd` (a new description of the same pipe or device) and only
-//!   that copy is made non-blocking. Sockets keep their flags and are read
-//!   and written with `MSG_DONTWAIT`.
-//! - Regular files, and devices the reactor cannot wait on (`/dev/null`,
-//!   `/dev/zero`), are read and written inline: they never wait for another
-//!   party. So is a pipe that cannot be reopened (no `/proc`): that one
-//!   still blocks its thread.
-//! - Input is read only when the guest asks for it (nothing is read ahead
-//!   and lost when the invocation ends).
+//!   `/proc/self/fd` (a new description of the same pipe or device, in the
+//!   direction the caller's own allows) and only that copy is made
+//!   non-blocking. Sockets keep their flags and are read and written with
+//!   `MSG_DONTWAIT`.
+//! - A pipe, FIFO or terminal that cannot be reopened (no `/proc`, another
+//!   user's, a pty master) keeps the caller's description: each read or
+//!   write is checked with `poll(2)` first and waiting is a short timer, so
+//!   it does not block a thread either.
+//! - Regular files, and devices that never wait for another party
+//!   (`/dev/null`, `/dev/zero`, `/dev/full`), are read and written inline.
+//! - Input is read only when the guest reads, and only what it asks for
+//!   (waiting for input reads nothing), so nothing is read ahead and lost
+//!   when the invocation ends.
 
 use bytes::{Bytes, BytesMut};
 use std::fs::File;
@@ -45,9 +49,22 @@ enum Fd {
     /// Waited on by the reactor; `socket`: read and written with
     /// `MSG_DONTWAIT` (its own flags untouched).
     Async { fd: AsyncFd<File>, socket: bool },
-    /// Read and written inline.
+    /// A pipe, FIFO or terminal that could not be reopened (no `/proc`, as
+    /// in a sandbox; another user's; a FIFO without its other end yet; a
+    /// pty master, which a reopen would replace by a new pty): its
+    /// description is the caller's, so its flags stay as they are. Each
+    /// read or write is first checked with `poll(2)` without waiting, a
+    /// write takes at most `PIPE_BUF` bytes (which a pipe with room takes
+    /// whole), and waiting is a timer ([`POLL_RETRY`]): it never blocks a
+    /// thread, so a timeout still ends a guest stuck on it.
+    Polled(File),
+    /// Read and written inline: regular files and devices that never wait
+    /// for another party (`/dev/null`, `/dev/full`).
     Inline(File),
 }
+
+/// How often a [`Fd::Polled`] descriptor that was not ready is tried again.
+const POLL_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Fd {
     fn open(fd: BorrowedFd<'_>, write: bool) -> io::Result<Fd> {
@@ -56,22 +73,41 @@ impl Fd {
         if kind.is_socket() {
             return Ok(match register(own) {
                 Ok(fd) => Fd::Async { fd, socket: true },
-                Err(own) => Fd::Inline(own),
+                Err(own) => Fd::Polled(own),
             });
         }
-        if kind.is_fifo() || kind.is_char_device() {
+        let tty = kind.is_char_device() && std::io::IsTerminal::is_terminal(&own);
+        if !kind.is_fifo() && !tty {
+            return Ok(Fd::Inline(own));
+        }
+        // Reopened only for the direction the caller's description allows
+        // (a pipe's read end given as stdout must not become its write
+        // end), and never a pty master (`/dev/ptmx`: opening it makes a new
+        // pty).
+        let mode = rustix::fs::fcntl_getfl(&own)? & rustix::fs::OFlags::RWMODE;
+        let allowed = if write {
+            mode != rustix::fs::OFlags::RDONLY
+        } else {
+            mode != rustix::fs::OFlags::WRONLY
+        };
+        let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        // (readlinkat, as the sandbox's system-call filter allows.)
+        let ptmx = tty
+            && rustix::fs::readlinkat(rustix::fs::CWD, proc_path.as_str(), Vec::new())
+                .is_ok_and(|target| target.as_bytes().ends_with(b"/ptmx"));
+        if allowed && !ptmx {
             let reopened = std::fs::OpenOptions::new()
                 .read(!write)
                 .write(write)
                 .custom_flags(libc::O_NONBLOCK)
-                .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                .open(&proc_path);
             if let Ok(f) = reopened
                 && let Ok(fd) = register(f)
             {
                 return Ok(Fd::Async { fd, socket: false });
             }
         }
-        Ok(Fd::Inline(own))
+        Ok(Fd::Polled(own))
     }
 
     /// One read, without waiting when the reactor handles this fd
@@ -79,6 +115,12 @@ impl Fd {
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Fd::Inline(f) => (&*f).read(buf),
+            Fd::Polled(f) => {
+                if !poll_now(f, rustix::event::PollFlags::IN)? {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                (&*f).read(buf)
+            }
             Fd::Async { fd, socket: false } => fd.get_ref().read(buf),
             Fd::Async { fd, socket: true } => {
                 // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and
@@ -99,6 +141,12 @@ impl Fd {
     fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Fd::Inline(f) => (&*f).write(buf),
+            Fd::Polled(f) => {
+                if !poll_now(f, rustix::event::PollFlags::OUT)? {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                (&*f).write(&buf[..buf.len().min(libc::PIPE_BUF)])
+            }
             Fd::Async { fd, socket: false } => fd.get_ref().write(buf),
             Fd::Async { fd, socket: true } => {
                 // SAFETY: `buf` is valid for reads of `buf.len()` bytes, and
@@ -116,11 +164,36 @@ impl Fd {
         }
     }
 
+    /// Whether a read would not wait (data, the end, or an error), without
+    /// reading anything.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Fd::Inline(_) => Poll::Ready(Ok(())),
+            Fd::Polled(f) => match poll_now(f, rustix::event::PollFlags::IN) {
+                Ok(false) => retry_later(cx),
+                Ok(true) => Poll::Ready(Ok(())),
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            Fd::Async { fd, .. } => loop {
+                let mut guard = ready!(fd.poll_read_ready(cx))?;
+                // Readiness is edge-triggered and may be stale: ask the
+                // kernel, and wait again (clearing it) when nothing is there.
+                if poll_now(fd.get_ref(), rustix::event::PollFlags::IN)? {
+                    return Poll::Ready(Ok(()));
+                }
+                guard.clear_ready();
+            },
+        }
+    }
+
     /// Reads at least one byte (or the end, or an error), waiting for the
-    /// reactor as needed.
+    /// reactor (or the retry timer) as needed.
     fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let Fd::Async { fd, .. } = self else {
-            return Poll::Ready(self.read_now(buf));
+            return match self.read_now(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => retry_later(cx),
+                r => Poll::Ready(r),
+            };
         };
         loop {
             let mut guard = ready!(fd.poll_read_ready(cx))?;
@@ -132,7 +205,10 @@ impl Fd {
 
     fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let Fd::Async { fd, .. } = self else {
-            return Poll::Ready(self.write_now(buf));
+            return match self.write_now(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => retry_later(cx),
+                r => Poll::Ready(r),
+            };
         };
         loop {
             let mut guard = ready!(fd.poll_write_ready(cx))?;
@@ -141,6 +217,30 @@ impl Fd {
             }
         }
     }
+}
+
+/// `poll(2)` of one descriptor without waiting: whether any of `events`
+/// (or an error or hang-up, which a read or write then reports) is there.
+fn poll_now(fd: &File, events: rustix::event::PollFlags) -> io::Result<bool> {
+    let mut fds = [rustix::event::PollFd::new(fd, events)];
+    loop {
+        match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+            Ok(_) => return Ok(!fds[0].revents().is_empty()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Pending, woken after [`POLL_RETRY`] (a descriptor the reactor cannot
+/// wait on is tried again then).
+fn retry_later<T>(cx: &mut Context<'_>) -> Poll<T> {
+    let waker = cx.waker().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(POLL_RETRY).await;
+        waker.wake();
+    });
+    Poll::Pending
 }
 
 /// Registers `file` with the current runtime's reactor; gives it back if the
@@ -177,7 +277,6 @@ impl StdinStream for HostStdin {
     fn p2_stream(&self) -> Box<dyn InputStream> {
         Box::new(InputFd {
             fd: self.fd.clone(),
-            buffered: None,
         })
     }
 
@@ -186,11 +285,11 @@ impl StdinStream for HostStdin {
     }
 }
 
-/// The WASI input stream: reads when the guest asks (`ready` waits for
-/// data and holds what it read until `read` takes it).
+/// The WASI input stream: reads only when the guest reads, and only as
+/// much as it asks for (`ready` waits until a read would not wait, without
+/// reading), so nothing is taken from a shared pipe and lost at the end.
 struct InputFd {
     fd: Arc<Fd>,
-    buffered: Option<StreamResult<Bytes>>,
 }
 
 fn to_stream_result(r: io::Result<Bytes>) -> StreamResult<Bytes> {
@@ -214,22 +313,12 @@ fn read_bytes(
 
 impl InputStream for InputFd {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        match self.buffered.take() {
-            Some(Ok(mut bytes)) => {
-                let rest = bytes.split_off(bytes.len().min(size));
-                if !rest.is_empty() {
-                    self.buffered = Some(Ok(rest));
-                }
-                return Ok(bytes);
-            }
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
         if size == 0 {
             return Ok(Bytes::new());
         }
         match read_bytes(size, |b| Poll::Ready(self.fd.read_now(b))) {
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(Bytes::new()),
             Poll::Ready(r) => to_stream_result(r),
             Poll::Pending => unreachable!("read_now does not wait"),
         }
@@ -239,13 +328,9 @@ impl InputStream for InputFd {
 #[async_trait::async_trait]
 impl Pollable for InputFd {
     async fn ready(&mut self) {
-        if self.buffered.is_some() || matches!(*self.fd, Fd::Inline(_)) {
-            return;
-        }
         let fd = self.fd.clone();
-        let r =
-            std::future::poll_fn(|cx| read_bytes(READ_CHUNK, |b| fd.poll_read_some(cx, b))).await;
-        self.buffered = Some(to_stream_result(r));
+        // An error is not kept here: the read that follows reports it.
+        let _ = std::future::poll_fn(|cx| fd.poll_readable(cx)).await;
     }
 }
 
@@ -296,7 +381,19 @@ struct OutputState {
 enum Failed {
     /// The reading end is gone.
     Closed,
-    Error(io::ErrorKind),
+    /// Any other error, with its OS error number where it had one (which
+    /// is what the guest's errno is made from: ENOSPC stays ENOSPC).
+    Error(io::ErrorKind, Option<i32>),
+}
+
+impl Failed {
+    fn to_io(self) -> io::Error {
+        match self {
+            Failed::Closed => io::ErrorKind::BrokenPipe.into(),
+            Failed::Error(_, Some(code)) => io::Error::from_raw_os_error(code),
+            Failed::Error(kind, None) => kind.into(),
+        }
+    }
 }
 
 impl OutputShared {
@@ -310,9 +407,7 @@ impl OutputState {
         match self.failed {
             None => Ok(()),
             Some(Failed::Closed) => Err(StreamError::Closed),
-            Some(Failed::Error(kind)) => Err(StreamError::LastOperationFailed(
-                io::Error::from(kind).into(),
-            )),
+            Some(failed) => Err(StreamError::LastOperationFailed(failed.to_io().into())),
         }
     }
 
@@ -321,7 +416,7 @@ impl OutputState {
         self.queued.clear();
         self.failed = Some(match e.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::WriteZero => Failed::Closed,
-            kind => Failed::Error(kind),
+            kind => Failed::Error(kind, e.raw_os_error()),
         });
     }
 
@@ -469,10 +564,7 @@ impl AsyncWrite for WriteFd {
         let mut state = shared.state();
         ready!(state.drain(|b| shared.fd.poll_write_some(cx, b)));
         if let Some(failed) = state.failed {
-            return Poll::Ready(Err(match failed {
-                Failed::Closed => io::ErrorKind::BrokenPipe.into(),
-                Failed::Error(kind) => kind.into(),
-            }));
+            return Poll::Ready(Err(failed.to_io()));
         }
         shared.fd.poll_write_some(cx, buf)
     }

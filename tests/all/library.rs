@@ -274,3 +274,134 @@ fn output_to_a_pipe_whose_reader_is_gone_fails_the_write() {
     let o = within(Duration::from_secs(10), move || f.invoke(inv).unwrap());
     assert!(matches!(o.status, Status::Trapped(_)), "{:?}", o.status);
 }
+
+#[test]
+fn output_to_a_fifo_that_cannot_be_reopened_still_waits_without_blocking() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    // A FIFO whose reader has gone when the invocation starts cannot be
+    // reopened for writing (ENXIO), so the caller's own (non-blocking)
+    // description is used, polled; a reader comes later and reads slowly.
+    let dir = tempdir();
+    let path = dir.path().join("out");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let first_reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    drop(first_reader);
+    // The same guest, which first waits for a byte on stdin: it writes
+    // only once the reader has come.
+    let wat = CHUNKS_OUT
+        .replace(
+            r#"(module"#,
+            r#"(module (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))"#,
+        )
+        .replace(
+            "(loop $chunks",
+            "(i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 1))
+             (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+             (loop $chunks",
+        );
+    let f = runtime()
+        .load_bytes(wat.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let (go_reader, mut go) = std::io::pipe().unwrap();
+    let later = path.clone();
+    let slow = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut reader = std::fs::File::open(later).unwrap();
+        go.write_all(b"!").unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let inv = Invocation {
+        stdin: Input::File(std::fs::File::from(std::os::fd::OwnedFd::from(go_reader))),
+        stdout: Output::File(writer),
+        ..Default::default()
+    };
+    let o = within(Duration::from_secs(30), move || f.invoke(inv).unwrap());
+    assert!(o.success(), "{:?}", o.status);
+    let all = slow.join().unwrap();
+    assert_eq!(all.len(), 16 << 16);
+    for (k, chunk) in all.chunks(1 << 16).enumerate() {
+        assert!(
+            chunk.iter().all(|&b| b as usize == k),
+            "chunk {k} out of order"
+        );
+    }
+}
+
+#[test]
+fn stdout_given_as_a_pipes_read_end_is_not_turned_into_its_write_end() {
+    use std::io::{Read, Write};
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(b"hi\n").unwrap();
+    drop(writer);
+    let reader_fd = std::os::fd::OwnedFd::from(reader);
+    let ours = reader_fd.try_clone().unwrap();
+    let f = runtime()
+        .load_bytes(CHUNKS_OUT.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let inv = Invocation {
+        stdout: Output::File(std::fs::File::from(reader_fd)),
+        ..Default::default()
+    };
+    // The guest's write fails (EBADF; the module then traps) and nothing
+    // reaches the pipe: its reader finds only what was in it.
+    let o = within(Duration::from_secs(10), move || f.invoke(inv).unwrap());
+    assert!(matches!(o.status, Status::Trapped(_)), "{:?}", o.status);
+    let mut rest = Vec::new();
+    std::fs::File::from(ours).read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"hi\n");
+}
+
+#[test]
+fn stdin_is_not_read_ahead_of_what_the_guest_asks_for() {
+    use std::io::{Read, Write};
+    // Reads 6 bytes of stdin with one fd_read, and exits.
+    const READ6: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 64))
+        (i32.store (i32.const 4) (i32.const 6))
+        (if (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)) (then unreachable))
+        (if (i32.ne (i32.load (i32.const 8)) (i32.const 6)) (then unreachable))))"#;
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let reader_fd = std::os::fd::OwnedFd::from(reader);
+    let ours = reader_fd.try_clone().unwrap();
+    let f = runtime()
+        .load_bytes(READ6.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let inv = Invocation {
+        stdin: Input::File(std::fs::File::from(reader_fd)),
+        ..Default::default()
+    };
+    let feeder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        writer.write_all(b"line1\nline2\nline3\n").unwrap();
+    });
+    let o = within(Duration::from_secs(10), move || f.invoke(inv).unwrap());
+    assert!(o.success(), "{:?}", o.status);
+    feeder.join().unwrap();
+    // The rest is still in the pipe for whoever reads it next.
+    let mut rest = Vec::new();
+    std::fs::File::from(ours).read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"line2\nline3\n");
+}
