@@ -28,17 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions::default(),
     )?;
     let (reader, writer) = std::io::pipe()?;
-    let inv = Invocation {
-        args: vec!["warm-up".into()],
-        env: vec![("PATH".into(), "/".into())],
-        dirs: vec![Preopen {
-            host: std::env::temp_dir(),
-            guest: "/".into(),
-            read_only: true,
-        }],
-        stdout: Output::File(std::fs::File::from(std::os::fd::OwnedFd::from(writer))),
-        ..Invocation::default()
-    };
+    let inv =
+        wasmlet_shim::warm_up_invocation(std::fs::File::from(std::os::fd::OwnedFd::from(writer)));
     let o = tokio.block_on(tokio.spawn(async move { warm.invoke_async(inv).await }))??;
     drop(reader);
     assert!(o.success(), "{:?}", o.status);

@@ -34,7 +34,7 @@ mod wasm;
 pub use error::{Error, Result};
 pub use executor::{Executor, Instance};
 pub use service::{RUNTIME_TYPE, TaskService, WasmletShim};
-pub use wasm::{DEFAULT_SHIM_CACHE_DIR, WARM_UP_MODULE, WasmExecutor};
+pub use wasm::{DEFAULT_SHIM_CACHE_DIR, WARM_UP_MODULE, WasmExecutor, warm_up_invocation};
 
 /// When this process started (its `main`), for the debug-level timing
 /// lines of the start path (`containerd --log-level debug` shows them).

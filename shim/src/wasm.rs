@@ -82,6 +82,24 @@ pub const WARM_UP_MODULE: &str = r#"(module
     (i32.store (i32.const 52) (i32.const 64))
     (drop (call $read (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 56)))))"#;
 
+/// The invocation the warm-up module runs with: an argument, an
+/// environment variable, a read-only preopen (the temporary directory, of
+/// which it reads only the name) and `stdout`, as a task's are given.
+pub fn warm_up_invocation(stdout: File) -> Invocation {
+    Invocation {
+        args: vec!["warm-up".into()],
+        env: vec![("PATH".into(), "/".into())],
+        dirs: vec![Preopen {
+            host: std::env::temp_dir(),
+            guest: "/".into(),
+            read_only: true,
+        }],
+        stdin: Input::Null,
+        stdout: Output::File(stdout),
+        ..Invocation::default()
+    }
+}
+
 /// Runs wasm tasks.
 pub struct WasmExecutor {
     runtime: Mutex<Option<Runtime>>,
@@ -135,18 +153,7 @@ impl WasmExecutor {
         // inline one of /dev/null); its five bytes fit the pipe's buffer.
         let (reader, writer) =
             std::io::pipe().map_err(|e| Error::Other(format!("warm-up pipe: {e}")))?;
-        let inv = Invocation {
-            args: vec!["warm-up".into()],
-            env: vec![("PATH".into(), "/".into())],
-            dirs: vec![Preopen {
-                host: std::env::temp_dir(),
-                guest: "/".into(),
-                read_only: true,
-            }],
-            stdin: Input::Null,
-            stdout: Output::File(File::from(std::os::fd::OwnedFd::from(writer))),
-            ..Invocation::default()
-        };
+        let inv = warm_up_invocation(File::from(std::os::fd::OwnedFd::from(writer)));
         let outcome = self
             .tokio
             .block_on(

@@ -222,33 +222,22 @@ const CHUNKS_OUT: &str = r#"(module
       (local.set $k (i32.add (local.get $k) (i32.const 1)))
       (br_if $chunks (i32.lt_u (local.get $k) (i32.const 16))))))"#;
 
-#[test]
-fn output_to_a_slow_pipe_arrives_whole_and_in_order() {
-    use std::io::Read;
-    let f = runtime()
-        .load_bytes(CHUNKS_OUT.as_bytes(), &LoadOptions::default())
-        .unwrap();
-    let (mut reader, writer) = std::io::pipe().unwrap();
-    // A reader slower than the guest: the pipe fills, and what the
-    // descriptor does not take at once waits for it.
-    let slow = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 16 << 10];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => return all,
-                Ok(n) => all.extend_from_slice(&buf[..n]),
-            }
-            std::thread::sleep(Duration::from_millis(2));
+/// Reads `reader` to its end a little at a time, sleeping between reads
+/// (a reader slower than the guest).
+fn read_slowly(mut reader: impl std::io::Read) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
         }
-    });
-    let inv = Invocation {
-        stdout: Output::File(std::fs::File::from(std::os::fd::OwnedFd::from(writer))),
-        ..Default::default()
-    };
-    let o = within(Duration::from_secs(30), move || f.invoke(inv).unwrap());
-    assert!(o.success(), "{:?}", o.status);
-    let all = slow.join().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Checks that `all` is [`CHUNKS_OUT`]'s output, whole and in order.
+fn assert_chunks_in_order(all: &[u8]) {
     assert_eq!(all.len(), 16 << 16);
     for (k, chunk) in all.chunks(1 << 16).enumerate() {
         assert!(
@@ -256,6 +245,24 @@ fn output_to_a_slow_pipe_arrives_whole_and_in_order() {
             "chunk {k} out of order"
         );
     }
+}
+
+#[test]
+fn output_to_a_slow_pipe_arrives_whole_and_in_order() {
+    let f = runtime()
+        .load_bytes(CHUNKS_OUT.as_bytes(), &LoadOptions::default())
+        .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    // A reader slower than the guest: the pipe fills, and what the
+    // descriptor does not take at once waits for it.
+    let slow = std::thread::spawn(move || read_slowly(reader));
+    let inv = Invocation {
+        stdout: Output::File(std::fs::File::from(std::os::fd::OwnedFd::from(writer))),
+        ..Default::default()
+    };
+    let o = within(Duration::from_secs(30), move || f.invoke(inv).unwrap());
+    assert!(o.success(), "{:?}", o.status);
+    assert_chunks_in_order(&slow.join().unwrap());
 }
 
 #[test]
@@ -277,7 +284,7 @@ fn output_to_a_pipe_whose_reader_is_gone_fails_the_write() {
 
 #[test]
 fn output_to_a_fifo_that_cannot_be_reopened_still_waits_without_blocking() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     // A FIFO whose reader has gone when the invocation starts cannot be
     // reopened for writing (ENXIO), so the caller's own (non-blocking)
@@ -318,17 +325,9 @@ fn output_to_a_fifo_that_cannot_be_reopened_still_waits_without_blocking() {
     let later = path.clone();
     let slow = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
-        let mut reader = std::fs::File::open(later).unwrap();
+        let reader = std::fs::File::open(later).unwrap();
         go.write_all(b"!").unwrap();
-        let mut all = Vec::new();
-        let mut buf = [0u8; 16 << 10];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => return all,
-                Ok(n) => all.extend_from_slice(&buf[..n]),
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        read_slowly(reader)
     });
     let inv = Invocation {
         stdin: Input::File(std::fs::File::from(std::os::fd::OwnedFd::from(go_reader))),
@@ -337,14 +336,7 @@ fn output_to_a_fifo_that_cannot_be_reopened_still_waits_without_blocking() {
     };
     let o = within(Duration::from_secs(30), move || f.invoke(inv).unwrap());
     assert!(o.success(), "{:?}", o.status);
-    let all = slow.join().unwrap();
-    assert_eq!(all.len(), 16 << 16);
-    for (k, chunk) in all.chunks(1 << 16).enumerate() {
-        assert!(
-            chunk.iter().all(|&b| b as usize == k),
-            "chunk {k} out of order"
-        );
-    }
+    assert_chunks_in_order(&slow.join().unwrap());
 }
 
 #[test]
