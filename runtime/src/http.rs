@@ -24,7 +24,9 @@
 //! task of its own (a body is a stream the guest may still be writing),
 //! its usage so far is in `usage`, and the final record arrives on
 //! `final_outcome` when it ends. Either way the time limits hold: past the
-//! timeout the guest is stopped and its body ends with an error.
+//! timeout the guest is stopped and its body ends with an error. A
+//! streaming guest whose body is dropped unfinished (the client went away)
+//! is stopped then too: its `final_outcome` sender is dropped unsent.
 
 use crate::component::{ComponentCode, ComponentCtx, World};
 use crate::error::Error;
@@ -79,7 +81,10 @@ pub struct HttpOutcome {
     pub stderr: Option<Bytes>,
     /// For a response still streaming when returned: the final outcome
     /// when the guest ends (how it ended, even after its head went out: a
-    /// trap or a limit mid-body; its usage; its captured stderr).
+    /// trap or a limit mid-body; its usage; its captured stderr). If the
+    /// response body is dropped before its end (the client went away), the
+    /// guest is stopped and this resolves to an error: nothing it did
+    /// after that reaches anyone.
     pub final_outcome: Option<oneshot::Receiver<Outcome>>,
 }
 
@@ -249,6 +254,7 @@ pub async fn handle_http(
             frames,
             rest: (out.success() && !body_done).then_some(rest),
             cut: None,
+            gone: None,
         };
         return HttpOutcome {
             response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
@@ -306,6 +312,7 @@ pub async fn handle_http(
                 frames,
                 rest: (out.success() && !body_done).then_some(rest),
                 cut: None,
+                gone: None,
             };
             HttpOutcome {
                 response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
@@ -322,8 +329,15 @@ pub async fn handle_http(
             let usage = Usage::new(wall_start.elapsed(), Default::default(), None, 0);
             let cut = Arc::new(OnceLock::new());
             let cut_by = cut.clone();
+            let (gone_tx, gone_rx) = oneshot::channel::<()>();
             tokio::spawn(async move {
-                let (result, cpu) = task.await;
+                let mut task = pin!(task);
+                let (result, cpu) = tokio::select! {
+                    done = &mut task => done,
+                    // The body was dropped unfinished: the guest is
+                    // stopped here (its future dropped), and `tx` with it.
+                    Ok(()) = gone_rx => return,
+                };
                 let out = match result {
                     Ok(f) => {
                         // Before the store goes: a body it never finished
@@ -357,6 +371,7 @@ pub async fn handle_http(
                 frames,
                 rest: (!body_done).then_some(rest),
                 cut: (!body_done).then_some(cut),
+                gone: Some(gone_tx),
             };
             HttpOutcome {
                 response: Ok(hyper::Response::from_parts(parts, body.boxed_unsync())),
@@ -438,6 +453,22 @@ struct Chain {
     /// guest that finished its body and failed only afterwards, before
     /// the client had read the body's end, is reported the same way.)
     cut: Option<Arc<OnceLock<Status>>>,
+    /// For a body streamed while the guest runs: told when the body is
+    /// dropped before its end, which stops the guest.
+    gone: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        if self
+            .rest
+            .as_ref()
+            .is_some_and(|r| !hyper::body::Body::is_end_stream(r))
+            && let Some(gone) = self.gone.take()
+        {
+            let _ = gone.send(());
+        }
+    }
 }
 
 impl hyper::body::Body for Chain {

@@ -807,8 +807,26 @@ async fn handle(
                         let Some(mut line) = shared.pending_lines.take(key) else {
                             return; // written by the exit
                         };
-                        if let (Some(record), LineOutcome::Ran(_)) = (record, &line.outcome) {
-                            line.outcome = LineOutcome::Ran(record);
+                        match (record, &line.outcome) {
+                            (Some(record), LineOutcome::Ran(_)) => {
+                                line.outcome = LineOutcome::Ran(record);
+                            }
+                            // The client left before the body's end: the
+                            // guest was stopped then (figures from its head,
+                            // wall time until now).
+                            (None, LineOutcome::Ran(head)) => {
+                                let u = &head.usage;
+                                line.outcome = LineOutcome::Ran(interrupted(
+                                    wasmlet_runtime::Usage::new(
+                                        started.elapsed(),
+                                        u.cpu_time,
+                                        u.fuel_consumed,
+                                        u.peak_memory_bytes,
+                                    ),
+                                    "the client left before the end of the response body: the guest was stopped",
+                                ));
+                            }
+                            _ => {}
                         }
                         if shared.opts.usage {
                             tracing::info!(target: "wasmlet::usage", "usage {line}");

@@ -1343,6 +1343,47 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
 }
 
 #[test]
+fn serve_http_component_stream_whose_client_leaves_is_stopped() {
+    let dir = tempdir();
+    let m = component_manifest(
+        dir.path(),
+        "",
+        "timeout = \"30s\"\nmax_concurrency = 1\nqueue_depth = 1\nqueue_timeout = \"5s\"",
+        &["/drip", "/hello"],
+    );
+    let server = Serve::start(&m);
+    // The guest sends its head and a first chunk, then waits a minute.
+    let mut s = send_get(server.addr, "/drip", "left-mid-body");
+    let got = read_until(&mut s, b"first\n");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let left = Instant::now();
+    drop(s);
+    // Its client gone, the guest is stopped at once (not at its 30 s
+    // timeout): its place is free for the next request, which waits for it
+    // in the queue.
+    assert_eq!(server.get("/hello").status, 200);
+    assert!(
+        left.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        left.elapsed()
+    );
+    let log = dir.path().join("wasmlet-usage.jsonl");
+    let lines = crate::usage::wait_lines(&log, 2);
+    let l = lines
+        .iter()
+        .find(|l| l["id"] == "left-mid-body")
+        .expect("its line");
+    assert_eq!(l["status"], "interrupted", "{l}");
+    assert_eq!(l["http_status"], 200, "{l}");
+    assert!(l["wall_time_ns"].as_u64().unwrap() < 5_000_000_000, "{l}");
+    assert!(server.metrics().contains("wasmlet_in_flight 0\n"));
+}
+
+#[test]
 fn serve_sigterm_writes_a_line_for_every_request_still_open() {
     let dir = tempdir();
     let m = component_manifest(
