@@ -26,7 +26,7 @@
 //!   (waiting for input reads nothing), so nothing is read ahead and lost
 //!   when the invocation ends.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -411,35 +411,44 @@ impl OutputState {
         }
     }
 
-    /// Records the end of the stream from a failed write.
-    fn fail(&mut self, e: &io::Error) {
-        self.queued.clear();
-        self.failed = Some(match e.kind() {
-            io::ErrorKind::BrokenPipe | io::ErrorKind::WriteZero => Failed::Closed,
-            kind => Failed::Error(kind, e.raw_os_error()),
-        });
+    /// Writes what is queued with `write` (see [`write_out`]). Ready when
+    /// the queue is empty or the stream has failed (the queue then dropped).
+    fn drain(&mut self, write: impl FnMut(&[u8]) -> Poll<io::Result<usize>>) -> Poll<()> {
+        let done = write_out(&mut self.queued, &mut self.failed, write);
+        if self.failed.is_some() {
+            self.queued.clear();
+        }
+        done
     }
+}
 
-    /// Writes what is queued with `write` (one attempt per call, more while
-    /// it takes everything), stopping at `WouldBlock`. Ready when the queue
-    /// is empty or the stream has failed.
-    fn drain(&mut self, mut write: impl FnMut(&[u8]) -> Poll<io::Result<usize>>) -> Poll<()> {
-        while !self.queued.is_empty() && self.failed.is_none() {
-            match write(&self.queued) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => self.fail(&io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => {
-                    let _ = self.queued.split_to(n);
-                }
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(e)) => self.fail(&e),
+/// Writes the front of `buf` with `write` until none is left, the
+/// descriptor would block (`Pending`), or a write fails: the failure is
+/// recorded in `failed` (a write of nothing, or to a pipe without a
+/// reader, as the end of the stream).
+fn write_out(
+    buf: &mut impl Buf,
+    failed: &mut Option<Failed>,
+    mut write: impl FnMut(&[u8]) -> Poll<io::Result<usize>>,
+) -> Poll<()> {
+    while buf.has_remaining() && failed.is_none() {
+        match write(buf.chunk()) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => *failed = Some(Failed::Closed),
+            Poll::Ready(Ok(n)) => buf.advance(n),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(e)) => {
+                *failed = Some(match e.kind() {
+                    io::ErrorKind::BrokenPipe => Failed::Closed,
+                    kind => Failed::Error(kind, e.raw_os_error()),
+                });
             }
         }
-        Poll::Ready(())
     }
+    Poll::Ready(())
 }
 
 /// Output to `fd` (duplicated; the caller keeps its own).
@@ -501,23 +510,11 @@ impl OutputStream for OutputFd {
         self.permit -= bytes.len();
         if state.queued.is_empty() {
             // The common case: straight to the descriptor.
-            while !bytes.is_empty() {
-                match self.shared.fd.write_now(&bytes) {
-                    Ok(0) => {
-                        state.fail(&io::ErrorKind::WriteZero.into());
-                        return state.check();
-                    }
-                    Ok(n) => {
-                        let _ = bytes.split_to(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        state.fail(&e);
-                        return state.check();
-                    }
-                }
-            }
+            let fd = &self.shared.fd;
+            let _ = write_out(&mut bytes, &mut state.failed, |b| {
+                Poll::Ready(fd.write_now(b))
+            });
+            state.check()?;
         }
         state.queued.extend_from_slice(&bytes);
         Ok(())

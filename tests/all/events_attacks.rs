@@ -443,7 +443,7 @@ fn attack_rejected_request_gets_a_line_with_its_id_and_metrics_agree() {
         usage_lines(dir.path()).len() == 3
     });
     let lines = usage_lines(dir.path());
-    let by = |id: &str| lines.iter().find(|l| l["id"] == id).cloned().unwrap();
+    let by = |id: &str| crate::usage::line_of(&lines, id).clone();
     assert_eq!(by("busy-1")["status"], "rejected");
     assert_eq!(by("busy-1")["http_status"], 503);
     assert!(by("busy-1").get("gb_seconds").is_none());

@@ -1121,12 +1121,7 @@ fn serve_http_component_end_to_end() {
     // declared oversized body, 413, and the oversized head, 431.)
     let lines = crate::usage::wait_lines(&dir.path().join("wasmlet-usage.jsonl"), 17);
     assert_eq!(lines.len(), 17, "{lines:?}");
-    let by_id = |id: &str| {
-        lines
-            .iter()
-            .find(|l| l["id"] == id)
-            .unwrap_or_else(|| panic!("no usage line for {id}: {lines:?}"))
-    };
+    let by_id = |id: &str| crate::usage::line_of(&lines, id);
     for (id, status, http) in [
         (&hello_id, "exited", 200),
         (&big_id, "exited", 200),
@@ -1255,10 +1250,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     drop(s);
     let log = dir.path().join("wasmlet-usage.jsonl");
     let lines = crate::usage::wait_lines(&log, 1);
-    let l = lines
-        .iter()
-        .find(|l| l["id"] == "gone-1")
-        .expect("gone-1's line");
+    let l = crate::usage::line_of(&lines, "gone-1");
     assert_eq!(l["status"], "interrupted", "{l}");
     assert!(l.get("http_status").is_none(), "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() >= 250_000_000, "{l}");
@@ -1301,17 +1293,11 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     );
     assert_eq!(server.get("/hello").status, 200);
     let lines = crate::usage::wait_lines(&log, 5);
-    let l = lines
-        .iter()
-        .find(|l| l["id"] == "left-queued")
-        .expect("left-queued's line");
+    let l = crate::usage::line_of(&lines, "left-queued");
     assert_eq!(l["status"], "rejected", "{l}");
     assert_eq!(l["reason"], "ended_before_start", "{l}");
     assert!(l.get("gb_seconds").is_none(), "{l}");
-    let l = lines
-        .iter()
-        .find(|l| l["id"] == "drip-1")
-        .expect("drip-1's line");
+    let l = crate::usage::line_of(&lines, "drip-1");
     assert_eq!(l["status"], "limit_exceeded", "{l}");
     assert_eq!(l["http_status"], 200, "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() >= 2_000_000_000, "{l}");
@@ -1334,10 +1320,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
         start.elapsed()
     );
     let lines = crate::usage::lines(&log);
-    let l = lines
-        .iter()
-        .find(|l| l["id"] == "drip-2")
-        .expect("drip-2's line");
+    let l = crate::usage::line_of(&lines, "drip-2");
     assert_eq!(l["status"], "interrupted", "{l}");
     assert_eq!(lines.iter().filter(|l| l["id"] == "drip-2").count(), 1);
 }
@@ -1373,10 +1356,7 @@ fn serve_http_component_stream_whose_client_leaves_is_stopped() {
     );
     let log = dir.path().join("wasmlet-usage.jsonl");
     let lines = crate::usage::wait_lines(&log, 2);
-    let l = lines
-        .iter()
-        .find(|l| l["id"] == "left-mid-body")
-        .expect("its line");
+    let l = crate::usage::line_of(&lines, "left-mid-body");
     assert_eq!(l["status"], "interrupted", "{l}");
     assert_eq!(l["http_status"], 200, "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() < 5_000_000_000, "{l}");
@@ -1408,7 +1388,7 @@ fn serve_sigterm_writes_a_line_for_every_request_still_open() {
     );
     let lines = crate::usage::lines(&dir.path().join("wasmlet-usage.jsonl"));
     assert_eq!(lines.len(), 2, "{lines:?}");
-    let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap();
+    let by_id = |id: &str| crate::usage::line_of(&lines, id);
     assert_eq!(by_id("run-1")["status"], "interrupted");
     assert!(by_id("run-1")["wall_time_ns"].as_u64().unwrap() >= 1_000_000_000);
     // The queued one was ended while it waited, or ran in the moment the

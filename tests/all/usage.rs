@@ -54,6 +54,15 @@ pub(crate) fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
     }
 }
 
+/// The line of request or event `id` among `lines` (a panic naming it and
+/// showing them all if there is none).
+pub(crate) fn line_of<'a>(lines: &'a [Value], id: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["id"] == id)
+        .unwrap_or_else(|| panic!("no usage line for {id}: {lines:?}"))
+}
+
 /// The value of the metric line `name` (with its labels) in `text`.
 pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -135,7 +144,7 @@ fn usage_log_one_line_per_request_with_its_id_and_metrics_agree() {
             }
         }
     }
-    let by_id = |id: &str| all.iter().find(|l| l["id"] == id).unwrap().clone();
+    let by_id = |id: &str| line_of(&all, id).clone();
     assert_eq!(by_id("exit-three")["status"], "exited");
     assert_eq!(by_id("exit-three")["exit_code"], 3);
     assert_eq!(by_id("lost-1")["function"], Value::Null);
