@@ -3,12 +3,16 @@
 //! module (the WASI calls of a C start-up, stdout a pipe),
 //! the task's module loaded from the compiled cache, its stdout a FIFO
 //! that another thread reads, `/` a preopened directory, then one
-//! `invoke_async` on a two-worker tokio runtime, timed from the spawn to
-//! its end; then the same module again, and a second new module.
+//! `invoke_async` on a two-worker tokio runtime, spawned behind a closed
+//! `StartGate` as the shim's create does; once its instance is made, the
+//! gate is opened and the run timed from there to its end, as the shim's
+//! start; then the same module again, and a second new module.
 //! Usage: cargo run --release --example first_start -- MODULE [MODULE2]
 use std::io::Read;
 use std::time::Instant;
-use wasmlet_runtime::{Invocation, LoadOptions, Output, Preopen, Runtime, RuntimeConfig};
+use wasmlet_runtime::{
+    Invocation, LoadOptions, Output, Preopen, Runtime, RuntimeConfig, StartGate,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
@@ -52,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let f = rt.load_file(path, &LoadOptions::default())?;
         let loaded = t.elapsed();
         let out = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+        let gate = StartGate::new();
         let inv = Invocation {
             stdout: Output::File(out),
             dirs: vec![Preopen {
@@ -60,15 +65,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 read_only: false,
             }],
             args: vec![path.to_string()],
+            gate: Some(gate.clone()),
             ..Invocation::default()
         };
+        let t = Instant::now();
+        let task = tokio.spawn(async move { f.invoke_async(inv).await });
+        while !gate.is_reached() {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        let prepared = t.elapsed();
+        // Let the runtime thread park, as it has between a create and a start.
+        std::thread::sleep(std::time::Duration::from_millis(2));
         let faults = minor_faults();
         let t = Instant::now();
-        let o = tokio.block_on(tokio.spawn(async move { f.invoke_async(inv).await }))??;
+        gate.open();
+        let o = tokio.block_on(task)??;
         let ran = t.elapsed();
         eprintln!(
-            "{label}: load {loaded:?}, spawn to end {ran:?} (its own wall time {:?}), {:?}, {} page faults",
-            o.usage.wall_time,
+            "{label}: load {loaded:?}, instance made in {prepared:?}, gate opened to end {ran:?}, {:?}, {} page faults",
             o.status,
             minor_faults() - faults
         );

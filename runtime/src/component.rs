@@ -287,8 +287,12 @@ pub(crate) fn link(
 pub(crate) async fn run_command(
     pre: &CommandPre<ComponentState>,
     store: &mut Store<ComponentState>,
+    gate: Option<&crate::StartGate>,
 ) -> wasmtime::Result<i32> {
     let command = pre.instantiate_async(&mut *store).await?;
+    if let Some(gate) = gate {
+        gate.pass().await;
+    }
     match command.wasi_cli_run().call_run(&mut *store).await? {
         Ok(()) => Ok(0),
         Err(()) => Ok(1),

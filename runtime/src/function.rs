@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::error::{Error, LimitExceeded};
 use crate::executor::{self, Executor};
 use crate::host::CatchPanic;
-use crate::invocation::{Entry, Invocation, Outcome, Status};
+use crate::invocation::{Entry, Invocation, Outcome, StartGate, Status};
 use crate::limiter::{CpuWatch, Deadline, StoreLimiter, TimeBudget, deadline};
 use crate::store::{StoreState, new_store};
 use crate::usage::{CpuMeter, Metered, Usage};
@@ -356,7 +356,7 @@ impl Function {
             wasi::build(inv, limits)?,
             context,
             async |store| {
-                let call = pin!(self.call(store, &inv.entry));
+                let call = pin!(self.call(store, &inv.entry, inv.gate.as_ref()));
                 call.await
             },
         ));
@@ -380,7 +380,9 @@ impl Function {
             .map(|ctx| ComponentCtx::new(ctx, code.outbound.clone()));
         Ok(start
             .in_fresh_store(&self.inner.executor, wasi, context, async |store| {
-                component::run_command(pre, store).await.map(Status::Exited)
+                component::run_command(pre, store, inv.gate.as_ref())
+                    .await
+                    .map(Status::Exited)
             })
             .await)
     }
@@ -448,8 +450,14 @@ impl Function {
         Ok(())
     }
 
-    /// Instantiates into a pooled slot and calls the entry point.
-    async fn call(&self, store: &mut Store<StoreState>, entry: &Entry) -> wasmtime::Result<Status> {
+    /// Instantiates into a pooled slot and calls the entry point (once
+    /// `gate`, if any, is open).
+    async fn call(
+        &self,
+        store: &mut Store<StoreState>,
+        entry: &Entry,
+        gate: Option<&StartGate>,
+    ) -> wasmtime::Result<Status> {
         let Code::Module {
             pre,
             start,
@@ -463,6 +471,9 @@ impl Function {
             let instantiate = pin!(pre.instantiate_async(&mut *store));
             instantiate.await?
         };
+        if let Some(gate) = gate {
+            gate.pass().await;
+        }
         match entry {
             Entry::Start => {
                 let start = export_func(&instance, store, start.as_ref(), "_start")?;

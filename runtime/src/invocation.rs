@@ -7,6 +7,9 @@ use crate::error::{Error, LimitExceeded};
 use crate::usage::Usage;
 use bytes::Bytes;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use wasmtime::Val;
 
 /// One call of a function: its WASI view of the world and what to run.
@@ -33,6 +36,77 @@ pub struct Invocation {
     /// invocation's store; host functions report back through values
     /// shared with the caller (an `Arc`).
     pub context: Context,
+    /// Made ready, then held: with a gate, the invocation makes its store,
+    /// WASI context and instance as soon as it is polled, then waits until
+    /// the gate opens before it calls the entry point (see [`StartGate`]).
+    pub gate: Option<StartGate>,
+}
+
+/// Holds an invocation between its instance and its entry point, for
+/// callers that create before they start (a containerd task is created,
+/// then started): polled before [`StartGate::open`], the invocation
+/// instantiates and waits, so the start runs only the guest's own code.
+///
+/// The invocation's clock (its wall time and timeout) runs from its first
+/// poll, the wait at the gate included; CPU time counts only what it
+/// uses. A module's `start` section, if it has one, runs before the gate
+/// (it is part of instantiation). Dropping the waiting invocation frees
+/// its instance, as for any invocation.
+#[derive(Debug, Clone, Default)]
+pub struct StartGate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: AtomicBool,
+    /// An invocation has its instance and waits at the gate.
+    reached: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl StartGate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets the invocation call its entry point (now, or as soon as it
+    /// reaches the gate).
+    pub fn open(&self) {
+        self.0.open.store(true, Ordering::Release);
+        let waker = self.0.waker.lock().expect("gate lock").take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether [`StartGate::open`] was called.
+    pub fn is_open(&self) -> bool {
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    /// Whether an invocation reached the gate: its instance is made.
+    pub fn is_reached(&self) -> bool {
+        self.0.reached.load(Ordering::Acquire)
+    }
+
+    /// Waits until the gate is open.
+    pub(crate) async fn pass(&self) {
+        self.0.reached.store(true, Ordering::Release);
+        std::future::poll_fn(|cx| {
+            if self.is_open() {
+                return Poll::Ready(());
+            }
+            *self.0.waker.lock().expect("gate lock") = Some(cx.waker().clone());
+            // Opened between the check and the waker's store: its wake
+            // found no waker.
+            if self.is_open() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// A preopened directory.

@@ -118,7 +118,9 @@ pub use component::OutboundHosts;
 pub use config::{CacheConfig, CompileLimits, Limits, PoolConfig, RuntimeConfig};
 pub use error::{ArtifactError, Error, LimitExceeded};
 pub use function::Function;
-pub use invocation::{Entry, Input, Invocation, Outcome, Output, Preopen, Status, UsageRecord};
+pub use invocation::{
+    Entry, Input, Invocation, Outcome, Output, Preopen, StartGate, Status, UsageRecord,
+};
 pub use runtime::{LoadOptions, Runtime};
 pub use usage::{SandboxUsage, Usage};
 pub use wasmlet_snapshotter::{CapExceeded, CompileCaps, SnapshotError, SnapshotOptions};

@@ -207,6 +207,7 @@ impl WireInvocation {
             },
             limits: self.limits,
             context: Default::default(),
+            gate: None,
         }
     }
 }

@@ -60,6 +60,7 @@ impl Func {
             entry: Entry::Start,
             limits: None,
             context: Default::default(),
+            gate: None,
         };
         self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
         if self.snapshot_start {

@@ -1164,6 +1164,7 @@ async fn call_http(
         entry: Entry::Start,
         limits: None,
         context: Default::default(),
+        gate: None,
     };
     func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
     func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);

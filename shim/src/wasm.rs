@@ -30,7 +30,7 @@ use std::time::Duration;
 use wasmlet_oci::bundle::{Resources, Spec, open_in_root};
 use wasmlet_runtime::{
     Entry, Input, Invocation, LimitExceeded, Limits, LoadOptions, Outcome, Output, Preopen,
-    Runtime, RuntimeConfig, SnapshotOptions, Status,
+    Runtime, RuntimeConfig, SnapshotOptions, StartGate, Status,
 };
 use wasmlet_sandbox::{DirGrant, Sandbox, SandboxConfig, WORKER_TASKS, WorkerCommand};
 
@@ -265,6 +265,7 @@ impl Executor for WasmExecutor {
                 entry,
                 limits: None,
                 context: Default::default(),
+                gate: None,
             };
             Ok::<_, Error>((runtime, function, opts, inv, resources))
         })();
@@ -327,16 +328,14 @@ impl Executor for WasmExecutor {
         limits.timeout = Some(Duration::MAX);
         inv.limits = Some(limits);
         stdio.attach(&mut inv)?;
-        Ok(Box::new(InShim {
+        Ok(Box::new(InShim::create(
             function,
-            handle: self.tokio.handle().clone(),
-            invocation: Mutex::new(Some(inv)),
-            kill: Mutex::new(None),
-            stdin_writer: stdio.stdin_writer.clone(),
-            stdio: Arc::new(Mutex::new(Some(stdio))),
-            mounted: Mutex::new(mounted),
-            v2_host: self.v2_host,
-        }))
+            inv,
+            self.tokio.handle().clone(),
+            stdio,
+            mounted,
+            self.v2_host,
+        )))
     }
 }
 
@@ -718,11 +717,17 @@ fn shim_pid() -> u32 {
 }
 
 /// A guest run as an instance inside the shim.
+///
+/// Its invocation is spawned at create, with a closed [`StartGate`]: it
+/// makes its store, WASI context and instance then, on a runtime thread,
+/// while containerd answers the create and ctr asks for the start; the
+/// start opens the gate, so it runs only the guest's own code.
 struct InShim {
-    function: wasmlet_runtime::Function,
     handle: tokio::runtime::Handle,
-    invocation: Mutex<Option<Invocation>>,
-    /// Set once started: sends the signal that ends it.
+    gate: StartGate,
+    run: Arc<Mutex<Run>>,
+    /// Sends the signal that ends the guest; dropped (which ends it too)
+    /// at cleanup, so a task deleted unstarted frees its instance.
     kill: Mutex<Option<tokio::sync::oneshot::Sender<u32>>>,
     /// Closed when the guest ends: containerd waits for EOF on the FIFOs
     /// before it deletes the task.
@@ -731,6 +736,24 @@ struct InShim {
     mounted: Mutex<Option<Mounted>>,
     v2_host: bool,
 }
+
+/// Where an in-shim task's run is, between its spawn (at create), its
+/// start and its end, which may come in either order: an invocation that
+/// fails to set up, or is killed, ends before its start.
+enum Run {
+    /// Waiting at its gate (or still making its instance).
+    Created,
+    /// Started: whom to tell of its exit.
+    Started(OnExit),
+    /// Ended before its start: the exit is told at the start.
+    Ended(TaskEnd),
+    /// Its exit was told.
+    Told,
+}
+
+/// How a task's guest ended: its invocation's result, or the signal that
+/// stopped it.
+type TaskEnd = std::result::Result<std::result::Result<Outcome, String>, u32>;
 
 /// A task's stdio, dropped (closed) at its exit.
 type SharedStdio = Arc<Mutex<Option<Stdio>>>;
@@ -746,50 +769,115 @@ fn finish(result: std::result::Result<Outcome, String>, stdio: &SharedStdio) -> 
     exit_of(result, taken.as_ref().unwrap_or(&none))
 }
 
+/// The exit of a task that ended so: its message written, its streams
+/// closed.
+fn exit_after(end: TaskEnd, stdio: &SharedStdio) -> Exit {
+    match end {
+        Ok(r) => finish(r, stdio),
+        Err(signal) => {
+            drop(stdio.lock().expect("stdio lock").take());
+            Exit {
+                status: 128 + signal,
+                oom: false,
+            }
+        }
+    }
+}
+
+impl InShim {
+    /// Spawns `inv` (which holds the task's stdio) behind a closed gate.
+    fn create(
+        function: wasmlet_runtime::Function,
+        mut inv: Invocation,
+        handle: tokio::runtime::Handle,
+        stdio: Stdio,
+        mounted: Option<Mounted>,
+        v2_host: bool,
+    ) -> InShim {
+        let gate = StartGate::new();
+        inv.gate = Some(gate.clone());
+        let (kill, killed) = tokio::sync::oneshot::channel::<u32>();
+        let run = Arc::new(Mutex::new(Run::Created));
+        let stdin_writer = stdio.stdin_writer.clone();
+        let stdio: SharedStdio = Arc::new(Mutex::new(Some(stdio)));
+        {
+            let run = run.clone();
+            let stdio = stdio.clone();
+            handle.spawn(async move {
+                let end = tokio::select! {
+                    r = function.invoke_async(inv) => Ok(r.map_err(|e| e.to_string())),
+                    // Killed, or the sender dropped at cleanup.
+                    sig = killed => Err(sig.unwrap_or(libc::SIGKILL as u32)),
+                };
+                // The invocation (with its handles on the streams) is gone here.
+                crate::timing("guest ended");
+                let mut state = run.lock().expect("run lock");
+                match std::mem::replace(&mut *state, Run::Told) {
+                    Run::Started(on_exit) => {
+                        drop(state);
+                        on_exit(exit_after(end, &stdio));
+                    }
+                    Run::Created => *state = Run::Ended(end),
+                    other => *state = other,
+                }
+            });
+        }
+        InShim {
+            handle,
+            gate,
+            run,
+            kill: Mutex::new(Some(kill)),
+            stdio,
+            stdin_writer,
+            mounted: Mutex::new(mounted),
+            v2_host,
+        }
+    }
+}
+
 impl Instance for InShim {
     fn pid(&self) -> u32 {
         shim_pid()
     }
 
     fn start(&self, on_exit: OnExit) -> Result<u32> {
-        let inv = self
-            .invocation
-            .lock()
-            .expect("invocation lock")
-            .take()
-            .ok_or_else(|| Error::FailedPrecondition("the task was already started".into()))?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
-        *self.kill.lock().expect("kill lock") = Some(tx);
-        let function = self.function.clone();
-        let stdio = self.stdio.clone();
-        self.handle.spawn(async move {
-            crate::timing("guest task polled");
-            let result = tokio::select! {
-                r = function.invoke_async(inv) => Ok(r.map_err(|e| e.to_string())),
-                sig = rx => Err(sig.unwrap_or(libc::SIGKILL as u32)),
-            };
-            // The invocation (with its handles on the streams) is gone here.
-            crate::timing("guest ended");
-            let exit = match result {
-                Ok(r) => finish(r, &stdio),
-                Err(signal) => {
-                    drop(stdio.lock().expect("stdio lock").take());
-                    Exit {
-                        status: 128 + signal,
-                        oom: false,
-                    }
-                }
-            };
-            on_exit(exit);
-        });
+        let mut state = self.run.lock().expect("run lock");
+        match std::mem::replace(&mut *state, Run::Told) {
+            Run::Created => {
+                *state = Run::Started(on_exit);
+                drop(state);
+                self.gate.open();
+                crate::timing("gate opened");
+            }
+            Run::Ended(end) => {
+                // Told from a runtime thread: the exit waits for the
+                // start's own event, which the caller sends after this.
+                drop(state);
+                let stdio = self.stdio.clone();
+                self.handle
+                    .spawn(async move { on_exit(exit_after(end, &stdio)) });
+            }
+            other => {
+                *state = other;
+                return Err(Error::FailedPrecondition(
+                    "the task was already started".into(),
+                ));
+            }
+        }
         Ok(shim_pid())
     }
 
     fn kill(&self, signal: u32) -> Result<()> {
-        if signal_action(signal)? == SignalAction::Terminate
-            && let Some(tx) = self.kill.lock().expect("kill lock").take()
-        {
-            let _ = tx.send(signal);
+        if signal_action(signal)? == SignalAction::Terminate {
+            // Not started yet: it ends now, whatever its task is doing.
+            let mut state = self.run.lock().expect("run lock");
+            if matches!(*state, Run::Created) {
+                *state = Run::Ended(Err(signal));
+            }
+            drop(state);
+            if let Some(tx) = self.kill.lock().expect("kill lock").take() {
+                let _ = tx.send(signal);
+            }
         }
         Ok(())
     }
@@ -815,6 +903,9 @@ impl Instance for InShim {
 
     fn cleanup(&self) {
         self.close_stdin();
+        // Ends a guest still running or waiting at its gate (a task
+        // deleted unstarted), freeing its instance.
+        drop(self.kill.lock().expect("kill lock").take());
         drop(self.stdio.lock().expect("stdio lock").take());
         drop(self.mounted.lock().expect("mount lock").take());
     }
@@ -1107,4 +1198,135 @@ impl Instance for Pause {
     fn close_stdin(&self) {}
 
     fn cleanup(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{CreateSpec, Executor};
+    use std::sync::mpsc;
+
+    /// Writes "hello\n" to stdout.
+    const HELLO: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "hello\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 6))
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+    /// Traps in its start function, while it is instantiated.
+    const TRAPS_WHEN_MADE: &str = r#"(module
+      (memory (export "memory") 1)
+      (func $init unreachable)
+      (start $init)
+      (func (export "_start")))"#;
+
+    /// An executor whose runtime has `slots` pool slots and a cache in `dir`.
+    fn executor(dir: &Path, slots: u32) -> WasmExecutor {
+        let e = WasmExecutor::new().unwrap();
+        let mut config = RuntimeConfig::default();
+        config.pool.instances = slots;
+        config.cache.dir = Some(dir.join("cache"));
+        *e.runtime.lock().unwrap() = Some(Runtime::new(config).unwrap());
+        e
+    }
+
+    /// A bundle in `dir/name` running `wat`, its stdout and stderr files.
+    fn bundle(dir: &Path, name: &str, wat: &str) -> CreateSpec {
+        let b = dir.join(name);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        std::fs::write(b.join("rootfs/m.wasm"), wat::parse_str(wat).unwrap()).unwrap();
+        std::fs::write(
+            b.join("config.json"),
+            r#"{"ociVersion":"1.0.2","process":{"args":["/m.wasm"],"cwd":"/","env":[],"user":{"uid":0,"gid":0}},"root":{"path":"rootfs"}}"#,
+        )
+        .unwrap();
+        for f in ["out", "err"] {
+            std::fs::write(b.join(f), "").unwrap();
+        }
+        CreateSpec {
+            id: name.into(),
+            stdout: b.join("out").display().to_string(),
+            stderr: b.join("err").display().to_string(),
+            bundle: b,
+            ..CreateSpec::default()
+        }
+    }
+
+    fn read(spec: &CreateSpec, stream: &str) -> String {
+        std::fs::read_to_string(spec.bundle.join(stream)).unwrap()
+    }
+
+    /// Starts `task`; its exit, within 10 s.
+    fn start_and_wait(task: &dyn Instance) -> Exit {
+        let (tx, rx) = mpsc::channel();
+        task.start(Box::new(move |exit| tx.send(exit).unwrap()))
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the task did not end")
+    }
+
+    #[test]
+    fn an_in_shim_task_runs_only_once_started_and_one_deleted_unstarted_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        // One slot: the second task runs only if the first one's instance,
+        // made at its create, was freed by its cleanup.
+        let e = executor(dir.path(), 1);
+        let unstarted = bundle(dir.path(), "unstarted", HELLO);
+        let task = e.create(&unstarted).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        task.cleanup();
+        drop(task);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            read(&unstarted, "out"),
+            "",
+            "a task that was never started ran"
+        );
+
+        let started = bundle(dir.path(), "started", HELLO);
+        let task = e.create(&started).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(read(&started, "out"), "", "it ran at its create");
+        let exit = start_and_wait(&*task);
+        assert_eq!(exit.status, 0);
+        assert_eq!(read(&started, "out"), "hello\n");
+        assert!(task.start(Box::new(|_| {})).is_err(), "started twice");
+        task.cleanup();
+    }
+
+    #[test]
+    fn a_guest_that_fails_before_its_start_reports_it_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = executor(dir.path(), 2);
+        let spec = bundle(dir.path(), "traps", TRAPS_WHEN_MADE);
+        let task = e.create(&spec).unwrap();
+        // Its instantiation trapped at the create; nothing is said until
+        // it is started.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(read(&spec, "err"), "");
+        let exit = start_and_wait(&*task);
+        assert_eq!(exit.status, EXIT_TRAP);
+        assert!(
+            read(&spec, "err").contains("trapped"),
+            "{}",
+            read(&spec, "err")
+        );
+        task.cleanup();
+    }
+
+    #[test]
+    fn a_created_task_killed_before_its_start_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = executor(dir.path(), 2);
+        let spec = bundle(dir.path(), "killed", HELLO);
+        let task = e.create(&spec).unwrap();
+        task.kill(libc::SIGKILL as u32).unwrap();
+        let exit = start_and_wait(&*task);
+        assert_eq!(exit.status, 128 + libc::SIGKILL as u32);
+        assert_eq!(read(&spec, "out"), "");
+        task.cleanup();
+    }
 }

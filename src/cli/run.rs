@@ -195,6 +195,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         entry,
         limits: None,
         context: Default::default(),
+        gate: None,
     };
     let outcome = match &sandbox {
         Some(sb) => {

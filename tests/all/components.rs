@@ -471,3 +471,34 @@ fn many_requests_in_flight_share_the_pool() {
         }
     });
 }
+
+#[test]
+fn a_gated_command_component_waits_for_its_gate_too() {
+    let rt = runtime();
+    let f = rt
+        .load_file(
+            component("hello", build::Kind::Command),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+    let gate = wasmlet_runtime::StartGate::new();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let inv = Invocation {
+        args: vec!["hello".into()],
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let guest = f.clone();
+    let task = tokio.spawn(async move { guest.invoke_async(inv).await });
+    wait_until_reached(&gate);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!task.is_finished(), "it ran before its gate opened");
+    gate.open();
+    let o = tokio.block_on(task).unwrap().unwrap();
+    assert!(o.success(), "{:?}", o.status);
+    assert!(stdout_of(&o).contains("hello"), "{}", stdout_of(&o));
+}

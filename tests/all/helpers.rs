@@ -276,3 +276,15 @@ pub const TOOLS_WAT: &str = r#"
     (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
     (memory.size)))
 "#;
+
+/// Waits until the invocation behind `gate` the invocation has its instance (10 s at most).
+pub fn wait_until_reached(gate: &wasmlet_runtime::StartGate) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !gate.is_reached() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the gate was never reached"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -397,3 +397,88 @@ fn stdin_is_not_read_ahead_of_what_the_guest_asks_for() {
     std::fs::File::from(ours).read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"line2\nline3\n");
 }
+
+#[test]
+fn a_gated_invocation_makes_its_instance_and_runs_only_once_opened() {
+    let rt = runtime_with(|c| c.pool.instances = 1);
+    let f = load_wat(&rt, HELLO_WAT);
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    let gate = wasmlet_runtime::StartGate::new();
+    let inv = Invocation {
+        stdout: Output::File(std::fs::File::create(&out).unwrap()),
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let guest = f.clone();
+    let task = tokio.spawn(async move { guest.invoke_async(inv).await });
+    wait_until_reached(&gate);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!task.is_finished(), "it ran before its gate opened");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
+    // Its instance holds the only slot: the next async invocation waits.
+    let guest = f.clone();
+    let next = tokio.spawn(async move { guest.invoke_async(Invocation::default()).await });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!next.is_finished(), "the slot was not held");
+    gate.open();
+    let o = tokio.block_on(task).unwrap().unwrap();
+    assert!(o.success(), "{:?}", o.status);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
+    let o = tokio.block_on(next).unwrap().unwrap();
+    assert_eq!(stdout_of(&o), "hello\n");
+    // An open gate lets an invocation through without waiting.
+    let o = f
+        .invoke(Invocation {
+            gate: Some(gate),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(stdout_of(&o), "hello\n");
+}
+
+#[test]
+fn a_gated_invocation_dropped_unopened_frees_its_instance_and_never_runs() {
+    let rt = runtime_with(|c| c.pool.instances = 1);
+    let f = load_wat(&rt, HELLO_WAT);
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    let gate = wasmlet_runtime::StartGate::new();
+    let inv = Invocation {
+        stdout: Output::File(std::fs::File::create(&out).unwrap()),
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let guest = f.clone();
+    let task = tokio.spawn(async move { guest.invoke_async(inv).await });
+    wait_until_reached(&gate);
+    task.abort();
+    assert!(tokio.block_on(task).unwrap_err().is_cancelled());
+    // Opening it now reaches nothing: the invocation is gone.
+    gate.open();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
+    // Its slot is free again.
+    let guest = f.clone();
+    let o = tokio
+        .block_on(async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                guest.invoke_async(Invocation::default()),
+            )
+            .await
+        })
+        .expect("the slot was not freed")
+        .unwrap();
+    assert_eq!(stdout_of(&o), "hello\n");
+}
