@@ -41,6 +41,9 @@ pub struct Exit {
     pub status: u32,
     /// It ended because it ran out of memory (a `TaskOOM` event is sent).
     pub oom: bool,
+    /// When it ended, where that is known before the exit is told (an
+    /// in-shim guest's end); else the exit is dated when it is told.
+    pub at: Option<std::time::SystemTime>,
 }
 
 /// Called once when a started task ends: from another thread, never from

@@ -257,6 +257,7 @@ impl Tasks {
                     Exit {
                         status: 128 + signal,
                         oom: false,
+                        at: None,
                     },
                     &*self.events,
                 );
@@ -333,7 +334,7 @@ impl Task {
     /// Exit event is published before `wait` can return, so a Delete that
     /// follows a Wait never reaches containerd ahead of its Exit.
     fn stopped(&self, exit: Exit, events: &dyn EventSink) {
-        let at = SystemTime::now();
+        let at = exit.at.unwrap_or_else(SystemTime::now);
         // After the Start event, if a start is still being reported.
         let _gate = self.start_events.lock().expect("start lock");
         let mut phase = self.phase.lock().expect("phase lock");
@@ -429,6 +430,7 @@ mod tests {
                     f(Exit {
                         status: 128 + signal,
                         oom: false,
+                        at: None,
                     })
                 });
             }
@@ -488,6 +490,7 @@ mod tests {
         let (t, rec, cleaned) = tasks(Some(Exit {
             status: 3,
             oom: false,
+            at: None,
         }));
         assert_eq!(t.create(spec("a")).unwrap(), 42);
         assert_eq!(t.state("a").unwrap().phase, Phase::Created);
@@ -503,6 +506,19 @@ mod tests {
         assert!(t.is_empty());
         assert!(matches!(t.state("a"), Err(Error::NotFound(_))));
         assert_eq!(rec.kinds(), ["create", "start", "exit", "delete"]);
+    }
+
+    #[test]
+    fn an_exit_dated_by_its_executor_keeps_its_time() {
+        let ended = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let (t, _, _) = tasks(Some(Exit {
+            status: 0,
+            oom: false,
+            at: Some(ended),
+        }));
+        t.create(spec("a")).unwrap();
+        t.start("a").unwrap();
+        assert_eq!(t.wait("a").unwrap(), (0, ended));
     }
 
     #[test]
@@ -553,6 +569,7 @@ mod tests {
             Exit {
                 status: 137,
                 oom: true,
+                at: None,
             },
             &*rec,
         );

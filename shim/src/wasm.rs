@@ -26,7 +26,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wasmlet_oci::bundle::{Resources, Spec, open_in_root};
 use wasmlet_runtime::{
     Entry, Input, Invocation, LimitExceeded, Limits, LoadOptions, Outcome, Output, Preopen,
@@ -652,6 +652,7 @@ fn exit_of(result: std::result::Result<Outcome, String>, stdio: &Stdio) -> Exit 
             return Exit {
                 status: EXIT_HOST_ERROR,
                 oom: false,
+                at: None,
             };
         }
     };
@@ -659,16 +660,19 @@ fn exit_of(result: std::result::Result<Outcome, String>, stdio: &Stdio) -> Exit 
         Status::Exited(code) => Exit {
             status: code as u32,
             oom: false,
+            at: None,
         },
         Status::Returned(_) => Exit {
             status: 0,
             oom: false,
+            at: None,
         },
         Status::Trapped(msg) => {
             stdio.message(&format!("wasmlet: guest trapped: {msg}"));
             Exit {
                 status: EXIT_TRAP,
                 oom: false,
+                at: None,
             }
         }
         Status::LimitExceeded(limit) => {
@@ -679,6 +683,7 @@ fn exit_of(result: std::result::Result<Outcome, String>, stdio: &Stdio) -> Exit 
                     limit,
                     LimitExceeded::Memory(_) | LimitExceeded::SandboxMemory(_)
                 ),
+                at: None,
             }
         }
         Status::SandboxFailed(msg) => {
@@ -686,6 +691,7 @@ fn exit_of(result: std::result::Result<Outcome, String>, stdio: &Stdio) -> Exit 
             Exit {
                 status: EXIT_LIMIT,
                 oom: false,
+                at: None,
             }
         }
     }
@@ -745,8 +751,8 @@ enum Run {
     Created,
     /// Started: whom to tell of its exit.
     Started(OnExit),
-    /// Ended before its start: the exit is told at the start.
-    Ended(TaskEnd),
+    /// Ended before its start (and when): the exit is told at the start.
+    Ended(TaskEnd, SystemTime),
     /// Its exit was told.
     Told,
 }
@@ -769,18 +775,23 @@ fn finish(result: std::result::Result<Outcome, String>, stdio: &SharedStdio) -> 
     exit_of(result, taken.as_ref().unwrap_or(&none))
 }
 
-/// The exit of a task that ended so: its message written, its streams
-/// closed.
-fn exit_after(end: TaskEnd, stdio: &SharedStdio) -> Exit {
-    match end {
+/// The exit of a task that ended so at `at`: its message written, its
+/// streams closed.
+fn exit_after(end: TaskEnd, stdio: &SharedStdio, at: SystemTime) -> Exit {
+    let exit = match end {
         Ok(r) => finish(r, stdio),
         Err(signal) => {
             drop(stdio.lock().expect("stdio lock").take());
             Exit {
                 status: 128 + signal,
                 oom: false,
+                at: None,
             }
         }
+    };
+    Exit {
+        at: Some(at),
+        ..exit
     }
 }
 
@@ -809,15 +820,17 @@ impl InShim {
                     // Killed, or the sender dropped at cleanup.
                     sig = killed => Err(sig.unwrap_or(libc::SIGKILL as u32)),
                 };
-                // The invocation (with its handles on the streams) is gone here.
+                // The invocation (with its handles on the streams) is gone
+                // here: its exit is dated now, before its streams close.
+                let at = SystemTime::now();
                 crate::timing("guest ended");
                 let mut state = run.lock().expect("run lock");
                 match std::mem::replace(&mut *state, Run::Told) {
                     Run::Started(on_exit) => {
                         drop(state);
-                        on_exit(exit_after(end, &stdio));
+                        on_exit(exit_after(end, &stdio, at));
                     }
-                    Run::Created => *state = Run::Ended(end),
+                    Run::Created => *state = Run::Ended(end, at),
                     other => *state = other,
                 }
             });
@@ -849,13 +862,13 @@ impl Instance for InShim {
                 self.gate.open();
                 crate::timing("gate opened");
             }
-            Run::Ended(end) => {
+            Run::Ended(end, at) => {
                 // Told from a runtime thread: the exit waits for the
                 // start's own event, which the caller sends after this.
                 drop(state);
                 let stdio = self.stdio.clone();
                 self.handle
-                    .spawn(async move { on_exit(exit_after(end, &stdio)) });
+                    .spawn(async move { on_exit(exit_after(end, &stdio, at)) });
             }
             other => {
                 *state = other;
@@ -872,7 +885,7 @@ impl Instance for InShim {
             // Not started yet: it ends now, whatever its task is doing.
             let mut state = self.run.lock().expect("run lock");
             if matches!(*state, Run::Created) {
-                *state = Run::Ended(Err(signal));
+                *state = Run::Ended(Err(signal), SystemTime::now());
             }
             drop(state);
             if let Some(tx) = self.kill.lock().expect("kill lock").take() {
@@ -1062,6 +1075,7 @@ impl Instance for SandboxTask {
                     Exit {
                         status: 128 + signal,
                         oom: false,
+                        at: None,
                     }
                 } else {
                     finish(result.map_err(|e| e.to_string()), &stdio)
@@ -1181,6 +1195,7 @@ impl Instance for Pause {
                 on_exit(Exit {
                     status: 128 + signal,
                     oom: false,
+                    at: None,
                 })
             });
         }
@@ -1275,10 +1290,11 @@ mod tests {
         // made at its create, was freed by its cleanup.
         let e = executor(dir.path(), 1);
         let unstarted = bundle(dir.path(), "unstarted", HELLO);
-        let task = e.create(&unstarted).unwrap();
+        let unstarted_task = e.create(&unstarted).unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        task.cleanup();
-        drop(task);
+        // Its cleanup frees the instance (the task itself is kept, as the
+        // state machine keeps a task until containerd deletes it).
+        unstarted_task.cleanup();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
             read(&unstarted, "out"),
@@ -1295,6 +1311,26 @@ mod tests {
         assert_eq!(read(&started, "out"), "hello\n");
         assert!(task.start(Box::new(|_| {})).is_err(), "started twice");
         task.cleanup();
+        drop(unstarted_task);
+    }
+
+    #[test]
+    fn a_task_started_at_once_after_its_create_runs_whole() {
+        // Its start may come while its instance is still being made.
+        let dir = tempfile::tempdir().unwrap();
+        let e = executor(dir.path(), 4);
+        for i in 0..8 {
+            let spec = bundle(dir.path(), &format!("quick{i}"), HELLO);
+            let task = e.create(&spec).unwrap();
+            let exit = start_and_wait(&*task);
+            assert_eq!(exit.status, 0);
+            assert!(
+                exit.at.is_some(),
+                "an in-shim exit is dated when the guest ended"
+            );
+            assert_eq!(read(&spec, "out"), "hello\n");
+            task.cleanup();
+        }
     }
 
     #[test]
