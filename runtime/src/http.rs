@@ -121,6 +121,12 @@ pub async fn handle_http(
             "not a wasi:http component (it does not export wasi:http/incoming-handler)".into(),
         ));
     };
+    if inv.gate.is_some() {
+        return HttpOutcome::failed(Error::Setup(
+            "a request is handled when it comes: a start gate is for `Function::invoke` and `invoke_async`"
+                .into(),
+        ));
+    }
     let limits = inv.limits.clone().unwrap_or_else(|| inner.limits.clone());
     if let Err(e) = func.check_limits(&limits) {
         return HttpOutcome::failed(e);

@@ -46,6 +46,10 @@ pub struct Invocation {
 /// callers that create before they start (a containerd task is created,
 /// then started): polled before [`StartGate::open`], the invocation
 /// instantiates and waits, so the start runs only the guest's own code.
+/// One gate may hold several invocations; opening it lets all through.
+/// [`Function::invoke`](crate::Function::invoke), `invoke_async` and
+/// [`TypedFunction`](crate::TypedFunction)'s calls honour it; `handle_http`
+/// and a sandbox's `invoke` refuse an invocation that has one.
 ///
 /// The invocation's clock (its wall time and timeout) runs from its first
 /// poll, the wait at the gate included; CPU time counts only what it
@@ -60,7 +64,8 @@ struct GateState {
     open: AtomicBool,
     /// An invocation has its instance and waits at the gate.
     reached: AtomicBool,
-    waker: Mutex<Option<Waker>>,
+    /// The invocations waiting (a gate may hold several).
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl StartGate {
@@ -73,8 +78,8 @@ impl StartGate {
     /// reaches the gate).
     pub fn open(&self) {
         self.0.open.store(true, Ordering::Release);
-        let waker = self.0.waker.lock().expect("gate lock").take();
-        if let Some(w) = waker {
+        let wakers = std::mem::take(&mut *self.0.wakers.lock().expect("gate lock"));
+        for w in wakers {
             w.wake();
         }
     }
@@ -96,7 +101,12 @@ impl StartGate {
             if self.is_open() {
                 return Poll::Ready(());
             }
-            *self.0.waker.lock().expect("gate lock") = Some(cx.waker().clone());
+            {
+                let mut wakers = self.0.wakers.lock().expect("gate lock");
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
+            }
             // Opened between the check and the waker's store: its wake
             // found no waker.
             if self.is_open() {

@@ -286,6 +286,9 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
         let finished = start
             .in_fresh_store(&inner.executor, wasi, context, async |store| {
                 let instance = pre.instantiate_async(&mut *store).await?;
+                if let Some(gate) = &inv.gate {
+                    gate.pass().await;
+                }
                 if initialize.is_some() && &*self.name != "_initialize" {
                     let init = crate::function::export_func(
                         &instance,

@@ -149,6 +149,12 @@ impl WireInvocation {
                     .into(),
             );
         }
+        if inv.gate.is_some() {
+            return Err(
+                "a sandboxed invocation cannot wait at a start gate (it runs in the worker process as soon as it is sent)"
+                    .into(),
+            );
+        }
         let entry = match &inv.entry {
             Entry::Start => None,
             Entry::Export { name, params } => Some((
@@ -384,5 +390,15 @@ mod tests {
         let err = WireInvocation::from_invocation(&inv).unwrap_err();
         assert!(err.contains("embedder context"), "{err}");
         assert!(WireInvocation::from_invocation(&Invocation::default()).is_ok());
+    }
+
+    #[test]
+    fn a_start_gate_does_not_cross_into_a_worker() {
+        let inv = Invocation {
+            gate: Some(wasmlet_runtime::StartGate::new()),
+            ..Default::default()
+        };
+        let err = WireInvocation::from_invocation(&inv).unwrap_err();
+        assert!(err.contains("start gate"), "{err}");
     }
 }

@@ -62,7 +62,9 @@ pub struct Metrics {
 /// Makes tasks ready to start.
 pub trait Executor: Send + Sync + 'static {
     /// Prepares a task (reads the bundle, loads the module, opens its
-    /// stdio); nothing runs until [`Instance::start`].
+    /// stdio; an in-shim task's instance is made too, so a module's wasm
+    /// `start` section runs here); its entry point runs only after
+    /// [`Instance::start`].
     fn create(&self, spec: &CreateSpec) -> Result<Box<dyn Instance>>;
 }
 

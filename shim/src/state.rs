@@ -252,7 +252,9 @@ impl Tasks {
             ))),
             Phase::Created if action == SignalAction::Terminate => {
                 // Never started: it ends here, as a process killed before
-                // it ran would.
+                // it ran would, and whatever it holds is let go (an in-shim
+                // task's instance, made at its create).
+                task.instance.kill(signal)?;
                 task.stopped(
                     Exit {
                         status: 128 + signal,

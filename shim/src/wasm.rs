@@ -865,6 +865,9 @@ impl Instance for InShim {
             Run::Ended(end, at) => {
                 // Told from a runtime thread: the exit waits for the
                 // start's own event, which the caller sends after this.
+                // Not dated before its start (containerd would show it
+                // finished before it started).
+                let at = at.max(SystemTime::now());
                 drop(state);
                 let stdio = self.stdio.clone();
                 self.handle
@@ -1333,6 +1336,40 @@ mod tests {
         }
     }
 
+    struct NoEvents;
+    impl crate::state::EventSink for NoEvents {
+        fn publish(&self, _: crate::state::Event) {}
+    }
+
+    #[test]
+    fn a_created_task_killed_through_the_state_machine_frees_its_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        // One slot: the next task runs only if the killed one's instance
+        // (made at its create, and kept until containerd deletes the
+        // task) was let go at the kill.
+        let tasks = crate::state::Tasks::new(Arc::new(executor(dir.path(), 1)), Arc::new(NoEvents));
+        let killed = bundle(dir.path(), "killed", HELLO);
+        tasks.create(killed.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        tasks.kill("killed", libc::SIGKILL as u32, false).unwrap();
+        assert_eq!(tasks.wait("killed").unwrap().0, 137);
+        let next = bundle(dir.path(), "next", HELLO);
+        tasks.create(next.clone()).unwrap();
+        tasks.start("next").unwrap();
+        let waited = std::thread::spawn(move || tasks.wait("next").map(|w| w.0));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !waited.is_finished() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the killed task kept its slot"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(waited.join().unwrap().unwrap(), 0);
+        assert_eq!(read(&next, "out"), "hello\n");
+        assert_eq!(read(&killed, "out"), "");
+    }
+
     #[test]
     fn a_guest_that_fails_before_its_start_reports_it_at_its_start() {
         let dir = tempfile::tempdir().unwrap();
@@ -1343,8 +1380,10 @@ mod tests {
         // it is started.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(read(&spec, "err"), "");
+        let started = SystemTime::now();
         let exit = start_and_wait(&*task);
         assert_eq!(exit.status, EXIT_TRAP);
+        assert!(exit.at.unwrap() >= started, "dated before its start");
         assert!(
             read(&spec, "err").contains("trapped"),
             "{}",

@@ -502,3 +502,19 @@ fn a_gated_command_component_waits_for_its_gate_too() {
     assert!(o.success(), "{:?}", o.status);
     assert!(stdout_of(&o).contains("hello"), "{}", stdout_of(&o));
 }
+
+#[test]
+fn an_http_request_with_a_start_gate_is_refused() {
+    let rt = runtime();
+    let f = http_guest(&rt, &LoadOptions::default());
+    let (out, _) = call(
+        &f,
+        request("GET", "/", b""),
+        Invocation {
+            gate: Some(wasmlet_runtime::StartGate::new()),
+            ..Default::default()
+        },
+    );
+    let err = out.response.expect_err("a gated request ran");
+    assert!(err.to_string().contains("start gate"), "{err}");
+}

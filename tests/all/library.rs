@@ -482,3 +482,60 @@ fn a_gated_invocation_dropped_unopened_frees_its_instance_and_never_runs() {
         .unwrap();
     assert_eq!(stdout_of(&o), "hello\n");
 }
+
+#[test]
+fn one_gate_holds_several_invocations_and_typed_calls_wait_at_it_too() {
+    let rt = runtime_with(|c| c.pool.instances = 4);
+    let f = load_wat(&rt, HELLO_WAT);
+    let add = load_wat(
+        &rt,
+        r#"(module (func (export "add") (param i32 i32) (result i32)
+             (i32.add (local.get 0) (local.get 1))))"#,
+    )
+    .typed::<(i32, i32), i32>("add")
+    .unwrap();
+    let gate = wasmlet_runtime::StartGate::new();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (f, gate) = (f.clone(), gate.clone());
+            tokio.spawn(async move {
+                f.invoke_async(Invocation {
+                    gate: Some(gate),
+                    ..Default::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    let typed = {
+        let (add, gate) = (add.clone(), gate.clone());
+        tokio.spawn(async move {
+            add.invoke_async(
+                (2, 3),
+                Invocation {
+                    gate: Some(gate),
+                    ..Default::default()
+                },
+            )
+            .await
+        })
+    };
+    wait_until_reached(&gate);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        runs.iter().all(|r| !r.is_finished()) && !typed.is_finished(),
+        "one ran before the gate opened"
+    );
+    gate.open();
+    for r in runs {
+        let o = tokio.block_on(r).unwrap().unwrap();
+        assert_eq!(stdout_of(&o), "hello\n");
+    }
+    let o = tokio.block_on(typed).unwrap().unwrap();
+    assert_eq!(o.results, Some(5), "{:?}", o.status);
+}
