@@ -74,8 +74,8 @@ impl StartGate {
         Self::default()
     }
 
-    /// Lets the invocation call its entry point (now, or as soon as it
-    /// reaches the gate).
+    /// Lets the invocations waiting at the gate call their entry points
+    /// now, and any that reach it later at once.
     pub fn open(&self) {
         self.0.open.store(true, Ordering::Release);
         let wakers = std::mem::take(&mut *self.0.wakers.lock().expect("gate lock"));
