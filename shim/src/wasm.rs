@@ -1356,16 +1356,12 @@ mod tests {
         let next = bundle(dir.path(), "next", HELLO);
         tasks.create(next.clone()).unwrap();
         tasks.start("next").unwrap();
-        let waited = std::thread::spawn(move || tasks.wait("next").map(|w| w.0));
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while !waited.is_finished() {
-            assert!(
-                std::time::Instant::now() < until,
-                "the killed task kept its slot"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(waited.join().unwrap().unwrap(), 0);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(tasks.wait("next").map(|w| w.0)));
+        let waited = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the killed task kept its slot");
+        assert_eq!(waited.unwrap(), 0);
         assert_eq!(read(&next, "out"), "hello\n");
         assert_eq!(read(&killed, "out"), "");
     }

@@ -220,9 +220,7 @@ fn a_fifo_as_cache_entry_does_not_block() {
     let dir = tempdir();
     let (a, entry_a, _) = two_entries(cache.path(), dir.path());
     std::fs::remove_file(&entry_a).unwrap();
-    let c = std::ffi::CString::new(entry_a.to_str().unwrap()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&entry_a);
     let r = run_wat(cache.path(), &a);
     assert_eq!(r.stdout, "A\n");
     assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);

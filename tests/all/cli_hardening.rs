@@ -268,9 +268,7 @@ fn output_onto_a_fifo_or_device_writes_through() {
     let dir = tempdir();
     let m = wat_file(dir.path(), "t.wat", TOOLS_WAT);
     let fifo = dir.path().join("fifo");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).unwrap())

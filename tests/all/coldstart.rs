@@ -200,9 +200,7 @@ fn cache_hits_are_mapped_and_unchanged_inputs_not_reread() {
 fn fifo_device_and_directory_inputs_are_refused_without_blocking() {
     let dir = tempdir();
     let fifo = dir.path().join("module.wasm");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     for (path, needle) in [
         (fifo.as_path(), "not a regular file"),
         (Path::new("/dev/zero"), "not a regular file"),

@@ -39,14 +39,6 @@ fn request(method: &str, path: &str, body: &'static [u8]) -> hyper::Request<Http
         .unwrap()
 }
 
-fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Runs one request and reads the whole response body.
 fn call(f: &Function, req: hyper::Request<HttpBody>, inv: Invocation) -> (HttpOutcome, Bytes) {
     let rt = tokio_rt();
@@ -481,20 +473,12 @@ fn a_gated_command_component_waits_for_its_gate_too() {
             &LoadOptions::default(),
         )
         .unwrap();
-    let gate = wasmlet_runtime::StartGate::new();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = tokio_rt();
     let inv = Invocation {
         args: vec!["hello".into()],
-        gate: Some(gate.clone()),
         ..Default::default()
     };
-    let guest = f.clone();
-    let task = tokio.spawn(async move { guest.invoke_async(inv).await });
-    wait_until_reached(&gate);
+    let (gate, task) = spawn_gated(&tokio, &f, inv);
     std::thread::sleep(Duration::from_millis(50));
     assert!(!task.is_finished(), "it ran before its gate opened");
     gate.open();

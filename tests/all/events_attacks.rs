@@ -375,9 +375,7 @@ fn attack_usage_log_that_is_not_a_regular_file_is_refused() {
     assert!(e.contains("not a regular file"), "{e}");
     // A FIFO: the open used to block for a reader, a server hung silently.
     let fifo = dir.path().join("fifo");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-    // SAFETY: `c` is a NUL-terminated path that lives across the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    crate::helpers::mkfifo(&fifo);
     let e = refused(&m, &["--usage-log", fifo.to_str().unwrap()]);
     assert!(e.contains("not a regular file"), "{e}");
     // A device: rotation would rename /dev/null.

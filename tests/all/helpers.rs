@@ -288,3 +288,37 @@ pub fn wait_until_reached(gate: &wasmlet_runtime::StartGate) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Makes a FIFO at `path` (mode 0600).
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// A two-worker tokio runtime with time and IO, for async invocations.
+pub fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Spawns `inv` on `rt` behind a new closed gate and waits until it has
+/// its instance; the gate and the invocation's task.
+pub fn spawn_gated(
+    rt: &tokio::runtime::Runtime,
+    f: &Function,
+    mut inv: Invocation,
+) -> (
+    wasmlet_runtime::StartGate,
+    tokio::task::JoinHandle<Result<Outcome, wasmlet_runtime::Error>>,
+) {
+    let gate = wasmlet_runtime::StartGate::new();
+    inv.gate = Some(gate.clone());
+    let f = f.clone();
+    let task = rt.spawn(async move { f.invoke_async(inv).await });
+    wait_until_reached(&gate);
+    (gate, task)
+}

@@ -291,9 +291,7 @@ fn output_to_a_fifo_that_cannot_be_reopened_still_waits_without_blocking() {
     // description is used, polled; a reader comes later and reads slowly.
     let dir = tempdir();
     let path = dir.path().join("out");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&path);
     let first_reader = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -404,20 +402,12 @@ fn a_gated_invocation_makes_its_instance_and_runs_only_once_opened() {
     let f = load_wat(&rt, HELLO_WAT);
     let dir = tempdir();
     let out = dir.path().join("out");
-    let gate = wasmlet_runtime::StartGate::new();
+    let tokio = tokio_rt();
     let inv = Invocation {
         stdout: Output::File(std::fs::File::create(&out).unwrap()),
-        gate: Some(gate.clone()),
         ..Default::default()
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let guest = f.clone();
-    let task = tokio.spawn(async move { guest.invoke_async(inv).await });
-    wait_until_reached(&gate);
+    let (gate, task) = spawn_gated(&tokio, &f, inv);
     std::thread::sleep(Duration::from_millis(100));
     assert!(!task.is_finished(), "it ran before its gate opened");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
@@ -448,20 +438,12 @@ fn a_gated_invocation_dropped_unopened_frees_its_instance_and_never_runs() {
     let f = load_wat(&rt, HELLO_WAT);
     let dir = tempdir();
     let out = dir.path().join("out");
-    let gate = wasmlet_runtime::StartGate::new();
+    let tokio = tokio_rt();
     let inv = Invocation {
         stdout: Output::File(std::fs::File::create(&out).unwrap()),
-        gate: Some(gate.clone()),
         ..Default::default()
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let guest = f.clone();
-    let task = tokio.spawn(async move { guest.invoke_async(inv).await });
-    wait_until_reached(&gate);
+    let (gate, task) = spawn_gated(&tokio, &f, inv);
     task.abort();
     assert!(tokio.block_on(task).unwrap_err().is_cancelled());
     // Opening it now reaches nothing: the invocation is gone.
@@ -495,11 +477,7 @@ fn one_gate_holds_several_invocations_and_typed_calls_wait_at_it_too() {
     .typed::<(i32, i32), i32>("add")
     .unwrap();
     let gate = wasmlet_runtime::StartGate::new();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = tokio_rt();
     let runs: Vec<_> = (0..3)
         .map(|_| {
             let (f, gate) = (f.clone(), gate.clone());
