@@ -23,6 +23,8 @@
 //! - [`bill`]: `wasmlet usage`, the usage log read back as a bill;
 //! - `trigger`: schedule (cron or interval) and file (watched directory)
 //!   triggers;
+//! - `conn_threads`: one single-threaded runtime per core; each
+//!   connection, its requests and their instances stay on one of them;
 //! - [`server`]: listeners, the request path and its status mapping, the
 //!   admin endpoints, signals, reloads and graceful shutdown;
 //! - [`error`]: typed errors.
@@ -32,6 +34,7 @@
 pub mod admission;
 pub mod app;
 pub mod bill;
+mod conn_threads;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -15,6 +15,7 @@
 //! ```
 
 use crate::app::{App, Func, stamp};
+use crate::conn_threads::ConnThreads;
 use crate::error::{LoadError, ServeError};
 use crate::handler::Handler;
 use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
@@ -376,6 +377,7 @@ impl Server {
         // ended (and their requests' usage lines written) before the log's
         // last flush.
         let mut conns = tokio::task::JoinSet::new();
+        let threads = ConnThreads::per_core().map_err(|e| ServeError::Start(e.to_string()))?;
         let signal_name = loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -390,13 +392,31 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    // Off this runtime's epoll, into the connection thread's.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(%peer, "connection: {e}");
+                            continue;
+                        }
+                    };
                     let shared = shared.clone();
                     let usage = shared.clone();
                     let svc = service_fn(move |req| handle(shared.clone(), peer, req));
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let conn = graceful.watch(conn);
-                    conns.spawn(async move {
-                        if let Err(e) = conn.await {
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let (thread, seat) = threads.pick();
+                    conns.spawn_on(async move {
+                        let _seat = seat;
+                        let stream = match tokio::net::TcpStream::from_std(stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(%peer, "connection: {e}");
+                                return;
+                            }
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                        if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, "connection: {e}");
                             if e.is_parse_too_large() {
                                 // hyper answered 431 itself: no request, no route.
@@ -407,7 +427,7 @@ impl Server {
                                 usage.usage.record(line).await;
                             }
                         }
-                    });
+                    }, thread);
                 }
                 sig = signals.recv() => match sig {
                     Some(signal_hook::consts::SIGHUP) => {
@@ -474,6 +494,11 @@ impl Server {
                 shared.usage.path().display()
             );
         }
+        // Their connections are gone: stop and join the threads (off this
+        // runtime's threads, as joining blocks).
+        tokio::task::spawn_blocking(move || drop(threads))
+            .await
+            .ok();
         Ok(())
     }
 }
