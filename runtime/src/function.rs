@@ -16,7 +16,7 @@ use crate::host::CatchPanic;
 use crate::invocation::{Entry, Invocation, Outcome, StartGate, Status};
 use crate::limiter::{CpuWatch, Deadline, StoreLimiter, TimeBudget, deadline};
 use crate::store::{StoreState, new_store};
-use crate::usage::{CpuMeter, Metered, Usage};
+use crate::usage::{CpuMeter, Metered, Usage, UsageProbe};
 use crate::wasi;
 use bytes::Bytes;
 use std::future::Future;
@@ -83,6 +83,8 @@ pub(crate) struct Start<'a> {
     pub(crate) wall_start: Instant,
     pub(crate) meter: Option<Arc<CpuMeter>>,
     pub(crate) budget: Option<TimeBudget>,
+    /// The invocation's [`UsageProbe`], if it has one.
+    pub(crate) probe: Option<UsageProbe>,
 }
 
 /// What the metered part of an invocation hands back for the usage record.
@@ -302,6 +304,7 @@ impl Function {
     ) -> Result<Outcome, Error> {
         let wall_start = start.wall_start;
         let meter = start.meter.clone();
+        let probe = start.probe.clone();
         // Futures are pinned where they are made and awaited through the
         // pin (here and below): awaiting one made in the same statement
         // keeps a moved-from copy of it in this future's state too, so
@@ -309,11 +312,11 @@ impl Function {
         // copied several times per invocation).
         if let Code::Component(c) = &self.inner.code {
             let run = pin!(self.run_command(c, inv, start, context));
-            let (finished, cpu_time) = Metered::new(run, meter).await;
+            let (finished, cpu_time) = Metered::new(run, meter).with_probe(probe).await;
             return Ok(finished?.outcome(wall_start, cpu_time));
         }
         let run = pin!(self.run(inv, start, context));
-        let (finished, cpu_time) = Metered::new(run, meter).await;
+        let (finished, cpu_time) = Metered::new(run, meter).with_probe(probe).await;
         Ok(finished?.outcome(wall_start, cpu_time))
     }
 
@@ -323,7 +326,10 @@ impl Function {
         let limits = inv.limits.as_ref().unwrap_or(&self.inner.limits);
         self.check_limits(limits)?;
         self.check_entry(&inv.entry)?;
-        Ok(self.start_clock(limits))
+        Ok(Start {
+            probe: inv.probe.clone(),
+            ..self.start_clock(limits)
+        })
     }
 
     /// Starts an invocation's clock and (with time limits) its budget.
@@ -339,6 +345,7 @@ impl Function {
             wall_start,
             meter,
             budget,
+            probe: None,
         }
     }
 
@@ -535,10 +542,18 @@ impl Start<'_> {
             wall_start,
             meter,
             budget,
+            probe,
         } = self;
         let fuel_start = executor.fuel_start(limits);
         let budgeted = budget.is_some();
-        let mut store = new_store(&executor.engine, wasi.ctx, limits, fuel_start, budget);
+        let mut store = new_store(
+            &executor.engine,
+            wasi.ctx,
+            limits,
+            fuel_start,
+            budget,
+            probe,
+        );
         store.data_mut().context = context;
         let result = {
             let call = pin!(call(&mut store));

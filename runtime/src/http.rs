@@ -145,6 +145,8 @@ pub async fn handle_http(
     let mut task = {
         let start = func.start_clock(&limits);
         let meter = start.meter.clone();
+        let probe = inv.probe.clone();
+        let metered_probe = inv.probe.clone();
         let watch = start.meter.clone();
         let budget = start.budget;
         let limits = limits.clone();
@@ -171,6 +173,7 @@ pub async fn handle_http(
                     wall_start,
                     meter: watch,
                     budget,
+                    probe,
                 };
                 let finished = pin!(
                     start.in_fresh_store(
@@ -197,7 +200,7 @@ pub async fn handle_http(
                 );
                 Ok(finished.await)
             });
-            Metered::new(run, meter).await
+            Metered::new(run, meter).with_probe(metered_probe).await
         })
     };
     let mut head_rx = head_rx;

@@ -40,6 +40,10 @@ pub struct Invocation {
     /// WASI context and instance as soon as it is polled, then waits until
     /// the gate opens before it calls the entry point (see [`StartGate`]).
     pub gate: Option<StartGate>,
+    /// Kept up to date with the CPU time and memory peak used so far, for
+    /// a caller that may drop the invocation before its outcome (see
+    /// [`UsageProbe`](crate::UsageProbe)).
+    pub probe: Option<crate::usage::UsageProbe>,
 }
 
 /// Holds an invocation between its instance and its entry point, for

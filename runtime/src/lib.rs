@@ -122,6 +122,6 @@ pub use invocation::{
     Entry, Input, Invocation, Outcome, Output, Preopen, StartGate, Status, UsageRecord,
 };
 pub use runtime::{LoadOptions, Runtime};
-pub use usage::{SandboxUsage, Usage};
+pub use usage::{SandboxUsage, Usage, UsageProbe};
 pub use wasmlet_snapshotter::{CapExceeded, CompileCaps, SnapshotError, SnapshotOptions};
 pub use wasmtime::{Engine, Val};

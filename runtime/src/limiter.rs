@@ -9,7 +9,7 @@
 
 use crate::config::Limits;
 use crate::error::LimitExceeded;
-use crate::usage::CpuMeter;
+use crate::usage::{CpuMeter, UsageProbe};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,16 +27,19 @@ pub(crate) struct StoreLimiter {
     pub(crate) peak_memory: u64,
     /// The first limit refused, if any.
     pub(crate) refused: Option<LimitExceeded>,
+    /// Told of every new peak.
+    probe: Option<UsageProbe>,
 }
 
 impl StoreLimiter {
-    pub(crate) fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits, probe: Option<UsageProbe>) -> Self {
         StoreLimiter {
             max_memory: limits.max_memory,
             max_table_elements: limits.max_table_elements,
             current_memory: 0,
             peak_memory: 0,
             refused: None,
+            probe,
         }
     }
 }
@@ -58,7 +61,12 @@ impl wasmtime::ResourceLimiter for StoreLimiter {
             return Ok(false);
         }
         self.current_memory = total;
-        self.peak_memory = self.peak_memory.max(total);
+        if total > self.peak_memory {
+            self.peak_memory = total;
+            if let Some(probe) = &self.probe {
+                probe.memory_grew_to(total);
+            }
+        }
         Ok(true)
     }
 
@@ -291,7 +299,7 @@ mod tests {
             max_memory: 100,
             ..Limits::default()
         };
-        let mut l = StoreLimiter::new(&limits);
+        let mut l = StoreLimiter::new(&limits, None);
         assert!(l.memory_growing(0, 60, None).unwrap());
         assert!(!l.memory_growing(0, 50, None).unwrap());
         assert_eq!(l.refused, Some(LimitExceeded::Memory(100)));

@@ -46,7 +46,7 @@ impl StoreState {
     pub(crate) fn empty(limits: &Limits) -> Self {
         StoreState {
             wasi: WasiCtxBuilder::new().build_p1(),
-            limiter: StoreLimiter::new(limits),
+            limiter: StoreLimiter::new(limits, None),
             budget: None,
             context: Context::new(),
         }
@@ -59,8 +59,8 @@ impl StoreState {
 /// With a time budget, the epoch deadline is one tick away and the callback
 /// checks the budget on every tick: over it, the guest stops with the limit
 /// as its error; within it, the guest yields to the executor (so other
-/// tasks run, and the wall-clock `Deadline` around the invocation can fire)
-/// and goes on for another tick. Without one, the guest is never
+/// tasks, the executor's I/O and timers run, and the wall-clock `Deadline`
+/// around the invocation can fire) and goes on for another tick. Without one, the guest is never
 /// interrupted (and the ticker does not run for it).
 pub(crate) fn new_store<W: Send + 'static>(
     engine: &Engine,
@@ -68,13 +68,14 @@ pub(crate) fn new_store<W: Send + 'static>(
     limits: &Limits,
     fuel: Option<u64>,
     budget: Option<TimeBudget>,
+    probe: Option<crate::usage::UsageProbe>,
 ) -> Store<StoreState<W>> {
     let budgeted = budget.is_some();
     let mut store = Store::new(
         engine,
         StoreState {
             wasi,
-            limiter: StoreLimiter::new(limits),
+            limiter: StoreLimiter::new(limits, probe),
             budget,
             context: Context::new(),
         },
@@ -88,7 +89,16 @@ pub(crate) fn new_store<W: Send + 'static>(
         store.epoch_deadline_callback(|ctx| {
             let budget = ctx.data().budget.as_ref().expect("budget set");
             match budget.check() {
-                Ok(()) => Ok(UpdateDeadline::Yield(1)),
+                // Yields through tokio's `yield_now`, which wakes the task
+                // only after the runtime has polled its I/O and timers: a
+                // plain self-wake puts it straight back on the run queue,
+                // and a single-threaded runtime then reads its sockets only
+                // every 61 polls (its `event_interval`), 61 ticks for the
+                // other connections on its thread.
+                Ok(()) => Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                )),
                 Err(limit) => Err(limit.into()),
             }
         });

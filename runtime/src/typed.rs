@@ -241,7 +241,10 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
     fn start<'a>(&'a self, inv: &'a Invocation) -> Result<Start<'a>, Error> {
         let limits = inv.limits.as_ref().unwrap_or(&self.func.inner().limits);
         self.func.check_limits(limits)?;
-        Ok(self.func.start_clock(limits))
+        Ok(crate::function::Start {
+            probe: inv.probe.clone(),
+            ..self.func.start_clock(limits)
+        })
     }
 
     async fn metered(
@@ -253,8 +256,9 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
     ) -> Result<TypedOutcome<R>, Error> {
         let wall_start = start.wall_start;
         let meter = start.meter.clone();
+        let probe = start.probe.clone();
         let run = self.run(params, inv, start, context);
-        let (finished, cpu_time) = Metered::new(run, meter).await;
+        let (finished, cpu_time) = Metered::new(run, meter).with_probe(probe).await;
         let (finished, results) = finished?;
         let outcome = finished.outcome(wall_start, cpu_time);
         Ok(TypedOutcome {

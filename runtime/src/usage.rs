@@ -108,6 +108,52 @@ fn from_nanos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Err
     u64::deserialize(d).map(Duration::from_nanos)
 }
 
+/// What an invocation has used so far, kept up to date while it runs and
+/// readable after it is gone: for a caller that may drop the invocation
+/// before its outcome (an HTTP server whose client left), so the usage
+/// record of the stopped invocation still has its figures. Set it as
+/// [`Invocation::probe`](crate::Invocation::probe); clones share the
+/// figures.
+///
+/// The CPU time is that of the invocation's finished polls (as its
+/// [`Usage::cpu_time`] counts it, less the filesystem calls of a
+/// synchronously driven invocation); the memory peak is its instance's
+/// largest total linear memory. A sandboxed invocation (run in a worker
+/// process) does not update it.
+#[derive(Debug, Clone, Default)]
+pub struct UsageProbe(Arc<ProbeFigures>);
+
+#[derive(Debug, Default)]
+struct ProbeFigures {
+    cpu_ns: AtomicU64,
+    peak_memory: AtomicU64,
+}
+
+impl UsageProbe {
+    /// A probe with nothing used yet.
+    pub fn new() -> Self {
+        UsageProbe::default()
+    }
+
+    /// CPU time used so far, up to the end of its last poll.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
+    }
+
+    /// Largest total linear memory so far, in bytes.
+    pub fn peak_memory_bytes(&self) -> u64 {
+        self.0.peak_memory.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_cpu_time(&self, spent: Duration) {
+        self.0.cpu_ns.store(nanos_of(spent), Ordering::Relaxed);
+    }
+
+    pub(crate) fn memory_grew_to(&self, total: u64) {
+        self.0.peak_memory.fetch_max(total, Ordering::Relaxed);
+    }
+}
+
 /// The CPU time an invocation has used so far, for its time budget: shared
 /// by [`Metered`] (which updates it at the start and end of every poll) and
 /// the epoch callback (which reads it, from inside a poll, on the polling
@@ -154,6 +200,7 @@ pin_project! {
         shared: Option<Arc<CpuMeter>>,
         pool: Option<(Arc<PoolCpu>, Duration)>,
         first: bool,
+        probe: Option<UsageProbe>,
     }
 }
 
@@ -167,7 +214,14 @@ impl<F> Metered<F> {
             shared,
             pool: None,
             first: true,
+            probe: None,
         }
+    }
+
+    /// Also keeps `probe`'s CPU time up to date, after every poll.
+    pub(crate) fn with_probe(mut self, probe: Option<UsageProbe>) -> Self {
+        self.probe = probe;
+        self
     }
 }
 
@@ -192,6 +246,9 @@ impl<F: Future> Future for Metered<F> {
         }
         let poll = this.inner.poll(cx);
         *this.spent += thread_cpu_time().saturating_sub(start);
+        if let Some(probe) = this.probe {
+            probe.set_cpu_time(*this.spent);
+        }
         match poll {
             Poll::Ready(out) => {
                 let fs = match this.pool {

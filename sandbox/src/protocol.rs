@@ -214,6 +214,7 @@ impl WireInvocation {
             limits: self.limits,
             context: Default::default(),
             gate: None,
+            probe: None,
         }
     }
 }

@@ -42,13 +42,15 @@ pub(crate) struct Func {
 impl Func {
     /// Runs `function` (this function's WASI command) once with `args`,
     /// `env` and `stdin`, its preopened directories, stdout and stderr
-    /// captured; counted in its metrics.
+    /// captured; counted in its metrics. `probe`, if given, follows its
+    /// figures as it runs.
     pub(crate) async fn invoke_command(
         &self,
         function: &Function,
         args: Vec<String>,
         env: Vec<(String, String)>,
         stdin: bytes::Bytes,
+        probe: Option<wasmlet_runtime::UsageProbe>,
     ) -> Result<Outcome, wasmlet_runtime::Error> {
         let inv = Invocation {
             args,
@@ -61,6 +63,7 @@ impl Func {
             limits: None,
             context: Default::default(),
             gate: None,
+            probe,
         };
         self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
         if self.snapshot_start {

@@ -6,14 +6,20 @@
 //! the thread that took the connection: no work stealing, no wake-ups across
 //! threads, its socket in that thread's own epoll. Measured against one
 //! multi-threaded runtime on this machine's 2 cores (BENCHMARKS.md, eighth
-//! session), the wasi:http hello served about 11% more requests per second
-//! at 16 connections. A new connection goes to the thread with the fewest
-//! open connections, so long-lived connections spread evenly.
+//! session), the wasi:http hello served 6-11% more requests per second at
+//! 16 connections.
 //!
-//! A guest that computes for long does not starve the others on its thread:
-//! the executor's epoch ticks make every guest yield to its runtime at each
-//! tick, and its CPU time limit ends it.
+//! A new connection goes to the thread with the fewest requests in flight,
+//! then the fewest open connections: away from a thread whose guest
+//! computes for long, and evenly for long-lived connections. Such a guest
+//! does not starve the other connections already on its thread either: it
+//! yields at every epoch tick in a way that lets its runtime poll sockets
+//! and timers first (see `wasmlet_runtime`'s store), and its CPU time
+//! limit ends it. What a thread-per-core server gives up is moving a
+//! connection once placed: while one guest computes, the other requests of
+//! its thread share that core with it, even if another core is idle.
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,21 +37,56 @@ pub(crate) struct ConnThreads {
 
 struct ConnThread {
     handle: tokio::runtime::Handle,
-    /// Connections open on this thread.
-    open: Arc<AtomicUsize>,
+    load: Arc<Load>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What a connection thread has on it.
+#[derive(Default)]
+struct Load {
+    /// Requests in flight.
+    busy: AtomicUsize,
+    /// Connections open.
+    open: AtomicUsize,
+}
+
+thread_local! {
+    /// The load of the connection thread this is, if it is one.
+    static LOAD: RefCell<Option<Arc<Load>>> = const { RefCell::new(None) };
+}
+
 /// A connection's place on its thread: counted open until dropped.
 pub(crate) struct Seat {
-    open: Arc<AtomicUsize>,
+    load: Arc<Load>,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.load.open.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A request in flight on a connection thread, counted until dropped.
+pub(crate) struct Busy {
+    load: Arc<Load>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.load.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request in flight on this thread, if it is a connection
+/// thread, until the result is dropped.
+pub(crate) fn busy() -> Option<Busy> {
+    LOAD.with(|l| {
+        l.borrow().as_ref().map(|load| {
+            load.busy.fetch_add(1, Ordering::Relaxed);
+            Busy { load: load.clone() }
+        })
+    })
 }
 
 impl ConnThreads {
@@ -58,9 +99,12 @@ impl ConnThreads {
                 .build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let load = Arc::new(Load::default());
+            let own = load.clone();
             let join = std::thread::Builder::new()
                 .name(format!("wasmlet-conn-{i}"))
                 .spawn(move || {
+                    LOAD.with(|l| *l.borrow_mut() = Some(own));
                     rt.block_on(async {
                         let _ = stopped.await;
                     });
@@ -68,7 +112,7 @@ impl ConnThreads {
                 })?;
             threads.push(ConnThread {
                 handle,
-                open: Arc::new(AtomicUsize::new(0)),
+                load,
                 stop: Some(stop),
                 join: Some(join),
             });
@@ -83,19 +127,24 @@ impl ConnThreads {
         ConnThreads::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// The thread with the fewest open connections (the first of equals),
-    /// and a seat on it for one more.
+    /// The thread with the fewest requests in flight, then the fewest open
+    /// connections (the first of equals), and a seat on it for one more.
     pub(crate) fn pick(&self) -> (&tokio::runtime::Handle, Seat) {
         let t = self
             .threads
             .iter()
-            .min_by_key(|t| t.open.load(Ordering::Relaxed))
+            .min_by_key(|t| {
+                (
+                    t.load.busy.load(Ordering::Relaxed),
+                    t.load.open.load(Ordering::Relaxed),
+                )
+            })
             .expect("at least one thread");
-        t.open.fetch_add(1, Ordering::Relaxed);
+        t.load.open.fetch_add(1, Ordering::Relaxed);
         (
             &t.handle,
             Seat {
-                open: t.open.clone(),
+                load: t.load.clone(),
             },
         )
     }
@@ -142,6 +191,41 @@ mod tests {
         drop(seat_a);
         let (d, _seat_d) = ids(&threads);
         assert_eq!(d, a);
+    }
+
+    #[test]
+    fn a_thread_with_a_request_in_flight_gets_no_new_connection_while_another_has_none() {
+        let threads = ConnThreads::start(2).unwrap();
+        // Thread A: one connection, running a long request.
+        let (a, seat_a) = threads.pick();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        a.spawn(async move {
+            let _seat = seat_a;
+            let busy = busy();
+            tx.send(busy.is_some()).unwrap();
+            let _ = released.await;
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "counted");
+        let a = a.id();
+        // Thread B: five idle connections. New ones still go to B.
+        let idle: Vec<_> = (0..5).map(|_| threads.pick()).collect();
+        assert!(idle.iter().all(|(h, _)| h.id() != a));
+        let (next, _seat) = threads.pick();
+        assert_ne!(next.id(), a);
+        // Its request done, A is the lighter: the next goes there.
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (h, _s) = threads.pick();
+            if h.id() == a {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "A never freed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Off the connection threads, nothing is counted.
+        assert!(busy().is_none());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use wasmlet_runtime::{
     Entry, Input, Invocation, LimitExceeded, Output, Runtime, RuntimeBuilder, RuntimeConfig,
-    Status, UsageRecord,
+    Status, UsageProbe, UsageRecord,
 };
 
 /// A response body: streamed, boxed, the runtime's
@@ -791,18 +791,19 @@ async fn handle(
             text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
         }
         Some((func, route)) => {
+            let _busy = crate::conn_threads::busy();
             func.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            let ran = AtomicBool::new(false);
+            let progress = Progress::default();
             let mut gone = ClientGone {
                 shared: &shared,
                 func,
                 id: &id,
                 start_time,
                 started,
-                ran: &ran,
+                progress: &progress,
                 armed: true,
             };
-            let handled = pin!(call(&shared, &app, func, route, peer, req, &id, &ran)).await;
+            let handled = pin!(call(&shared, &app, func, route, peer, req, &id, &progress)).await;
             gone.armed = false;
             let status = handled.response.status();
             func.metrics.response(status.as_u16(), started.elapsed());
@@ -881,17 +882,27 @@ async fn handle(
 /// client went away, or the server's drain deadline passed (its future is
 /// dropped, and with it the invocation: the guest is stopped). One that
 /// had started its guest is `interrupted`, with the wall time until then
-/// (the CPU and memory the guest used are not known); one still sending
-/// its body or waiting for admission is `rejected` (`ended_before_start`).
+/// and the CPU time and memory peak its probe saw (a sandboxed guest's are
+/// not known: 0); one still sending its body or waiting for admission is
+/// `rejected` (`ended_before_start`).
 struct ClientGone<'a> {
     shared: &'a Arc<Shared>,
     func: &'a Func,
     id: &'a str,
     start_time: chrono::DateTime<chrono::Utc>,
     started: Instant,
-    /// Set once the request was admitted and its guest started.
-    ran: &'a AtomicBool,
+    progress: &'a Progress,
     armed: bool,
+}
+
+/// How far a request's invocation got, for its usage line if the request
+/// is dropped before its response.
+#[derive(Default)]
+struct Progress {
+    /// Set once the request was admitted and its guest started.
+    ran: AtomicBool,
+    /// The invocation's figures so far.
+    probe: UsageProbe,
 }
 
 impl Drop for ClientGone<'_> {
@@ -900,9 +911,15 @@ impl Drop for ClientGone<'_> {
             return;
         }
         let head = http_line(Some(self.func), self.id, self.start_time);
-        let line = if self.ran.load(Ordering::Acquire) {
+        let line = if self.progress.ran.load(Ordering::Acquire) {
+            let probe = &self.progress.probe;
             head.ran(interrupted(
-                wasmlet_runtime::Usage::new(self.started.elapsed(), Duration::ZERO, None, 0),
+                wasmlet_runtime::Usage::new(
+                    self.started.elapsed(),
+                    probe.cpu_time(),
+                    None,
+                    probe.peak_memory_bytes(),
+                ),
                 "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped",
             ))
         } else {
@@ -942,7 +959,7 @@ async fn call(
     peer: SocketAddr,
     req: Request<Incoming>,
     id: &str,
-    ran: &AtomicBool,
+    progress: &Progress,
 ) -> Handled {
     let settings = &app.manifest.server;
     let (parts, body) = req.into_parts();
@@ -957,7 +974,7 @@ async fn call(
     }
     if let Handler::Http(h) = &func.handler {
         // Streamed: the component reads the body as it comes.
-        return pin!(call_http(shared, app, func, h, parts, body, id, ran)).await;
+        return pin!(call_http(shared, app, func, h, parts, body, id, progress)).await;
     }
     let read = Limited::new(body, max_body as usize).collect();
     let body = match tokio::time::timeout(settings.body_timeout, read).await {
@@ -981,7 +998,7 @@ async fn call(
         Ok(a) => a,
         Err(busy) => return busy,
     };
-    ran.store(true, Ordering::Release);
+    progress.ran.store(true, Ordering::Release);
     let Handler::Wagi(function) = &func.handler else {
         unreachable!("http handled above")
     };
@@ -1001,7 +1018,8 @@ async fn call(
         .cloned()
         .collect();
     env.extend(cgi_env);
-    let result = pin!(func.invoke_command(function, args, env, body)).await;
+    let result =
+        pin!(func.invoke_command(function, args, env, body, Some(progress.probe.clone()))).await;
     drop(admitted);
     let outcome = match result {
         Ok(o) => o,
@@ -1153,14 +1171,14 @@ async fn call_http(
     mut parts: http::request::Parts,
     body: Incoming,
     id: &str,
-    ran: &AtomicBool,
+    progress: &Progress,
 ) -> Handled {
     let settings = &app.manifest.server;
     let admitted = match admit(shared, app, func).await {
         Ok(a) => a,
         Err(busy) => return busy,
     };
-    ran.store(true, Ordering::Release);
+    progress.ran.store(true, Ordering::Release);
     // wasi:http needs an authority; the guest sees the request id.
     if !parts.headers.contains_key(http::header::HOST)
         && let Ok(v) = HeaderValue::from_str(&shared.local.to_string())
@@ -1190,6 +1208,7 @@ async fn call_http(
         limits: None,
         context: Default::default(),
         gate: None,
+        probe: Some(progress.probe.clone()),
     };
     func.metrics.invocations.fetch_add(1, Ordering::Relaxed);
     func.metrics.plain_starts.fetch_add(1, Ordering::Relaxed);

@@ -266,6 +266,7 @@ impl Executor for WasmExecutor {
                 limits: None,
                 context: Default::default(),
                 gate: None,
+                probe: None,
             };
             Ok::<_, Error>((runtime, function, opts, inv, resources))
         })();

@@ -196,6 +196,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: None,
         context: Default::default(),
         gate: None,
+        probe: None,
     };
     let outcome = match &sandbox {
         Some(sb) => {

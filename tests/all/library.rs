@@ -517,3 +517,71 @@ fn one_gate_holds_several_invocations_and_typed_calls_wait_at_it_too() {
     let o = tokio.block_on(typed).unwrap().unwrap();
     assert_eq!(o.results, Some(5), "{:?}", o.status);
 }
+
+#[test]
+fn a_dropped_invocation_leaves_what_it_used_in_its_probe() {
+    let rt = runtime_with(|c| c.pool.instances = 2);
+    // Three pages, grown to five, then computes forever.
+    let f = load_wat(
+        &rt,
+        r#"(module (memory 3)
+             (func (export "_start")
+               (drop (memory.grow (i32.const 2)))
+               (loop (br 0))))"#,
+    );
+    let probe = wasmlet_runtime::UsageProbe::new();
+    let inv = Invocation {
+        limits: Some(wasmlet_runtime::Limits {
+            timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        }),
+        probe: Some(probe.clone()),
+        ..Default::default()
+    };
+    // Dropped after 300 ms, as an HTTP server drops a request whose client
+    // left: no outcome, but the probe has the figures.
+    let left = tokio_rt().block_on(async {
+        tokio::time::timeout(Duration::from_millis(300), f.invoke_async(inv)).await
+    });
+    assert!(left.is_err(), "the guest computes forever");
+    assert!(
+        probe.cpu_time() >= Duration::from_millis(100),
+        "{:?}",
+        probe.cpu_time()
+    );
+    assert_eq!(probe.peak_memory_bytes(), 5 * 65536);
+}
+
+#[test]
+fn a_computing_guest_lets_the_other_tasks_of_its_thread_run_at_every_tick() {
+    let rt = runtime();
+    let f = load_wat(&rt, r#"(module (func (export "_start") (loop (br 0))))"#);
+    let inv = Invocation {
+        limits: Some(Limits {
+            timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // One thread, as each of `wasmlet serve`'s connection threads is: the
+    // guest computes while another task sleeps 1 ms twenty times. The
+    // guest yields at every epoch tick; if its yield skipped the runtime's
+    // timers and I/O, each sleep would last until the runtime polls them
+    // anyway (every 61st poll: about 61 ms, 1.2 s for all twenty).
+    let one = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let slept = one.block_on(async move {
+        let guest = tokio::spawn(async move { f.invoke_async(inv).await });
+        tokio::task::yield_now().await;
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let slept = started.elapsed();
+        guest.abort();
+        slept
+    });
+    assert!(slept < Duration::from_millis(600), "{slept:?}");
+}

@@ -1254,6 +1254,10 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     assert_eq!(l["status"], "interrupted", "{l}");
     assert!(l.get("http_status").is_none(), "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() >= 250_000_000, "{l}");
+    // What the guest used until it was stopped: its instantiation and
+    // first slice took CPU time, its instance had memory.
+    assert!(l["cpu_time_ns"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["peak_memory_bytes"].as_u64().unwrap() >= 65536, "{l}");
     let drip = |id: &str| send_get(server.addr, "/drip", id);
     // The head and first chunk go out while the guest still runs (it
     // waits a minute before the rest).

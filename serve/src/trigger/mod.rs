@@ -148,7 +148,9 @@ pub(crate) async fn invoke(ctx: &Ctx, event: Event) -> Result<(), String> {
     env.push(("WASMLET_TRIGGER".into(), ctx.trigger.clone()));
     env.extend(event.env);
     let args = vec![func.spec.name.clone()];
-    let result = func.invoke_command(function, args, env, event.stdin).await;
+    let result = func
+        .invoke_command(function, args, env, event.stdin, None)
+        .await;
     drop(admitted);
     let outcome = match result {
         Ok(o) => o,
