@@ -101,25 +101,69 @@ impl StartGate {
     /// Waits until the gate is open.
     pub(crate) async fn pass(&self) {
         self.0.reached.store(true, Ordering::Release);
-        std::future::poll_fn(|cx| {
-            if self.is_open() {
-                return Poll::Ready(());
-            }
-            {
-                let mut wakers = self.0.wakers.lock().expect("gate lock");
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
-            }
-            // Opened between the check and the waker's store: its wake
-            // found no waker.
-            if self.is_open() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+        Pass {
+            gate: self,
+            waiting: None,
+        }
         .await
+    }
+
+    /// How many wakers the gate holds.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.0.wakers.lock().expect("gate lock").len()
+    }
+}
+
+/// An invocation waiting at a gate; dropped (the invocation ended before
+/// the gate opened), it takes its waker back out.
+struct Pass<'a> {
+    gate: &'a StartGate,
+    waiting: Option<Waker>,
+}
+
+impl std::future::Future for Pass<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.gate.is_open() {
+            self.waiting = None;
+            return Poll::Ready(());
+        }
+        if !self
+            .waiting
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let mut wakers = self.gate.0.wakers.lock().expect("gate lock");
+            if let Some(old) = self.waiting.take()
+                && let Some(i) = wakers.iter().position(|w| w.will_wake(&old))
+            {
+                wakers.swap_remove(i);
+            }
+            wakers.push(cx.waker().clone());
+            drop(wakers);
+            self.waiting = Some(cx.waker().clone());
+        }
+        // Opened between the check and the waker's store: its wake found
+        // no waker.
+        if self.gate.is_open() {
+            self.waiting = None;
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.waiting.take() {
+            let mut wakers = self.gate.0.wakers.lock().expect("gate lock");
+            if let Some(i) = wakers.iter().position(|x| x.will_wake(&w)) {
+                wakers.swap_remove(i);
+            }
+        }
     }
 }
 
@@ -296,5 +340,32 @@ impl UsageRecord {
     /// Whether the guest succeeded: it returned, or exited with code 0.
     pub fn success(&self) -> bool {
         self.status == "returned" || (self.status == "exited" && self.exit_code == Some(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    #[test]
+    fn an_invocation_dropped_at_a_closed_gate_leaves_no_waker_in_it() {
+        let gate = StartGate::new();
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        let mut first = Box::pin(gate.pass());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        // Polled again with the same waker: still one.
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(gate.waiting(), 1);
+        let mut second = Box::pin(gate.pass());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        drop(first);
+        drop(second);
+        assert_eq!(gate.waiting(), 0);
+        // The gate still works for the next.
+        let mut third = Box::pin(gate.pass());
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        gate.open();
+        assert!(third.as_mut().poll(&mut cx).is_ready());
     }
 }
