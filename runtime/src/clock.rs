@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// CPU time consumed so far by the calling thread.
-pub(crate) fn thread_cpu_time() -> Duration {
+pub fn thread_cpu_time() -> Duration {
     clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 

@@ -114,6 +114,7 @@ pub use host::{GuestMemory, HostCx, HostFunc, MemoryError};
 pub use store::StoreState;
 pub use typed::{TypedFunction, TypedOutcome, WasmScalar, WasmTypes};
 
+pub use clock::thread_cpu_time;
 pub use component::OutboundHosts;
 pub use config::{CacheConfig, CompileLimits, Limits, PoolConfig, RuntimeConfig};
 pub use error::{ArtifactError, Error, LimitExceeded};

@@ -9,9 +9,13 @@
 //! session), the wasi:http hello served 6-11% more requests per second at
 //! 16 connections.
 //!
-//! A new connection goes to the thread with the fewest requests in flight,
-//! then the fewest open connections: away from a thread whose guest
-//! computes for long, and evenly for long-lived connections. Such a guest
+//! A new connection goes to the least loaded thread: each thread measures
+//! its own CPU use every 10 ms (in quarters: idle, a quarter busy, ...,
+//! fully busy), and every four connections placed on it since count as one
+//! more quarter; equals are split by open connections. So new connections go
+//! away from a thread whose guest computes for long (even when another
+//! thread holds many idle keep-alive connections), and a burst of them
+//! spreads over the threads. Such a guest
 //! does not starve the other connections already on its thread either: it
 //! yields at every epoch tick in a way that lets its runtime poll sockets
 //! and timers first (see `wasmlet_runtime`'s store), and its CPU time
@@ -19,11 +23,19 @@
 //! connection once placed: while one guest computes, the other requests of
 //! its thread share that core with it, even if another core is idle.
 
-use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often a connection thread measures its CPU use.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// How often it does when it has no connection.
+const SAMPLE_IDLE: Duration = Duration::from_millis(100);
+
+/// How many connections placed on a thread since its last sample weigh as
+/// much as a quarter of its CPU busy.
+const PLACED_PER_QUARTER: u32 = 4;
 
 /// How long dropping the threads waits for each one's blocking tasks (a
 /// sandboxed function's call in flight) before leaving them.
@@ -45,15 +57,43 @@ struct ConnThread {
 /// What a connection thread has on it.
 #[derive(Default)]
 struct Load {
-    /// Requests in flight.
-    busy: AtomicUsize,
+    /// Its CPU use over the last samples, in quarters (0 idle, 4 busy).
+    quarters: AtomicU32,
+    /// Connections placed on it since its last sample.
+    placed: AtomicU32,
     /// Connections open.
     open: AtomicUsize,
 }
 
-thread_local! {
-    /// The load of the connection thread this is, if it is one.
-    static LOAD: RefCell<Option<Arc<Load>>> = const { RefCell::new(None) };
+impl Load {
+    /// Lower is lighter.
+    fn weight(&self) -> (u32, usize) {
+        (
+            self.quarters.load(Ordering::Relaxed) * PLACED_PER_QUARTER
+                + self.placed.load(Ordering::Relaxed),
+            self.open.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Measures the thread's CPU use (run on the thread itself), smoothed over
+/// a few samples, into `load`.
+async fn sample(load: Arc<Load>) {
+    let mut cpu = wasmlet_runtime::thread_cpu_time();
+    let mut at = Instant::now();
+    let mut smooth = 0.0f64;
+    loop {
+        let idle = load.open.load(Ordering::Relaxed) == 0;
+        tokio::time::sleep(if idle { SAMPLE_IDLE } else { SAMPLE_EVERY }).await;
+        let (now_cpu, now) = (wasmlet_runtime::thread_cpu_time(), Instant::now());
+        let wall = now.duration_since(at).as_secs_f64().max(1e-6);
+        let used = (now_cpu.saturating_sub(cpu).as_secs_f64() / wall).min(1.0);
+        smooth = 0.6 * smooth + 0.4 * used;
+        load.quarters
+            .store((smooth * 4.0).round() as u32, Ordering::Relaxed);
+        load.placed.store(0, Ordering::Relaxed);
+        (cpu, at) = (now_cpu, now);
+    }
 }
 
 /// A connection's place on its thread: counted open until dropped.
@@ -65,28 +105,6 @@ impl Drop for Seat {
     fn drop(&mut self) {
         self.load.open.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// A request in flight on a connection thread, counted until dropped.
-pub(crate) struct Busy {
-    load: Arc<Load>,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.load.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a request in flight on this thread, if it is a connection
-/// thread, until the result is dropped.
-pub(crate) fn busy() -> Option<Busy> {
-    LOAD.with(|l| {
-        l.borrow().as_ref().map(|load| {
-            load.busy.fetch_add(1, Ordering::Relaxed);
-            Busy { load: load.clone() }
-        })
-    })
 }
 
 impl ConnThreads {
@@ -104,9 +122,10 @@ impl ConnThreads {
             let join = std::thread::Builder::new()
                 .name(format!("wasmlet-conn-{i}"))
                 .spawn(move || {
-                    LOAD.with(|l| *l.borrow_mut() = Some(own));
                     rt.block_on(async {
+                        let sampler = tokio::spawn(sample(own));
                         let _ = stopped.await;
+                        sampler.abort();
                     });
                     rt.shutdown_timeout(SHUTDOWN_TIMEOUT);
                 })?;
@@ -127,20 +146,16 @@ impl ConnThreads {
         ConnThreads::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// The thread with the fewest requests in flight, then the fewest open
-    /// connections (the first of equals), and a seat on it for one more.
+    /// The least loaded thread (the first of equals; see the module's doc),
+    /// and a seat on it for one more connection.
     pub(crate) fn pick(&self) -> (&tokio::runtime::Handle, Seat) {
         let t = self
             .threads
             .iter()
-            .min_by_key(|t| {
-                (
-                    t.load.busy.load(Ordering::Relaxed),
-                    t.load.open.load(Ordering::Relaxed),
-                )
-            })
+            .min_by_key(|t| t.load.weight())
             .expect("at least one thread");
         t.load.open.fetch_add(1, Ordering::Relaxed);
+        t.load.placed.fetch_add(1, Ordering::Relaxed);
         (
             &t.handle,
             Seat {
@@ -176,56 +191,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_connection_goes_to_the_thread_with_the_fewest() {
+    fn a_burst_of_connections_spreads_over_the_threads() {
         let threads = ConnThreads::start(3).unwrap();
         assert_eq!(threads.len(), 3);
-        let ids = |threads: &ConnThreads| {
-            let (h, seat) = threads.pick();
-            (h.id(), seat)
-        };
-        let (a, seat_a) = ids(&threads);
-        let (b, _seat_b) = ids(&threads);
-        let (c, _seat_c) = ids(&threads);
-        assert!(a != b && b != c && a != c, "three seats on three threads");
-        // The first thread's connection ends: the next goes there.
-        drop(seat_a);
-        let (d, _seat_d) = ids(&threads);
-        assert_eq!(d, a);
+        let seats: Vec<_> = (0..6).map(|_| threads.pick()).collect();
+        let mut per = std::collections::HashMap::new();
+        for (h, _) in &seats {
+            *per.entry(h.id()).or_insert(0) += 1;
+        }
+        assert_eq!(per.len(), 3, "three threads");
+        assert!(per.values().all(|n| *n == 2), "{per:?}");
     }
 
     #[test]
-    fn a_thread_with_a_request_in_flight_gets_no_new_connection_while_another_has_none() {
+    fn new_connections_go_away_from_a_thread_that_computes() {
         let threads = ConnThreads::start(2).unwrap();
-        // Thread A: one connection, running a long request.
+        // Thread A: one connection whose task computes without end (as a
+        // guest does, yielding now and then).
         let (a, seat_a) = threads.pick();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = stop.clone();
         a.spawn(async move {
             let _seat = seat_a;
-            let busy = busy();
-            tx.send(busy.is_some()).unwrap();
-            let _ = released.await;
+            while !spinning.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(1) {}
+                tokio::task::yield_now().await;
+            }
         });
-        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "counted");
         let a = a.id();
-        // Thread B: five idle connections. New ones still go to B.
-        let idle: Vec<_> = (0..5).map(|_| threads.pick()).collect();
-        assert!(idle.iter().all(|(h, _)| h.id() != a));
-        let (next, _seat) = threads.pick();
-        assert_ne!(next.id(), a);
-        // Its request done, A is the lighter: the next goes there.
-        release.send(()).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Twenty idle connections, over both threads.
+        let idle: Vec<_> = (0..20).map(|_| threads.pick()).collect();
+        // Once A has measured itself busy, new connections go to B only.
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let (h, _s) = threads.pick();
-            if h.id() == a {
+            std::thread::sleep(Duration::from_millis(50));
+            let picks: Vec<_> = (0..3).map(|_| threads.pick()).collect();
+            if picks.iter().all(|(h, _)| h.id() != a) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "A never freed");
-            std::thread::sleep(Duration::from_millis(5));
+            assert!(Instant::now() < deadline, "A never looked busy");
         }
-        // Off the connection threads, nothing is counted.
-        assert!(busy().is_none());
+        stop.store(true, Ordering::Relaxed);
+        drop(idle);
     }
 
     #[test]

@@ -146,10 +146,18 @@ impl Pool {
             .await
             .map_err(wasmlet_runtime::Error::Setup)?;
         let seen = slot.pid.load(Ordering::Acquire);
-        let sandbox = slot.sandbox.clone();
-        let result = tokio::task::spawn_blocking(move || sandbox.invoke(inv)).await;
-        self.release(&slot);
-        self.notice_death(&slot, seen);
+        // The worker's thread is given back when its call ends, in the
+        // blocking task: a request dropped meanwhile (its client left)
+        // stops awaiting it, but the guest runs on in the worker until its
+        // own limits, and its thread stays taken until then.
+        let (pool, taken) = (self.clone(), slot.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let r = taken.sandbox.invoke(inv);
+            pool.release(&taken);
+            pool.notice_death(&taken, seen);
+            r
+        })
+        .await;
         let mut outcome = match result {
             Ok(Ok(o)) => o,
             Ok(Err(wasmlet_sandbox::Error::Runtime(e))) => return Err(e),

@@ -153,8 +153,8 @@ struct PendingLines {
 }
 
 enum Pending {
-    /// Waiting for its guest to end.
-    Held(Box<UsageLine>),
+    /// Waiting for its guest to end; the guest's figures so far.
+    Held(Box<UsageLine>, UsageProbe),
     /// Taken by its task, being queued.
     Writing,
 }
@@ -165,9 +165,10 @@ impl PendingLines {
     }
 
     /// Holds `line` until its guest ends; the key to take it back.
-    fn hold(&self, line: UsageLine) -> u64 {
+    fn hold(&self, line: UsageLine, probe: UsageProbe) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(key, Pending::Held(Box::new(line)));
+        self.lock()
+            .insert(key, Pending::Held(Box::new(line), probe));
         key
     }
 
@@ -177,7 +178,7 @@ impl PendingLines {
         // (The lock is released before `done` takes it again.)
         let was = self.lock().insert(key, Pending::Writing);
         match was {
-            Some(Pending::Held(line)) => Some(*line),
+            Some(Pending::Held(line, _)) => Some(*line),
             _ => {
                 self.done(key);
                 None
@@ -193,18 +194,19 @@ impl PendingLines {
         }
     }
 
-    /// Every line still held (their guests still running), for the exit.
-    fn take_all(&self) -> Vec<UsageLine> {
+    /// Every line still held (their guests still running), with their
+    /// guests' figures, for the exit.
+    fn take_all(&self) -> Vec<(UsageLine, UsageProbe)> {
         let mut lines = self.lock();
         let held: Vec<u64> = lines
             .iter()
-            .filter(|(_, p)| matches!(p, Pending::Held(_)))
+            .filter(|(_, p)| matches!(p, Pending::Held(..)))
             .map(|(k, _)| *k)
             .collect();
         let taken = held
             .into_iter()
             .filter_map(|k| match lines.remove(&k) {
-                Some(Pending::Held(line)) => Some(*line),
+                Some(Pending::Held(line, probe)) => Some((*line, probe)),
                 _ => None,
             })
             .collect();
@@ -474,15 +476,18 @@ impl Server {
         let cut = shared.pending_lines.take_all();
         if !cut.is_empty() {
             tracing::warn!(
-                "{} streaming response(s) still running at exit: their usage lines have the figures up to their heads, status \"interrupted\"",
+                "{} streaming response(s) still running at exit: their guests are stopped, status \"interrupted\"",
                 cut.len()
             );
         }
-        for mut line in cut {
+        for (mut line, probe) in cut {
+            let wall = (chrono::Utc::now() - line.start_time)
+                .to_std()
+                .unwrap_or_default();
             if let LineOutcome::Ran(r) = &mut line.outcome {
                 *r = interrupted(
-                    r.usage.clone(),
-                    "the server exited while the response was streaming: figures up to its head",
+                    so_far(&r.usage, wall, &probe),
+                    "the server exited while the response was streaming: the guest was stopped",
                 );
             }
             shared.usage.record(line).await;
@@ -791,7 +796,6 @@ async fn handle(
             text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
         }
         Some((func, route)) => {
-            let _busy = crate::conn_threads::busy();
             func.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let progress = Progress::default();
             let mut gone = ClientGone {
@@ -827,7 +831,8 @@ async fn handle(
                     // The guest is still writing the body: its line, with
                     // its final figures, is written when it ends.
                     let shared = shared.clone();
-                    let key = shared.pending_lines.hold(line);
+                    let probe = progress.probe.clone();
+                    let key = shared.pending_lines.hold(line, probe.clone());
                     tokio::spawn(async move {
                         let record = last.await;
                         let Some(mut line) = shared.pending_lines.take(key) else {
@@ -838,17 +843,11 @@ async fn handle(
                                 line.outcome = LineOutcome::Ran(record);
                             }
                             // The client left before the body's end: the
-                            // guest was stopped then (figures from its head,
+                            // guest was stopped then (its figures so far,
                             // wall time until now).
                             (None, LineOutcome::Ran(head)) => {
-                                let u = &head.usage;
                                 line.outcome = LineOutcome::Ran(interrupted(
-                                    wasmlet_runtime::Usage::new(
-                                        started.elapsed(),
-                                        u.cpu_time,
-                                        u.fuel_consumed,
-                                        u.peak_memory_bytes,
-                                    ),
+                                    so_far(&head.usage, started.elapsed(), &probe),
                                     "the client left before the end of the response body: the guest was stopped",
                                 ));
                             }
@@ -913,6 +912,11 @@ impl Drop for ClientGone<'_> {
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.progress.ran.load(Ordering::Acquire) {
             let probe = &self.progress.probe;
+            let why = if self.func.sandbox.is_some() {
+                "ended before its response (the client left, or the server's drain deadline passed): its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
+            } else {
+                "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped"
+            };
             head.ran(interrupted(
                 wasmlet_runtime::Usage::new(
                     self.started.elapsed(),
@@ -920,7 +924,7 @@ impl Drop for ClientGone<'_> {
                     None,
                     probe.peak_memory_bytes(),
                 ),
-                "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped",
+                why,
             ))
         } else {
             head.rejected("ended_before_start")
@@ -932,6 +936,22 @@ impl Drop for ClientGone<'_> {
             rt.spawn(async move { shared.usage.record(*line).await });
         }
     }
+}
+
+/// The usage of a guest stopped before its end: `wall`, and the larger of
+/// what its probe saw and what `head` (its figures when its response head
+/// went out) says.
+fn so_far(
+    head: &wasmlet_runtime::Usage,
+    wall: Duration,
+    probe: &UsageProbe,
+) -> wasmlet_runtime::Usage {
+    wasmlet_runtime::Usage::new(
+        wall.max(head.wall_time),
+        probe.cpu_time().max(head.cpu_time),
+        head.fuel_consumed,
+        probe.peak_memory_bytes().max(head.peak_memory_bytes),
+    )
 }
 
 /// The head of an HTTP request's usage line.

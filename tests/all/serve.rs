@@ -1311,8 +1311,8 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
             .contains("wasmlet_errors_total{function=\"web\",cause=\"timeout\"} 1\n")
     );
     // SIGTERM while a stream outlasts the drain: the server exits after
-    // drain_timeout (not twice it), and the line is written as it stood
-    // at the head.
+    // drain_timeout (not twice it), and the line has the guest's figures
+    // until it was stopped there.
     let mut s = drip("drip-2");
     read_until(&mut s, b"first\n");
     let start = Instant::now();
@@ -1326,6 +1326,8 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     let lines = crate::usage::lines(&log);
     let l = crate::usage::line_of(&lines, "drip-2");
     assert_eq!(l["status"], "interrupted", "{l}");
+    assert!(l["cpu_time_ns"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["wall_time_ns"].as_u64().unwrap() >= 1_000_000_000, "{l}");
     assert_eq!(lines.iter().filter(|l| l["id"] == "drip-2").count(), 1);
 }
 
@@ -1364,6 +1366,9 @@ fn serve_http_component_stream_whose_client_leaves_is_stopped() {
     assert_eq!(l["status"], "interrupted", "{l}");
     assert_eq!(l["http_status"], 200, "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() < 5_000_000_000, "{l}");
+    // What the guest used until it was stopped, not 0 (its head's).
+    assert!(l["cpu_time_ns"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["peak_memory_bytes"].as_u64().unwrap() >= 65536, "{l}");
     assert!(server.metrics().contains("wasmlet_in_flight 0\n"));
 }
 

@@ -254,6 +254,56 @@ fn serve_sandbox_worker_killed_mid_request_fails_only_that_request() {
 }
 
 #[test]
+fn serve_sandbox_clients_that_leave_early_do_not_use_up_the_workers() {
+    let dir = tempdir();
+    // One worker of 4 threads at most.
+    let server = serve_ready(dir.path(), "max_concurrency = 4", "");
+    // Four clients send a request that sleeps 1.5 s in the worker, and
+    // leave after 200 ms. Their guests run on in the worker.
+    let gone: Vec<_> = (0..4)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+            use std::io::Write;
+            write!(
+                s,
+                "GET /sb/sleep?1500 HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-{i}\r\n\r\n"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(gone);
+    // Once their guests are done, the worker's threads are free again:
+    // the next requests are served (they waited for ever before).
+    std::thread::sleep(Duration::from_millis(2000));
+    let addr = server.addr;
+    let next = std::thread::spawn(move || {
+        (0..4)
+            .map(|_| request(addr, "GET", "/sb/hello", &[], b"").status)
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !next.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the pool's threads were never given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(next.join().unwrap(), vec![200; 4]);
+    let lines = usage_lines(dir.path(), 8);
+    let gone: Vec<_> = lines
+        .iter()
+        .filter(|l| l["id"].as_str().is_some_and(|id| id.starts_with("gone-")))
+        .collect();
+    assert_eq!(gone.len(), 4, "{lines:?}");
+    for l in gone {
+        assert_eq!(l["status"], "interrupted", "{l}");
+    }
+}
+
+#[test]
 fn serve_sandbox_jail_refuses_what_in_process_allows() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
