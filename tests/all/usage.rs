@@ -11,9 +11,23 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Every line of the log at `path` and its rotated files, parsed (each must
-/// be a whole JSON object).
+/// be a whole JSON object). A server may rotate the log while it is read
+/// (a file renamed between the listing and its read): read again then.
 pub(crate) fn lines(path: &Path) -> Vec<Value> {
-    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(path.parent().unwrap())
+    for _ in 0..50 {
+        if let Some(out) = lines_once(path) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{path:?} kept rotating while it was read");
+}
+
+/// The log's files (the rotated ones first, oldest first), with their
+/// inode numbers.
+fn log_files(path: &Path) -> Vec<(u64, PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<(u64, PathBuf, u64)> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .flatten()
         .filter_map(|e| {
@@ -24,13 +38,24 @@ pub(crate) fn lines(path: &Path) -> Vec<Value> {
             } else {
                 n.strip_prefix(base)?.strip_prefix('.')?.parse().ok()?
             };
-            Some((num, e.path()))
+            Some((num, e.path(), e.metadata().ok()?.ino()))
         })
         .collect();
     files.sort();
+    files
+}
+
+/// [`lines`], or `None` if the log rotated while they were read (the files
+/// listed before and after differ).
+fn lines_once(path: &Path) -> Option<Vec<Value>> {
+    let files = log_files(path);
     let mut out = Vec::new();
-    for (_, f) in files {
-        let text = std::fs::read_to_string(&f).unwrap();
+    for (_, f, _) in &files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("{f:?}: {e}"),
+        };
         assert!(
             text.is_empty() || text.ends_with('\n'),
             "{f:?} ends mid-line"
@@ -39,7 +64,7 @@ pub(crate) fn lines(path: &Path) -> Vec<Value> {
             out.push(serde_json::from_str(l).unwrap_or_else(|e| panic!("{f:?}: {e}: line {l:?}")));
         }
     }
-    out
+    (log_files(path) == files).then_some(out)
 }
 
 /// Waits (at most 20 s) until the log holds `n` lines; returns them.
