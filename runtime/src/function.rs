@@ -326,14 +326,16 @@ impl Function {
         let limits = inv.limits.as_ref().unwrap_or(&self.inner.limits);
         self.check_limits(limits)?;
         self.check_entry(&inv.entry)?;
-        Ok(Start {
-            probe: inv.probe.clone(),
-            ..self.start_clock(limits)
-        })
+        Ok(self.start_clock(limits, inv.probe.clone()))
     }
 
-    /// Starts an invocation's clock and (with time limits) its budget.
-    pub(crate) fn start_clock<'a>(&self, limits: &'a Limits) -> Start<'a> {
+    /// Starts an invocation's clock and (with time limits) its budget;
+    /// `probe`, if any, is kept up to date as it runs.
+    pub(crate) fn start_clock<'a>(
+        &self,
+        limits: &'a Limits,
+        probe: Option<UsageProbe>,
+    ) -> Start<'a> {
         let wall_start = Instant::now();
         let meter = (limits.cpu_time.is_some() || limits.timeout.is_some())
             .then(|| Arc::new(CpuMeter::default()));
@@ -345,7 +347,7 @@ impl Function {
             wall_start,
             meter,
             budget,
-            probe: None,
+            probe,
         }
     }
 

@@ -143,10 +143,10 @@ pub async fn handle_http(
     let (head_tx, head_rx) = oneshot::channel();
     let func2 = func.clone();
     let mut task = {
-        let start = func.start_clock(&limits);
+        let start = func.start_clock(&limits, inv.probe.clone());
         let meter = start.meter.clone();
-        let probe = inv.probe.clone();
-        let metered_probe = inv.probe.clone();
+        let probe = start.probe;
+        let metered_probe = probe.clone();
         let watch = start.meter.clone();
         let budget = start.budget;
         let limits = limits.clone();

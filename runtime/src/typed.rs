@@ -241,10 +241,7 @@ impl<P: WasmTypes, R: WasmTypes + WasmResults> TypedFunction<P, R> {
     fn start<'a>(&'a self, inv: &'a Invocation) -> Result<Start<'a>, Error> {
         let limits = inv.limits.as_ref().unwrap_or(&self.func.inner().limits);
         self.func.check_limits(limits)?;
-        Ok(crate::function::Start {
-            probe: inv.probe.clone(),
-            ..self.func.start_clock(limits)
-        })
+        Ok(self.func.start_clock(limits, inv.probe.clone()))
     }
 
     async fn metered(

@@ -918,12 +918,7 @@ impl Drop for ClientGone<'_> {
                 "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped"
             };
             head.ran(interrupted(
-                wasmlet_runtime::Usage::new(
-                    self.started.elapsed(),
-                    probe.cpu_time(),
-                    None,
-                    probe.peak_memory_bytes(),
-                ),
+                so_far(&Default::default(), self.started.elapsed(), probe),
                 why,
             ))
         } else {
