@@ -15,7 +15,7 @@
 //! ```
 
 use crate::app::{App, Func, stamp};
-use crate::conn_threads::ConnThreads;
+use crate::conn_threads::{ConnThreads, RequestTask};
 use crate::error::{LoadError, ServeError};
 use crate::handler::Handler;
 use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
@@ -404,7 +404,18 @@ impl Server {
                     };
                     let shared = shared.clone();
                     let usage = shared.clone();
-                    let svc = service_fn(move |req| handle(shared.clone(), peer, req));
+                    // Each request a task of its own on the connection's
+                    // thread (see `conn_threads`).
+                    let svc = service_fn(move |req| {
+                        let task = RequestTask::spawn(handle(shared.clone(), peer, req));
+                        async move {
+                            match task.await {
+                                Ok(Ok(response)) => Ok(response),
+                                Ok(Err(never)) => match never {},
+                                Err(e) => Err(e),
+                            }
+                        }
+                    });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let (thread, seat) = threads.pick();
