@@ -819,6 +819,10 @@ async fn handle(
                 armed: true,
             };
             let handled = pin!(call(&shared, &app, func, route, peer, req, &id, &progress)).await;
+            if handled.response.extensions().get::<ClientLeft>().is_some() {
+                // `gone` (still armed) writes its line: no response goes out.
+                return Ok(handled.response);
+            }
             gone.armed = false;
             let status = handled.response.status();
             func.metrics.response(status.as_u16(), started.elapsed());
@@ -975,6 +979,37 @@ fn http_line<'a>(
     }
 }
 
+/// Marks the response to a request whose client left while sending its
+/// body: nothing reaches the client, and its line is written as for any
+/// request ended before its response (see [`ClientGone`]).
+#[derive(Clone, Copy)]
+struct ClientLeft;
+
+/// Whether a request body's read error says the client closed the
+/// connection before the body's end.
+fn client_left(e: &(dyn std::error::Error + 'static)) -> bool {
+    // hyper's body error says "error reading a body from connection"; the
+    // cause under it is the connection's end (an early EOF, a reset).
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// One request to one function: body, admission, the handler, the result.
 #[allow(clippy::too_many_arguments)]
 async fn call(
@@ -1010,6 +1045,18 @@ async fn call(
                 .is_some() =>
         {
             return body_too_large(max_body);
+        }
+        Ok(Err(e)) if client_left(&*e) => {
+            // Ended while still sending its body: its line is that of a
+            // request whose client left before it started.
+            let mut h = failure(
+                StatusCode::BAD_REQUEST,
+                Cause::BodyTimeout,
+                "the request body ended before its declared end",
+            );
+            h.cause = None;
+            h.response.extensions_mut().insert(ClientLeft);
+            return h;
         }
         Ok(Err(e)) => {
             return failure(

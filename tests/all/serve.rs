@@ -1373,6 +1373,68 @@ fn serve_http_component_stream_whose_client_leaves_is_stopped() {
 }
 
 #[test]
+fn serve_client_leaving_mid_body_is_ended_before_start_not_a_body_timeout() {
+    let dir = tempdir();
+    let server = Serve::start(&wagi_manifest(dir.path(), ""));
+    // Ten of a thousand declared bytes, then the client closes its side:
+    // well within body_timeout (1s).
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(
+        b"POST /t/echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-1\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    // The same, with a reset instead of a close.
+    let s = TcpStream::connect(server.addr).unwrap();
+    (&s).write_all(
+        b"POST /t/echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-2\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `s` owns an open socket for the whole call, and `linger` is
+    // a valid `struct linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s); // a reset: linger on, zero seconds
+    // A later request on the same server is answered.
+    assert_eq!(server.get("/t/hello").status, 200);
+    let path = dir.path().join("wasmlet-usage.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = crate::usage::lines(&path);
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for id in ["left-1", "left-2"] {
+        let l = crate::usage::line_of(&lines, id);
+        assert_eq!(l["status"], "rejected", "{l}");
+        assert_eq!(l["reason"], "ended_before_start", "{l}");
+        assert!(l.get("http_status").is_none(), "{l}");
+    }
+    let metrics = server.metrics();
+    assert!(
+        !metrics.contains("cause=\"body_timeout\"} 1")
+            && !metrics.contains("cause=\"body_timeout\"} 2"),
+        "a client that left is not a body timeout:\n{metrics}"
+    );
+}
+
+#[test]
 fn serve_sigterm_writes_a_line_for_every_request_still_open() {
     let dir = tempdir();
     let m = component_manifest(
