@@ -820,8 +820,18 @@ async fn handle(
             };
             let handled = pin!(call(&shared, &app, func, route, peer, req, &id, &progress)).await;
             if handled.response.extensions().get::<ClientLeft>().is_some() {
-                // `gone` (still armed) writes its line: no response goes out.
-                return Ok(handled.response);
+                // `gone` (still armed) writes its line. A client that only
+                // half-closed still gets this 400, with its id.
+                let mut response = handled.response;
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static("x-request-id"), v);
+                }
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(response);
             }
             gone.armed = false;
             let status = handled.response.status();

@@ -1409,18 +1409,28 @@ fn serve_client_leaving_mid_body_is_ended_before_start_not_a_body_timeout() {
     };
     assert_eq!(rc, 0);
     drop(s); // a reset: linger on, zero seconds
+    // A client that only half-closes is answered, with its id.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(
+        b"POST /t/echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-3\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("x-request-id"), Some("left-3"));
     // A later request on the same server is answered.
     assert_eq!(server.get("/t/hello").status, 200);
     let path = dir.path().join("wasmlet-usage.jsonl");
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
         let lines = crate::usage::lines(&path);
-        if lines.len() >= 3 || Instant::now() > deadline {
+        if lines.len() >= 4 || Instant::now() > deadline {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    for id in ["left-1", "left-2"] {
+    for id in ["left-1", "left-2", "left-3"] {
         let l = crate::usage::line_of(&lines, id);
         assert_eq!(l["status"], "rejected", "{l}");
         assert_eq!(l["reason"], "ended_before_start", "{l}");
