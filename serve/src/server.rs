@@ -806,7 +806,7 @@ async fn handle(
             shared.usage.record(line).await;
             text(StatusCode::NOT_FOUND, &format!("no route matches {path}\n"))
         }
-        Some((func, route)) => {
+        Some((func, route)) => 'routed: {
             func.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let progress = Progress::default();
             let mut gone = ClientGone {
@@ -820,18 +820,9 @@ async fn handle(
             };
             let handled = pin!(call(&shared, &app, func, route, peer, req, &id, &progress)).await;
             if handled.response.extensions().get::<ClientLeft>().is_some() {
-                // `gone` (still armed) writes its line. A client that only
-                // half-closed still gets this 400, with its id.
-                let mut response = handled.response;
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    response
-                        .headers_mut()
-                        .insert(HeaderName::from_static("x-request-id"), v);
-                }
-                response
-                    .headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                return Ok(response);
+                // `gone` (still armed) writes its line; a client that only
+                // half-closed still gets this 400, with its id (below).
+                break 'routed handled.response;
             }
             gone.armed = false;
             let status = handled.response.status();
@@ -1066,6 +1057,9 @@ async fn call(
             );
             h.cause = None;
             h.response.extensions_mut().insert(ClientLeft);
+            h.response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return h;
         }
         Ok(Err(e)) => {
