@@ -24,8 +24,12 @@ use std::path::PathBuf;
 use wasmlet_runtime::http::{HttpBody, full_body, handle_http};
 use wasmlet_runtime::{Function, Invocation, LoadOptions, Runtime, RuntimeConfig};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+// The floor's store data and pre-linking, shared with `floor_serve`.
+#[path = "../serve/examples/floor/ctx.rs"]
+mod floor_ctx;
+use floor_ctx::{Ctx, Floor, prelinked};
 
 // Only the wasi:http guest is benchmarked here.
 #[allow(dead_code)]
@@ -80,85 +84,36 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    let floor = Floor::new(f.component().expect("a component"));
+    let floor = prelinked(f.component().expect("a component")).unwrap();
     g.bench_function("wasmtime_floor", |b| {
-        b.to_async(&current).iter(|| floor.one())
+        b.to_async(&current).iter(|| floor_one(&floor))
     });
     g.finish();
 }
 
-/// wasmtime and wasmtime-wasi-http alone, as an embedder with no limits,
-/// accounting or capture would call them.
-struct Floor {
-    engine: wasmtime::Engine,
-    pre: ProxyPre<FloorCtx>,
-}
-
-struct FloorCtx {
-    wasi: wasmtime_wasi::WasiCtx,
-    http: wasmtime_wasi_http::WasiHttpCtx,
-    table: wasmtime::component::ResourceTable,
-}
-
-impl wasmtime_wasi::WasiView for FloorCtx {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl wasmtime_wasi_http::WasiHttpView for FloorCtx {
-    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
-        }
-    }
-}
-
-impl Floor {
-    fn new(component: &wasmtime::component::Component) -> Floor {
-        let engine = component.engine().clone();
-        let mut linker = wasmtime::component::Linker::<FloorCtx>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
-        let pre = ProxyPre::new(linker.instantiate_pre(component).unwrap()).unwrap();
-        Floor { engine, pre }
-    }
-
-    async fn one(&self) {
-        let mut store = wasmtime::Store::new(
-            &self.engine,
-            FloorCtx {
-                wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                http: wasmtime_wasi_http::WasiHttpCtx::new(),
-                table: wasmtime::component::ResourceTable::new(),
-            },
-        );
-        // The engine interrupts on epochs; this loop never advances them.
-        store.set_epoch_deadline(u64::MAX / 2);
-        let req = request().map(|b| b.map_err(|_| ErrorCode::InternalError(None)));
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let out = store.data_mut().http().new_response_outparam(tx).unwrap();
-        let proxy = self.pre.instantiate_async(&mut store).await.unwrap();
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, req, out)
-            .await
-            .unwrap();
-        let resp = rx.await.unwrap().unwrap();
-        let body = resp.into_body().collect().await.unwrap();
-        assert_eq!(body.to_bytes().len(), 21);
-        drop(store);
-    }
+/// One request through wasmtime and wasmtime-wasi-http alone.
+async fn floor_one(floor: &Floor) {
+    let mut store = wasmtime::Store::new(&floor.engine, Ctx::new());
+    // The engine interrupts on epochs; this loop never advances them.
+    store.set_epoch_deadline(u64::MAX / 2);
+    let req = request().map(|b| b.map_err(|_| ErrorCode::InternalError(None)));
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let out = store.data_mut().http().new_response_outparam(tx).unwrap();
+    let proxy = floor.pre.instantiate_async(&mut store).await.unwrap();
+    proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut store, req, out)
+        .await
+        .unwrap();
+    let resp = rx.await.unwrap().unwrap();
+    let body = resp.into_body().collect().await.unwrap();
+    assert_eq!(body.to_bytes().len(), 21);
+    drop(store);
 }
 
 criterion_group!(benches, bench);

@@ -27,44 +27,16 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+#[path = "floor/ctx.rs"]
+mod floor_ctx;
+use floor_ctx::{Ctx, Floor, prelinked};
 
 type Body = UnsyncBoxBody<bytes::Bytes, wasmlet_runtime::http::BodyError>;
-
-struct Ctx {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Ctx {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for Ctx {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
-        }
-    }
-}
-
-struct Floor {
-    engine: Engine,
-    pre: ProxyPre<Ctx>,
-}
 
 enum Mode {
     Floor(Arc<Floor>),
@@ -98,18 +70,10 @@ fn runtime(path: &str) -> Result<wasmlet_runtime::Function, wasmlet_runtime::Err
 fn floor_on_runtime_engine(path: &str) -> Result<Floor, Box<dyn std::error::Error>> {
     let f = runtime(path)?;
     let component = f.component().ok_or("not a component")?;
-    let engine = component.engine().clone();
-    let mut linker = Linker::<Ctx>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-        .map_err(|e| format!("{e:#}"))?;
-    let pre = linker
-        .instantiate_pre(component)
-        .and_then(ProxyPre::new)
-        .map_err(|e| format!("{e:#}"))?;
+    let floor = prelinked(component).map_err(|e| format!("{e:#}"))?;
     // Keep the runtime (its epoch ticker, its engine) alive.
     std::mem::forget(f);
-    Ok(Floor { engine, pre })
+    Ok(floor)
 }
 
 fn floor(path: &str) -> wasmtime::Result<Floor> {
@@ -128,26 +92,14 @@ fn floor(path: &str) -> wasmtime::Result<Floor> {
     let mut config = Config::new();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)?;
-    let component = Component::from_file(&engine, path)?;
-    let mut linker = Linker::<Ctx>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
-    Ok(Floor { engine, pre })
+    prelinked(&Component::from_file(&engine, path)?)
 }
 
 async fn handle(
     floor: Arc<Floor>,
     req: Request<hyper::body::Incoming>,
 ) -> wasmtime::Result<Response<Body>> {
-    let mut store = Store::new(
-        &floor.engine,
-        Ctx {
-            wasi: WasiCtx::builder().build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-        },
-    );
+    let mut store = Store::new(&floor.engine, Ctx::new());
     store.set_epoch_deadline(u64::MAX / 2);
     let req = req.map(|b| b.map_err(|_| ErrorCode::InternalError(None)).boxed());
     let req = store
