@@ -252,6 +252,10 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     opts: ServeOptions,
     draining: AtomicBool,
+    /// Set when the drain deadline passed and the connections still open
+    /// are being ended: the requests dropped then say so in their lines
+    /// (not that their clients left).
+    drain_cut: AtomicBool,
     admin_token: Option<String>,
     ids: RequestIds,
     local: SocketAddr,
@@ -313,6 +317,7 @@ impl Server {
                 metrics,
                 opts,
                 draining: AtomicBool::new(false),
+                drain_cut: AtomicBool::new(false),
                 admin_token,
                 ids: RequestIds::new(),
                 local,
@@ -470,6 +475,7 @@ impl Server {
         }
         // Requests still open are ended here: each writes its line as it
         // goes (interrupted, or rejected if it was still queued).
+        shared.drain_cut.store(true, Ordering::Release);
         conns.abort_all();
         while conns.join_next().await.is_some() {}
         triggers.stop(settings.drain_timeout).await;
@@ -858,13 +864,19 @@ async fn handle(
                             (Some(record), LineOutcome::Ran(_)) => {
                                 line.outcome = LineOutcome::Ran(record);
                             }
-                            // The client left before the body's end: the
-                            // guest was stopped then (its figures so far,
-                            // wall time until now).
+                            // The client left, or the drain deadline
+                            // passed, before the body's end: the guest was
+                            // stopped then (its figures so far, wall time
+                            // until now).
                             (None, LineOutcome::Ran(head)) => {
+                                let why = if shared.drain_cut.load(Ordering::Acquire) {
+                                    "the server's drain deadline passed before the end of the response body: the guest was stopped"
+                                } else {
+                                    "the client left before the end of the response body: the guest was stopped"
+                                };
                                 line.outcome = LineOutcome::Ran(interrupted(
                                     so_far(&head.usage, started.elapsed(), &probe),
-                                    "the client left before the end of the response body: the guest was stopped",
+                                    why,
                                 ));
                             }
                             _ => {}
@@ -928,10 +940,20 @@ impl Drop for ClientGone<'_> {
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.progress.ran.load(Ordering::Acquire) {
             let probe = &self.progress.probe;
-            let why = if self.func.sandbox.is_some() {
-                "ended before its response (the client left, or the server's drain deadline passed): its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
-            } else {
-                "ended before its response (the client left, or the server's drain deadline passed): the guest was stopped"
+            let cut = self.shared.drain_cut.load(Ordering::Acquire);
+            let why = match (cut, self.func.sandbox.is_some()) {
+                (false, true) => {
+                    "ended before its response (the client left): its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
+                }
+                (true, true) => {
+                    "ended before its response (the server's drain deadline passed): its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
+                }
+                (false, false) => {
+                    "ended before its response (the client left): the guest was stopped"
+                }
+                (true, false) => {
+                    "ended before its response (the server's drain deadline passed): the guest was stopped"
+                }
             };
             head.ran(interrupted(
                 so_far(&Default::default(), self.started.elapsed(), probe),
