@@ -65,7 +65,9 @@ pub const DEFAULT_COMPILE_MAX_MEMORY: u64 = 2 << 30;
 pub struct RuntimeConfig {
     /// The pooling instance allocator's shape.
     pub pool: PoolConfig,
-    /// Period of the epoch ticker that drives CPU-time and timeout checks.
+    /// Period of the epoch ticker that drives CPU-time and timeout checks
+    /// (ten times as long while only invocations whose limits are all at
+    /// least 1000 periods run: each limit is checked within 1% of itself).
     #[serde(with = "humantime_serde")]
     pub epoch_tick: Duration,
     /// Instrument code to count fuel (needed for `Limits::fuel` and for the

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::{
     ExternType, InstancePre, Module, ModuleExport, PoolConcurrencyLimitError, Store, Trap, Val,
     ValType, WasmBacktrace,
@@ -599,8 +599,15 @@ async fn guarded<F>(
 where
     F: Future<Output = wasmtime::Result<Status>>,
 {
-    // Only invocations with a time budget need the epoch to advance.
-    let _ticking = budgeted.then(|| executor.ticker.enter());
+    // Only invocations with a time budget need the epoch to advance; how
+    // often depends on the smallest of their limits (see `EpochTicker`).
+    let _ticking = budgeted.then(|| {
+        let smallest = [limits.cpu_time, limits.timeout]
+            .into_iter()
+            .flatten()
+            .min();
+        executor.ticker.enter(smallest.unwrap_or(Duration::MAX))
+    });
     // The epoch callback stops a guest that runs past the deadline; the
     // timer also stops one that waits past it (in a host call), and the
     // CPU watch one whose waiting costs CPU elsewhere (filesystem calls).

@@ -1393,10 +1393,19 @@ async fn admit(
     app: &App,
     func: &Func,
 ) -> Result<crate::admission::Admitted, Handled> {
-    func.admission
+    let admitted = func
+        .admission
         .admit(&app.global, &func.metrics, &shared.metrics)
         .await
-        .map_err(|cause| overloaded(func, cause))
+        .map_err(|cause| overloaded(func, cause))?;
+    if shared.drain_cut.load(Ordering::Acquire) {
+        // Past the drain deadline every open connection is being ended,
+        // this request's too: a place freed by one ended before it starts
+        // no guest here (its line says it ended before it started).
+        drop(admitted);
+        return std::future::pending().await;
+    }
+    Ok(admitted)
 }
 
 fn overloaded(func: &Func, cause: Cause) -> Handled {
