@@ -11,10 +11,11 @@
 //!
 //! Group commit: each batch is written and `fdatasync`ed before the next is
 //! taken, and batches start at least [`MIN_BATCH_INTERVAL`] apart, so a line
-//! is on disk at most that interval plus one write and one sync (well under
-//! [`SYNC_INTERVAL`] on a working disk) after it was queued. A SIGKILL loses
-//! at most the lines queued but not yet synced: those of requests whose
-//! responses were sent in that last window.
+//! is on disk at most that interval plus two writes and syncs (the batch
+//! before its own, and its own) after it was queued: under
+//! [`SYNC_INTERVAL`] on a disk that syncs in a few milliseconds. A SIGKILL
+//! loses the lines queued but not yet synced: those of requests whose
+//! responses were sent in about that last window.
 //!
 //! A batch never straddles two files: when the file would pass its size
 //! limit the writer renames it to `NAME.N` (N one more than the highest
