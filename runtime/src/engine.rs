@@ -150,6 +150,8 @@ struct TickerShared {
     /// And those whose limits are all long.
     long: AtomicUsize,
     stop: AtomicBool,
+    /// Ticks so far (for tests).
+    ticks: AtomicUsize,
 }
 
 impl EpochTicker {
@@ -158,6 +160,7 @@ impl EpochTicker {
             short: AtomicUsize::new(0),
             long: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            ticks: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let thread = thread::Builder::new()
@@ -182,9 +185,10 @@ impl EpochTicker {
                     thread::park_timeout(if short {
                         tick
                     } else {
-                        tick * LONG_LIMIT_TICK_EVERY
+                        tick.saturating_mul(LONG_LIMIT_TICK_EVERY)
                     });
                     engine.increment_epoch();
+                    s.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start epoch ticker: {e}")))?;
@@ -198,7 +202,12 @@ impl EpochTicker {
     /// Marks one invocation, whose smallest time limit (CPU time or wall
     /// clock) is `limit`, as running until the guard drops.
     pub(crate) fn enter(&self, limit: Duration) -> TickGuard<'_> {
-        let counter = if limit >= self.tick * LONG_LIMIT_TICKS {
+        // (A tick so long that a thousand overflow: no limit is long.)
+        let long = self
+            .tick
+            .checked_mul(LONG_LIMIT_TICKS)
+            .is_some_and(|long| limit >= long);
+        let counter = if long {
             &self.shared.long
         } else {
             &self.shared.short
@@ -279,4 +288,34 @@ pub(crate) fn explain_pool_error(err: &wasmtime::Error, config: &RuntimeConfig) 
         return Some("shared memories (wasm threads) are not supported".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_ticks_a_tenth_as_often_while_only_long_limits_run() {
+        let ticker = EpochTicker::start(Engine::default(), Duration::from_millis(1)).unwrap();
+        let ticks = || ticker.shared.ticks.load(Ordering::Relaxed);
+        let window = Duration::from_millis(300);
+        std::thread::sleep(window);
+        assert_eq!(ticks(), 0, "idle: parked");
+        // A 5 s timeout: every 10 ms, ~30 in the window (a loaded machine
+        // only makes fewer); at 1 ms it would be ~300.
+        let long = ticker.enter(Duration::from_secs(5));
+        std::thread::sleep(window);
+        let long_ticks = ticks();
+        assert!((1..=45).contains(&long_ticks), "{long_ticks}");
+        // A 100 ms CPU limit enters: every 1 ms again.
+        let short = ticker.enter(Duration::from_millis(100));
+        std::thread::sleep(window);
+        let short_ticks = ticks() - long_ticks;
+        assert!(short_ticks >= 60, "{short_ticks}");
+        drop((long, short));
+        std::thread::sleep(Duration::from_millis(20));
+        let after = ticks();
+        std::thread::sleep(window);
+        assert!(ticks() - after <= 1, "parked again once none runs");
+    }
 }
