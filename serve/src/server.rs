@@ -940,24 +940,19 @@ impl Drop for ClientGone<'_> {
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.progress.ran.load(Ordering::Acquire) {
             let probe = &self.progress.probe;
-            let cut = self.shared.drain_cut.load(Ordering::Acquire);
-            let why = match (cut, self.func.sandbox.is_some()) {
-                (false, true) => {
-                    "ended before its response (the client left): its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
-                }
-                (true, true) => {
-                    "ended before its response (the server's drain deadline passed): its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
-                }
-                (false, false) => {
-                    "ended before its response (the client left): the guest was stopped"
-                }
-                (true, false) => {
-                    "ended before its response (the server's drain deadline passed): the guest was stopped"
-                }
+            let who = if self.shared.drain_cut.load(Ordering::Acquire) {
+                "the server's drain deadline passed"
+            } else {
+                "the client left"
+            };
+            let what = if self.func.sandbox.is_some() {
+                "its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
+            } else {
+                "the guest was stopped"
             };
             head.ran(interrupted(
                 so_far(&Default::default(), self.started.elapsed(), probe),
-                why,
+                &format!("ended before its response ({who}): {what}"),
             ))
         } else {
             head.rejected("ended_before_start")
