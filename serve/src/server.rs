@@ -546,6 +546,16 @@ fn forward_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<i32>, ServeE
 }
 
 impl Shared {
+    /// What ended a request dropped before its end, for its usage line:
+    /// the drain deadline, once it has passed, else its client.
+    fn who_ended(&self) -> &'static str {
+        if self.drain_cut.load(Ordering::Acquire) {
+            "the server's drain deadline passed"
+        } else {
+            "the client left"
+        }
+    }
+
     pub(crate) fn current(&self) -> Arc<App> {
         self.app.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -869,14 +879,12 @@ async fn handle(
                             // stopped then (its figures so far, wall time
                             // until now).
                             (None, LineOutcome::Ran(head)) => {
-                                let why = if shared.drain_cut.load(Ordering::Acquire) {
-                                    "the server's drain deadline passed before the end of the response body: the guest was stopped"
-                                } else {
-                                    "the client left before the end of the response body: the guest was stopped"
-                                };
                                 line.outcome = LineOutcome::Ran(interrupted(
                                     so_far(&head.usage, started.elapsed(), &probe),
-                                    why,
+                                    &format!(
+                                        "{} before the end of the response body: the guest was stopped",
+                                        shared.who_ended()
+                                    ),
                                 ));
                             }
                             _ => {}
@@ -940,11 +948,7 @@ impl Drop for ClientGone<'_> {
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.progress.ran.load(Ordering::Acquire) {
             let probe = &self.progress.probe;
-            let who = if self.shared.drain_cut.load(Ordering::Acquire) {
-                "the server's drain deadline passed"
-            } else {
-                "the client left"
-            };
+            let who = self.shared.who_ended();
             let what = if self.func.sandbox.is_some() {
                 "its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
             } else {

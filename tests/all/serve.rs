@@ -1252,13 +1252,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     let lines = crate::usage::wait_lines(&log, 1);
     let l = crate::usage::line_of(&lines, "gone-1");
     assert_eq!(l["status"], "interrupted", "{l}");
-    assert!(
-        l["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("the client left"),
-        "{l}"
-    );
+    assert!(crate::usage::error_of(l).contains("the client left"), "{l}");
     assert!(l.get("http_status").is_none(), "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() >= 250_000_000, "{l}");
     // What the guest used until it was stopped: its instantiation and
@@ -1334,7 +1328,7 @@ fn serve_http_component_stream_keeps_its_place_and_its_line() {
     let l = crate::usage::line_of(&lines, "drip-2");
     assert_eq!(l["status"], "interrupted", "{l}");
     // Cut by the drain deadline, and said so (its client never left).
-    let why = l["error"].as_str().unwrap_or_default();
+    let why = crate::usage::error_of(l);
     assert!(
         why.contains("drain deadline") && !why.contains("client left"),
         "{l}"
@@ -1377,13 +1371,7 @@ fn serve_http_component_stream_whose_client_leaves_is_stopped() {
     let lines = crate::usage::wait_lines(&log, 2);
     let l = crate::usage::line_of(&lines, "left-mid-body");
     assert_eq!(l["status"], "interrupted", "{l}");
-    assert!(
-        l["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("the client left"),
-        "{l}"
-    );
+    assert!(crate::usage::error_of(l).contains("the client left"), "{l}");
     assert_eq!(l["http_status"], 200, "{l}");
     assert!(l["wall_time_ns"].as_u64().unwrap() < 5_000_000_000, "{l}");
     // What the guest used until it was stopped, not 0 (its head's).

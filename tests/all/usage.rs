@@ -88,6 +88,11 @@ pub(crate) fn line_of<'a>(lines: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no usage line for {id}: {lines:?}"))
 }
 
+/// A line's `error` (empty when it has none).
+pub(crate) fn error_of(line: &Value) -> &str {
+    line["error"].as_str().unwrap_or_default()
+}
+
 /// The value of the metric line `name` (with its labels) in `text`.
 pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
