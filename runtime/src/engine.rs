@@ -1,12 +1,11 @@
-//! Building the wasmtime `Engine` from a [`RuntimeConfig`], and the epoch
-//! ticker that lets a running guest be checked against its time budgets.
+//! Building the wasmtime `Engine` from a [`RuntimeConfig`].
 //!
 //! The engine is set up for serving many short invocations:
 //! - the pooling instance allocator, so instantiation takes a pre-reserved
 //!   slot instead of calling `mmap`;
 //! - copy-on-write memory images, so a module's data segments are mapped,
 //!   not copied, and a freed slot keeps the image for the next instance;
-//! - epoch interruption, driven by [`EpochTicker`], for CPU-time and
+//! - epoch interruption, driven by the `ticker`, for CPU-time and
 //!   wall-clock limits at the cost of one load and compare per loop header;
 //! - fiber stacks in the pool, one per slot: an invocation is a future whose
 //!   guest runs on its own stack and can be suspended and dropped;
@@ -16,10 +15,6 @@ use crate::config::RuntimeConfig;
 use crate::error::Error;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
@@ -127,118 +122,6 @@ pub(crate) fn engine_fingerprint(engine: &Engine) -> [u8; 32] {
     h.0.finalize().into()
 }
 
-/// Background thread that advances the engine's epoch every tick while any
-/// invocation with a short time limit is running, every
-/// [`LONG_LIMIT_TICK_EVERY`] ticks while only ones with long limits (at
-/// least [`LONG_LIMIT_TICKS`] ticks) are, and sleeps (parked, no wakeups)
-/// while none is, so an idle runtime costs no CPU.
-pub(crate) struct EpochTicker {
-    shared: Arc<TickerShared>,
-    thread: Option<JoinHandle<()>>,
-    tick: Duration,
-}
-
-/// A time limit this many ticks long or longer is a long one.
-pub(crate) const LONG_LIMIT_TICKS: u32 = 1000;
-/// While only invocations with long limits run, the epoch advances every
-/// this many ticks: each limit is still checked within 1% of itself.
-pub(crate) const LONG_LIMIT_TICK_EVERY: u32 = 10;
-
-struct TickerShared {
-    /// Invocations running whose smallest time limit is short.
-    short: AtomicUsize,
-    /// And those whose limits are all long.
-    long: AtomicUsize,
-    stop: AtomicBool,
-    /// Ticks so far (for tests).
-    ticks: AtomicUsize,
-}
-
-impl EpochTicker {
-    pub(crate) fn start(engine: Engine, tick: Duration) -> Result<Self, Error> {
-        let shared = Arc::new(TickerShared {
-            short: AtomicUsize::new(0),
-            long: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            ticks: AtomicUsize::new(0),
-        });
-        let s = shared.clone();
-        let thread = thread::Builder::new()
-            .name("wasmlet-epoch".into())
-            .spawn(move || {
-                while !s.stop.load(Ordering::Acquire) {
-                    let short = s.short.load(Ordering::Acquire) > 0;
-                    if !short && s.long.load(Ordering::Acquire) == 0 {
-                        // A concurrent `enter` unparks us; an unpark that
-                        // comes before this park makes it return at once.
-                        thread::park();
-                        continue;
-                    }
-                    // Each tick wakes this thread, a context switch on a
-                    // core that is likely running guests: while only long
-                    // limits run, a tenth as many (measured on the
-                    // project's 2-core VM: 1000 wakeups a second cost a
-                    // wasi:http hello server ~10% of its throughput).
-                    // The first short one to enter unparks us to tick
-                    // finely from then on (an early tick is only an early
-                    // check).
-                    thread::park_timeout(if short {
-                        tick
-                    } else {
-                        tick.saturating_mul(LONG_LIMIT_TICK_EVERY)
-                    });
-                    engine.increment_epoch();
-                    s.ticks.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .map_err(|e| Error::Config(format!("cannot start epoch ticker: {e}")))?;
-        Ok(EpochTicker {
-            shared,
-            thread: Some(thread),
-            tick,
-        })
-    }
-
-    /// Marks one invocation, whose smallest time limit (CPU time or wall
-    /// clock) is `limit`, as running until the guard drops.
-    pub(crate) fn enter(&self, limit: Duration) -> TickGuard<'_> {
-        // (A tick so long that a thousand overflow: no limit is long.)
-        let long = self
-            .tick
-            .checked_mul(LONG_LIMIT_TICKS)
-            .is_some_and(|long| limit >= long);
-        let counter = if long {
-            &self.shared.long
-        } else {
-            &self.shared.short
-        };
-        if counter.fetch_add(1, Ordering::AcqRel) == 0
-            && let Some(t) = &self.thread
-        {
-            t.thread().unpark();
-        }
-        TickGuard(counter)
-    }
-}
-
-pub(crate) struct TickGuard<'a>(&'a AtomicUsize);
-
-impl Drop for TickGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
 /// Turns the pooling allocator's refusal of a module (a multi-line message
 /// from wasmtime) into one line naming the setting that would admit it.
 pub(crate) fn explain_pool_error(err: &wasmtime::Error, config: &RuntimeConfig) -> Option<String> {
@@ -288,34 +171,4 @@ pub(crate) fn explain_pool_error(err: &wasmtime::Error, config: &RuntimeConfig) 
         return Some("shared memories (wasm threads) are not supported".into());
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_epoch_ticks_a_tenth_as_often_while_only_long_limits_run() {
-        let ticker = EpochTicker::start(Engine::default(), Duration::from_millis(1)).unwrap();
-        let ticks = || ticker.shared.ticks.load(Ordering::Relaxed);
-        let window = Duration::from_millis(300);
-        std::thread::sleep(window);
-        assert_eq!(ticks(), 0, "idle: parked");
-        // A 5 s timeout: every 10 ms, ~30 in the window (a loaded machine
-        // only makes fewer); at 1 ms it would be ~300.
-        let long = ticker.enter(Duration::from_secs(5));
-        std::thread::sleep(window);
-        let long_ticks = ticks();
-        assert!((1..=45).contains(&long_ticks), "{long_ticks}");
-        // A 100 ms CPU limit enters: every 1 ms again.
-        let short = ticker.enter(Duration::from_millis(100));
-        std::thread::sleep(window);
-        let short_ticks = ticks() - long_ticks;
-        assert!(short_ticks >= 60, "{short_ticks}");
-        drop((long, short));
-        std::thread::sleep(Duration::from_millis(20));
-        let after = ticks();
-        std::thread::sleep(window);
-        assert!(ticks() - after <= 1, "parked again once none runs");
-    }
 }

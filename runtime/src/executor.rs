@@ -4,9 +4,9 @@
 //! completion on the calling thread for the synchronous `Function::invoke`.
 
 use crate::config::RuntimeConfig;
-use crate::engine::EpochTicker;
 use crate::error::Error;
 use crate::fs_cpu::{self, PoolCpu};
+use crate::ticker::EpochTicker;
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;

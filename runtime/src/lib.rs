@@ -34,7 +34,9 @@
 //! - `typed`: typed calls ([`Function::typed`], [`TypedFunction`]);
 //! - [`config`]: serde configuration ([`RuntimeConfig`], [`Limits`]) with
 //!   named defaults;
-//! - `engine`: the wasmtime `Engine` built from it, and the epoch ticker;
+//! - `engine`: the wasmtime `Engine` built from it;
+//! - `ticker`: the epoch ticker, which ticks only as often as the running
+//!   invocations' time limits need;
 //! - [`prescan`]: bounded compiles: caps checked before compiling, and how
 //!   to compile in a child process under a time and memory budget;
 //! - `runtime`: [`Runtime`]: loading, compiling, caching and linking;
@@ -100,6 +102,7 @@ pub mod prescan;
 mod runtime;
 mod stdio;
 mod store;
+mod ticker;
 mod typed;
 mod usage;
 mod wasi;

@@ -17,6 +17,9 @@
 //! instead (limits, usage, stderr capture), still without `wasmlet serve`'s
 //! layer (routing, admission, metrics, request ids, the usage log).
 //!
+//! `FLOOR_N` sets the pool's instance count (default 256): a few (such as
+//! 4) reserve little enough address space to run under valgrind.
+//!
 //! `cargo run --release -p wasmlet-serve --example floor_serve -- COMPONENT.wasm 127.0.0.1:3105`
 
 use http_body_util::BodyExt;
@@ -78,11 +81,15 @@ fn floor_on_runtime_engine(path: &str) -> Result<Floor, Box<dyn std::error::Erro
 
 fn floor(path: &str) -> wasmtime::Result<Floor> {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(256)
-        .total_core_instances(256 * 8)
-        .total_memories(512)
-        .total_tables(512)
-        .total_stacks(256)
+    let n: u32 = std::env::var("FLOOR_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .total_memories(n * 2)
+        .total_tables(n * 2)
+        .total_stacks(n)
         .max_memory_size(64 << 20)
         // Reset freed slots as `wasmlet serve` does: only the pages the
         // instance dirtied (PAGEMAP_SCAN), with `memset`, kept resident.

@@ -132,6 +132,8 @@ impl UsageLog {
             len,
             max_size,
             state: state.clone(),
+            out: Vec::new(),
+            ends: Vec::new(),
         };
         std::thread::Builder::new()
             .name("wasmlet-usage".into())
@@ -303,6 +305,10 @@ struct Writer {
     len: u64,
     max_size: u64,
     state: Arc<Mutex<State>>,
+    /// The batch being written, encoded: its lines back to back.
+    out: Vec<u8>,
+    /// Where each of its lines ends in `out`.
+    ends: Vec<usize>,
 }
 
 impl Writer {
@@ -322,16 +328,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let encoded: Vec<Vec<u8>> = batch
-                .iter()
-                .map(|l| {
-                    let mut b = l.to_json();
-                    b.push(b'\n');
-                    b
-                })
-                .collect();
+            // One buffer for the batch, kept from batch to batch: a fresh
+            // one each time would be freed and its pages purged by the
+            // allocator, then faulted in again by the next batch.
+            self.out.clear();
+            self.ends.clear();
+            for l in &batch {
+                l.write_json(&mut self.out);
+                self.out.push(b'\n');
+                self.ends.push(self.out.len());
+            }
             let started = Instant::now();
-            let (written, failed) = self.append(&encoded);
+            let (written, failed) = self.append();
             self.count(&batch[..written], failed.is_none());
             batch.drain(..written);
             match failed {
@@ -367,36 +375,37 @@ impl Writer {
         }
     }
 
-    /// Writes whole lines and syncs them, rotating between lines when the
-    /// next would pass the size limit; on failure the file is cut back to
-    /// its last whole line. The lines written (synced), and the error.
-    fn append(&mut self, lines: &[Vec<u8>]) -> (usize, Option<std::io::Error>) {
+    /// Writes the encoded lines (`out`, each ending at its `ends`) whole
+    /// and syncs them, rotating between lines when the next would pass the
+    /// size limit; on failure the file is cut back to its last whole line.
+    /// The lines written (synced), and the error.
+    fn append(&mut self) -> (usize, Option<std::io::Error>) {
+        let end_of = |ends: &[usize], k: usize| if k == 0 { 0 } else { ends[k - 1] };
+        let n = self.ends.len();
         let mut i = 0;
-        let mut buf = Vec::new();
-        while i < lines.len() {
+        while i < n {
+            let start = end_of(&self.ends, i);
             if self.len > 0
-                && self.len + lines[i].len() as u64 > self.max_size
+                && self.len + (self.ends[i] - start) as u64 > self.max_size
                 && let Err(e) = self.rotate()
             {
                 return (i, Some(e));
             }
-            buf.clear();
-            let mut j = i;
-            while j < lines.len()
-                && (j == i || self.len + (buf.len() + lines[j].len()) as u64 <= self.max_size)
-            {
-                buf.extend_from_slice(&lines[j]);
+            // As many whole lines as fit (at least one).
+            let mut j = i + 1;
+            while j < n && self.len + (self.ends[j] - start) as u64 <= self.max_size {
                 j += 1;
             }
+            let chunk = &self.out[start..self.ends[j - 1]];
             let res = self
                 .file
-                .write_all(&buf)
+                .write_all(chunk)
                 .and_then(|()| self.file.sync_data());
             if let Err(e) = res {
                 let _ = self.file.set_len(self.len);
                 return (i, Some(e));
             }
-            self.len += buf.len() as u64;
+            self.len += chunk.len() as u64;
             i = j;
         }
         (i, None)
@@ -616,10 +625,15 @@ impl UsageLine {
     /// The line as one JSON object, without its newline.
     pub fn to_json(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(384);
+        self.write_json(&mut b);
+        b
+    }
+
+    /// Appends the line as one JSON object, without its newline, to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         // Strings, numbers and maps of JSON values: nothing here fails to
         // serialize.
-        let _ = serde_json::to_writer(&mut b, self);
-        b
+        let _ = serde_json::to_writer(out, self);
     }
 }
 
