@@ -67,7 +67,10 @@ pub struct RuntimeConfig {
     pub pool: PoolConfig,
     /// Period of the epoch ticker that drives CPU-time and timeout checks
     /// (ten times as long while only invocations whose limits are all at
-    /// least 1000 periods run: each limit is checked within 1% of itself).
+    /// least 1000 periods run, no more of them than the host has cores:
+    /// each limit is checked within 1% of itself; more computing guests
+    /// than cores take turns, and a limit is checked up to one period late
+    /// for each guest sharing its thread).
     #[serde(with = "humantime_serde")]
     pub epoch_tick: Duration,
     /// Instrument code to count fuel (needed for `Limits::fuel` and for the

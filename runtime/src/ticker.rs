@@ -4,15 +4,20 @@
 //!
 //! - While any running invocation's smallest time limit is short (under
 //!   [`LONG_LIMIT_TICKS`] ticks) it ticks every tick.
-//! - While only invocations whose limits are all long run, it ticks every
-//!   [`LONG_LIMIT_TICK_EVERY`] ticks: each limit is still checked within
-//!   1% of itself.
+//! - While only invocations whose limits are all long run, and no more of
+//!   them than the host has cores, it ticks every [`LONG_LIMIT_TICK_EVERY`]
+//!   ticks: each limit is still checked within 1% of itself. More of them
+//!   than cores take turns on a thread (each runs until the next tick, then
+//!   yields), and a guest whose time is up is only stopped at its turn: a
+//!   coarse tick would make that wait ten times as long, so it ticks every
+//!   tick then. (With N computing guests on a thread, a limit is checked
+//!   up to N ticks late.)
 //! - Once none has run for [`IDLE_GRACE_TICKS`] of those coarse ticks it
 //!   parks, so an idle runtime costs no CPU.
 //!
-//! An invocation entering wakes the thread only when it has to: a short
-//! limit while the thread sleeps a coarse tick or is parked, any limit
-//! while it is parked. Every wakeup is a context switch on a core that is
+//! An invocation entering wakes the thread only when it has to: one that
+//! needs fine ticks (a short limit, or one long one too many) while the
+//! thread sleeps a coarse tick or is parked, any while it is parked. Every wakeup is a context switch on a core that is
 //! likely running guests (on the project's 2-core VM, waking the thread
 //! on every request cost a wasi:http hello server a fifth of its
 //! throughput), so a busy server does not wake it at all.
@@ -50,6 +55,8 @@ struct Shared {
     short: AtomicUsize,
     /// And those whose limits are all long.
     long: AtomicUsize,
+    /// More long ones than this (the host's cores) running need fine ticks.
+    crowd: usize,
     /// `PARKED`, `COARSE` or `FINE`.
     mode: AtomicU8,
     stop: AtomicBool,
@@ -67,6 +74,7 @@ impl EpochTicker {
         let shared = Arc::new(Shared {
             short: AtomicUsize::new(0),
             long: AtomicUsize::new(0),
+            crowd: thread::available_parallelism().map_or(1, |n| n.get()),
             mode: AtomicU8::new(COARSE),
             stop: AtomicBool::new(false),
             ticks: AtomicUsize::new(0),
@@ -93,9 +101,11 @@ impl EpochTicker {
             .is_some_and(|long| limit >= long);
         let s = &*self.shared;
         let counter = if long { &s.long } else { &s.short };
-        counter.fetch_add(1, SeqCst);
+        let before = counter.fetch_add(1, SeqCst);
+        // Fine ticks: a short limit, or one long one more than cores.
+        let fine = !long || before >= s.crowd;
         let mode = s.mode.load(SeqCst);
-        let wake = if long { mode == PARKED } else { mode != FINE };
+        let wake = if fine { mode != FINE } else { mode == PARKED };
         if wake && let Some(t) = &self.thread {
             t.thread().unpark();
         }
@@ -110,11 +120,12 @@ impl Shared {
         let mut idle = IDLE_GRACE_TICKS;
         while !self.stop.load(SeqCst) {
             self.mode.store(COARSE, SeqCst);
-            let short = self.short.load(SeqCst) > 0;
-            if short {
+            let long = self.long.load(SeqCst);
+            let fine = self.short.load(SeqCst) > 0 || long > self.crowd;
+            if fine {
                 self.mode.store(FINE, SeqCst);
             }
-            if short || self.long.load(SeqCst) > 0 {
+            if fine || long > 0 {
                 idle = 0;
             } else if idle >= IDLE_GRACE_TICKS {
                 self.mode.store(PARKED, SeqCst);
@@ -126,7 +137,7 @@ impl Shared {
             } else {
                 idle += 1;
             }
-            thread::park_timeout(if short { tick } else { coarse });
+            thread::park_timeout(if fine { tick } else { coarse });
             engine.increment_epoch();
             self.ticks.fetch_add(1, SeqCst);
         }
@@ -220,6 +231,30 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert!(ticks(&ticker) - before >= 20, "{}", ticks(&ticker) - before);
         drop(short);
+    }
+
+    #[test]
+    fn more_long_limits_running_than_cores_tick_finely() {
+        let ticker = ticker();
+        let crowd = ticker.shared.crowd;
+        let mut guards: Vec<_> = (0..crowd)
+            .map(|_| ticker.enter(Duration::from_secs(5)))
+            .collect();
+        std::thread::sleep(WINDOW);
+        let coarse = ticks(&ticker);
+        assert!(coarse <= 45, "as many as cores: coarse ({coarse})");
+        // One more: they take turns on a thread, so every tick again.
+        guards.push(ticker.enter(Duration::from_secs(5)));
+        std::thread::sleep(WINDOW);
+        let fine = ticks(&ticker) - coarse;
+        assert!(fine >= 60, "one more than cores: fine ({fine})");
+        // Back to as many as cores: coarse again.
+        guards.pop();
+        std::thread::sleep(Duration::from_millis(20));
+        let before = ticks(&ticker);
+        std::thread::sleep(WINDOW);
+        let again = ticks(&ticker) - before;
+        assert!(again <= 45, "coarse again ({again})");
     }
 
     #[test]
