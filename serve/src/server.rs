@@ -412,7 +412,13 @@ impl Server {
                     // Each request a task of its own on the connection's
                     // thread (see `conn_threads`).
                     let svc = service_fn(move |req| {
-                        let task = RequestTask::spawn(handle(shared.clone(), peer, req));
+                        let ended = Arc::new(EndedBy::default());
+                        let task = Requested {
+                            task: RequestTask::spawn(handle(shared.clone(), peer, req, ended.clone())),
+                            ended,
+                            shared: shared.clone(),
+                            done: false,
+                        };
                         async move {
                             match task.await {
                                 Ok(Ok(response)) => Ok(response),
@@ -550,7 +556,7 @@ impl Shared {
     /// the drain deadline, once it has passed, else its client.
     fn who_ended(&self) -> &'static str {
         if self.drain_cut.load(Ordering::Acquire) {
-            "the server's drain deadline passed"
+            DRAIN_DEADLINE_PASSED
         } else {
             "the client left"
         }
@@ -808,6 +814,7 @@ async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    ended: Arc<EndedBy>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let start_time = chrono::Utc::now();
@@ -827,6 +834,7 @@ async fn handle(
             let progress = Progress::default();
             let mut gone = ClientGone {
                 shared: &shared,
+                ended: &ended,
                 func,
                 id: &id,
                 start_time,
@@ -920,8 +928,56 @@ async fn handle(
 /// and the CPU time and memory peak its probe saw (a sandboxed guest's are
 /// not known: 0); one still sending its body or waiting for admission is
 /// `rejected` (`ended_before_start`).
+const DRAIN_DEADLINE_PASSED: &str = "the server's drain deadline passed";
+
+/// What ended a request dropped before its end, noted when hyper dropped
+/// it: its client left, or its connection was ended at the drain
+/// deadline. The request's own task is dropped a moment later, on its
+/// thread, when the drain may have begun for other reasons (a client that
+/// left just before a SIGTERM is still a client that left).
+#[derive(Default)]
+struct EndedBy(std::sync::atomic::AtomicU8);
+const ENDED_BY_CLIENT: u8 = 1;
+const ENDED_BY_DRAIN: u8 = 2;
+
+/// A request's task as hyper holds it: dropped before the task finished,
+/// it notes who ended the request, then aborts the task.
+struct Requested<T> {
+    task: RequestTask<T>,
+    ended: Arc<EndedBy>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl<T> std::future::Future for Requested<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let out = std::task::ready!(std::pin::Pin::new(&mut self.task).poll(cx));
+        self.done = true;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T> Drop for Requested<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            let by = if self.shared.drain_cut.load(Ordering::Acquire) {
+                ENDED_BY_DRAIN
+            } else {
+                ENDED_BY_CLIENT
+            };
+            self.ended.0.store(by, Ordering::Release);
+        }
+    }
+}
+
 struct ClientGone<'a> {
     shared: &'a Arc<Shared>,
+    ended: &'a EndedBy,
     func: &'a Func,
     id: &'a str,
     start_time: chrono::DateTime<chrono::Utc>,
@@ -948,7 +1004,11 @@ impl Drop for ClientGone<'_> {
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.progress.ran.load(Ordering::Acquire) {
             let probe = &self.progress.probe;
-            let who = self.shared.who_ended();
+            let who = match self.ended.0.load(Ordering::Acquire) {
+                ENDED_BY_CLIENT => "the client left",
+                ENDED_BY_DRAIN => DRAIN_DEADLINE_PASSED,
+                _ => self.shared.who_ended(),
+            };
             let what = if self.func.sandbox.is_some() {
                 "its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
             } else {

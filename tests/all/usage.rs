@@ -257,7 +257,16 @@ fn usage_log_holds_exactly_the_requests_served_under_load() {
     let ids: std::collections::HashSet<&str> =
         all.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), all.len());
-    assert!(all.iter().all(|l| l["status"] == "exited"));
+    // A request wrk had in flight when it closed its connections may have
+    // been stopped: then its line says the client left (one a connection
+    // at most), never the drain deadline, which did not pass.
+    let cut: Vec<_> = all.iter().filter(|l| l["status"] != "exited").collect();
+    assert!(cut.len() <= 8, "{cut:#?}");
+    for l in &cut {
+        assert_eq!(l["status"], "interrupted", "{l}");
+        let error = error_of(l);
+        assert!(error.contains("(the client left)"), "{l}");
+    }
 }
 
 #[test]
