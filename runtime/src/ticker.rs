@@ -17,10 +17,11 @@
 //!
 //! An invocation entering wakes the thread only when it has to: one that
 //! needs fine ticks (a short limit, or one long one too many) while the
-//! thread sleeps a coarse tick or is parked, any while it is parked. Every wakeup is a context switch on a core that is
-//! likely running guests (on the project's 2-core VM, waking the thread
-//! on every request cost a wasi:http hello server a fifth of its
-//! throughput), so a busy server does not wake it at all.
+//! thread sleeps a coarse tick or is parked, any while it is parked. Every
+//! wakeup is a context switch on a core that is likely running guests (on
+//! the project's 2-core VM, waking the thread on every request cost a
+//! wasi:http hello server a fifth of its throughput), so a busy server
+//! does not wake it at all.
 
 use crate::error::Error;
 use std::sync::Arc;
@@ -101,9 +102,12 @@ impl EpochTicker {
             .is_some_and(|long| limit >= long);
         let s = &*self.shared;
         let counter = if long { &s.long } else { &s.short };
-        let before = counter.fetch_add(1, SeqCst);
-        // Fine ticks: a short limit, or one long one more than cores.
-        let fine = !long || before >= s.crowd;
+        let now = counter.fetch_add(1, SeqCst) + 1;
+        let fine = if long {
+            s.needs_fine(0, now)
+        } else {
+            s.needs_fine(now, 0)
+        };
         let mode = s.mode.load(SeqCst);
         let wake = if fine { mode != FINE } else { mode == PARKED };
         if wake && let Some(t) = &self.thread {
@@ -114,6 +118,12 @@ impl EpochTicker {
 }
 
 impl Shared {
+    /// Whether `short` and `long` invocations running need a tick every
+    /// tick: any short limit, or more long ones than cores.
+    fn needs_fine(&self, short: usize, long: usize) -> bool {
+        short > 0 || long > self.crowd
+    }
+
     fn run(&self, engine: &Engine, tick: Duration) {
         let coarse = tick.saturating_mul(LONG_LIMIT_TICK_EVERY);
         // Start parked: nothing runs yet.
@@ -121,7 +131,7 @@ impl Shared {
         while !self.stop.load(SeqCst) {
             self.mode.store(COARSE, SeqCst);
             let long = self.long.load(SeqCst);
-            let fine = self.short.load(SeqCst) > 0 || long > self.crowd;
+            let fine = self.needs_fine(self.short.load(SeqCst), long);
             if fine {
                 self.mode.store(FINE, SeqCst);
             }
@@ -179,6 +189,13 @@ mod tests {
         t.shared.ticks.load(SeqCst)
     }
 
+    /// The ticks while the calling thread sleeps `d`.
+    fn ticks_over(t: &EpochTicker, d: Duration) -> usize {
+        let before = ticks(t);
+        std::thread::sleep(d);
+        ticks(t) - before
+    }
+
     #[test]
     fn the_epoch_ticks_a_tenth_as_often_while_only_long_limits_run() {
         let ticker = ticker();
@@ -187,19 +204,16 @@ mod tests {
         // A 5 s timeout: every 10 ms, ~30 in the window (a loaded machine
         // only makes fewer); at 1 ms it would be ~300.
         let long = ticker.enter(Duration::from_secs(5));
-        std::thread::sleep(WINDOW);
-        let long_ticks = ticks(&ticker);
+        let long_ticks = ticks_over(&ticker, WINDOW);
         assert!((1..=45).contains(&long_ticks), "{long_ticks}");
         // A 100 ms CPU limit enters: every 1 ms again.
         let short = ticker.enter(Duration::from_millis(100));
-        std::thread::sleep(WINDOW);
-        let short_ticks = ticks(&ticker) - long_ticks;
+        let short_ticks = ticks_over(&ticker, WINDOW);
         assert!(short_ticks >= 60, "{short_ticks}");
         drop((long, short));
         std::thread::sleep(SETTLE);
-        let after = ticks(&ticker);
-        std::thread::sleep(WINDOW);
-        assert!(ticks(&ticker) - after <= 1, "parked again once none runs");
+        let after = ticks_over(&ticker, WINDOW);
+        assert!(after <= 1, "parked again once none runs");
     }
 
     #[test]
@@ -226,10 +240,9 @@ mod tests {
             ticks(&ticker)
         );
         // A short limit entering while it ticks coarsely: finely from then on.
-        let before = ticks(&ticker);
         let short = ticker.enter(Duration::from_millis(50));
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(ticks(&ticker) - before >= 20, "{}", ticks(&ticker) - before);
+        let fine = ticks_over(&ticker, Duration::from_millis(100));
+        assert!(fine >= 20, "{fine}");
         drop(short);
     }
 
@@ -240,20 +253,16 @@ mod tests {
         let mut guards: Vec<_> = (0..crowd)
             .map(|_| ticker.enter(Duration::from_secs(5)))
             .collect();
-        std::thread::sleep(WINDOW);
-        let coarse = ticks(&ticker);
+        let coarse = ticks_over(&ticker, WINDOW);
         assert!(coarse <= 45, "as many as cores: coarse ({coarse})");
         // One more: they take turns on a thread, so every tick again.
         guards.push(ticker.enter(Duration::from_secs(5)));
-        std::thread::sleep(WINDOW);
-        let fine = ticks(&ticker) - coarse;
+        let fine = ticks_over(&ticker, WINDOW);
         assert!(fine >= 60, "one more than cores: fine ({fine})");
         // Back to as many as cores: coarse again.
         guards.pop();
         std::thread::sleep(Duration::from_millis(20));
-        let before = ticks(&ticker);
-        std::thread::sleep(WINDOW);
-        let again = ticks(&ticker) - before;
+        let again = ticks_over(&ticker, WINDOW);
         assert!(again <= 45, "coarse again ({again})");
     }
 
@@ -263,8 +272,8 @@ mod tests {
         std::thread::sleep(WINDOW);
         assert_eq!(ticks(&ticker), 0, "parked");
         let long = ticker.enter(Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(ticks(&ticker) >= 2, "{}", ticks(&ticker));
+        let woken = ticks_over(&ticker, Duration::from_millis(100));
+        assert!(woken >= 2, "{woken}");
         drop(long);
     }
 }

@@ -556,7 +556,7 @@ impl Shared {
     /// the drain deadline, once it has passed, else its client.
     fn who_ended(&self) -> &'static str {
         if self.drain_cut.load(Ordering::Acquire) {
-            DRAIN_DEADLINE_PASSED
+            "the server's drain deadline passed"
         } else {
             "the client left"
         }
@@ -928,17 +928,13 @@ async fn handle(
 /// and the CPU time and memory peak its probe saw (a sandboxed guest's are
 /// not known: 0); one still sending its body or waiting for admission is
 /// `rejected` (`ended_before_start`).
-const DRAIN_DEADLINE_PASSED: &str = "the server's drain deadline passed";
-
-/// What ended a request dropped before its end, noted when hyper dropped
-/// it: its client left, or its connection was ended at the drain
-/// deadline. The request's own task is dropped a moment later, on its
-/// thread, when the drain may have begun for other reasons (a client that
-/// left just before a SIGTERM is still a client that left).
+/// What ended a request dropped before its end (`Shared::who_ended`),
+/// noted when hyper dropped it: its client left, or its connection was
+/// ended at the drain deadline. The request's own task is dropped a moment
+/// later, on its thread, when the drain may have begun for other reasons
+/// (a client that left just before a SIGTERM is still a client that left).
 #[derive(Default)]
-struct EndedBy(std::sync::atomic::AtomicU8);
-const ENDED_BY_CLIENT: u8 = 1;
-const ENDED_BY_DRAIN: u8 = 2;
+struct EndedBy(std::sync::OnceLock<&'static str>);
 
 /// A request's task as hyper holds it: dropped before the task finished,
 /// it notes who ended the request, then aborts the task.
@@ -965,12 +961,7 @@ impl<T> std::future::Future for Requested<T> {
 impl<T> Drop for Requested<T> {
     fn drop(&mut self) {
         if !self.done {
-            let by = if self.shared.drain_cut.load(Ordering::Acquire) {
-                ENDED_BY_DRAIN
-            } else {
-                ENDED_BY_CLIENT
-            };
-            self.ended.0.store(by, Ordering::Release);
+            let _ = self.ended.0.set(self.shared.who_ended());
         }
     }
 }
@@ -1004,10 +995,9 @@ impl Drop for ClientGone<'_> {
         let head = http_line(Some(self.func), self.id, self.start_time);
         let line = if self.progress.ran.load(Ordering::Acquire) {
             let probe = &self.progress.probe;
-            let who = match self.ended.0.load(Ordering::Acquire) {
-                ENDED_BY_CLIENT => "the client left",
-                ENDED_BY_DRAIN => DRAIN_DEADLINE_PASSED,
-                _ => self.shared.who_ended(),
+            let who = match self.ended.0.get() {
+                Some(who) => who,
+                None => self.shared.who_ended(),
             };
             let what = if self.func.sandbox.is_some() {
                 "its guest runs on in its sandbox worker until it ends or meets its limits, and what it uses there is not in this line"
