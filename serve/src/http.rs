@@ -201,3 +201,134 @@ pub(crate) fn error_status(e: Error) -> Result<Status, (bool, String)> {
         e => Err((false, format!("invocation failed: {e}"))),
     }
 }
+
+/// A streamed response body as hyper holds it. Dropped before its end (its
+/// client left, or the drain deadline closed its connection), it calls
+/// `note` there and then, on hyper's thread; the usage line, written a
+/// moment later once the guest has stopped, reads what was noted. (Decided
+/// only when the line is written, a client that left just before a SIGTERM
+/// would read as cut by the drain deadline.)
+pub(crate) struct NoteCut<B: hyper::body::Body> {
+    body: B,
+    note: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<B: hyper::body::Body> NoteCut<B> {
+    pub(crate) fn new(body: B, note: impl FnOnce() + Send + 'static) -> Self {
+        NoteCut {
+            body,
+            note: Some(Box::new(note)),
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for NoteCut<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() {
+            // Its end (an error frame is not: the body was cut).
+            self.note = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B: hyper::body::Body> Drop for NoteCut<B> {
+    fn drop(&mut self) {
+        if !self.body.is_end_stream()
+            && let Some(note) = self.note.take()
+        {
+            note();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NoteCut;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::{Body, Frame};
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    /// Two chunks; `knows_end`: says it is at its end once they are read
+    /// (else only its `None` frame says so, as a stream's does).
+    struct Chunks {
+        left: VecDeque<Bytes>,
+        knows_end: bool,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.left.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.knows_end && self.left.is_empty()
+        }
+    }
+
+    fn noted(knows_end: bool) -> (NoteCut<Chunks>, Arc<AtomicUsize>) {
+        let notes = Arc::new(AtomicUsize::new(0));
+        let n = notes.clone();
+        let chunks = Chunks {
+            left: VecDeque::from([Bytes::from_static(b"first"), Bytes::from_static(b"rest")]),
+            knows_end,
+        };
+        let body = NoteCut::new(chunks, move || {
+            n.fetch_add(1, Ordering::SeqCst);
+        });
+        (body, notes)
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_notes_it_once() {
+        for knows_end in [false, true] {
+            let (mut body, notes) = noted(knows_end);
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap(), "first");
+            assert_eq!(notes.load(Ordering::SeqCst), 0);
+            drop(body);
+            assert_eq!(notes.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_notes_nothing() {
+        // Polled to its `None`.
+        let (body, notes) = noted(false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "firstrest");
+        assert_eq!(notes.load(Ordering::SeqCst), 0);
+        // At its end by `is_end_stream` after its last chunk (hyper then
+        // stops polling): not cut either.
+        let (mut body, notes) = noted(true);
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(notes.load(Ordering::SeqCst), 0);
+    }
+}

@@ -18,7 +18,7 @@ use crate::app::{App, Func, stamp};
 use crate::conn_threads::{ConnThreads, RequestTask};
 use crate::error::{LoadError, ServeError};
 use crate::handler::Handler;
-use crate::http::{BodyFault, FaultCell, HttpHandler, RequestBody};
+use crate::http::{BodyFault, FaultCell, HttpHandler, NoteCut, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
 use crate::usage_log::{LineHead, LineOutcome, UsageLine, UsageLog, interrupted};
@@ -866,10 +866,20 @@ async fn handle(
                         tracing::info!(target: "wasmlet::usage", "usage {line}");
                     }
                     shared.usage.record(line).await;
+                    handled.response
                 }
                 Some(last) => {
                     // The guest is still writing the body: its line, with
-                    // its final figures, is written when it ends.
+                    // its final figures, is written when it ends. Who cut
+                    // the body, if it is cut, is noted when hyper drops it.
+                    let (cut_by, note) = (ended.clone(), shared.clone());
+                    let response = handled.response.map(|body| {
+                        NoteCut::new(body, move || {
+                            let _ = cut_by.0.set(note.who_ended());
+                        })
+                        .boxed_unsync()
+                    });
+                    let ended = ended.clone();
                     let shared = shared.clone();
                     let probe = progress.probe.clone();
                     let key = shared.pending_lines.hold(line, probe.clone());
@@ -891,7 +901,11 @@ async fn handle(
                                     so_far(&head.usage, started.elapsed(), &probe),
                                     &format!(
                                         "{} before the end of the response body: the guest was stopped",
-                                        shared.who_ended()
+                                        ended
+                                            .0
+                                            .get()
+                                            .copied()
+                                            .unwrap_or_else(|| shared.who_ended())
                                     ),
                                 ));
                             }
@@ -903,9 +917,9 @@ async fn handle(
                         shared.usage.record(line).await;
                         shared.pending_lines.done(key);
                     });
+                    response
                 }
             }
-            handled.response
         }
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -921,18 +935,12 @@ async fn handle(
     Ok(response)
 }
 
-/// Writes the usage line of a request ended before its response: its
-/// client went away, or the server's drain deadline passed (its future is
-/// dropped, and with it the invocation: the guest is stopped). One that
-/// had started its guest is `interrupted`, with the wall time until then
-/// and the CPU time and memory peak its probe saw (a sandboxed guest's are
-/// not known: 0); one still sending its body or waiting for admission is
-/// `rejected` (`ended_before_start`).
 /// What ended a request dropped before its end (`Shared::who_ended`),
-/// noted when hyper dropped it: its client left, or its connection was
-/// ended at the drain deadline. The request's own task is dropped a moment
-/// later, on its thread, when the drain may have begun for other reasons
-/// (a client that left just before a SIGTERM is still a client that left).
+/// noted when hyper dropped it (its task, by [`Requested`], or its
+/// streamed body, by [`NoteCut`]): its client left, or its connection was
+/// ended at the drain deadline. Its usage line is written a moment later,
+/// when the deadline may have passed for other connections: a client that
+/// left just before it is still a client that left.
 #[derive(Default)]
 struct EndedBy(std::sync::OnceLock<&'static str>);
 
@@ -966,6 +974,13 @@ impl<T> Drop for Requested<T> {
     }
 }
 
+/// Writes the usage line of a request ended before its response: its
+/// client went away, or the server's drain deadline passed (its future is
+/// dropped, and with it the invocation: the guest is stopped). One that
+/// had started its guest is `interrupted`, with the wall time until then
+/// and the CPU time and memory peak its probe saw (a sandboxed guest's are
+/// not known: 0); one still sending its body or waiting for admission is
+/// `rejected` (`ended_before_start`).
 struct ClientGone<'a> {
     shared: &'a Arc<Shared>,
     ended: &'a EndedBy,
