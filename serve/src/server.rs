@@ -922,15 +922,17 @@ async fn handle(
             }
         }
     };
+    // (`try_insert`: a guest's header map may be full; it is then sent as
+    // it is, not a panic.)
     if let Ok(v) = HeaderValue::from_str(&id) {
-        response
+        let _ = response
             .headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), v);
+            .try_insert(HeaderName::from_static("x-request-id"), v);
     }
     if shared.draining.load(Ordering::Acquire) {
-        response
+        let _ = response
             .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            .try_insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(response)
 }

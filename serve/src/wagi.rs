@@ -22,6 +22,11 @@ const HIDDEN_REQUEST_HEADERS: [&str; 5] = [
     "upgrade",
 ];
 
+/// The most header lines a WAGI function may write (`Status` included);
+/// more is a 502. (hyper's own client reads at most 100; a browser, some
+/// hundreds.)
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 1000;
+
 /// Headers a guest may not set: the server frames the response itself.
 const FRAMING_HEADERS: [&str; 5] = [
     "connection",
@@ -190,7 +195,12 @@ pub(crate) fn parse_output(out: Bytes) -> Result<CgiResponse, String> {
         .map_err(|_| "the function's headers are not UTF-8".to_string())?;
     let mut status = None;
     let mut headers = HeaderMap::new();
-    for line in head.lines() {
+    for (n, line) in head.lines().enumerate() {
+        if n == MAX_RESPONSE_HEADERS {
+            return Err(format!(
+                "the function wrote more than {MAX_RESPONSE_HEADERS} header lines"
+            ));
+        }
         let line = line.trim_end_matches('\r');
         let (name, value) = line.split_once(':').ok_or_else(|| {
             format!(
@@ -217,7 +227,9 @@ pub(crate) fn parse_output(out: Bytes) -> Result<CgiResponse, String> {
         }
         let value = HeaderValue::from_str(value)
             .map_err(|_| format!("the function wrote an invalid value for header {name}"))?;
-        headers.append(name, value);
+        headers
+            .try_append(name, value)
+            .map_err(|_| "the function wrote more headers than a response can hold".to_string())?;
     }
     let status = status.unwrap_or(if headers.contains_key(http::header::LOCATION) {
         StatusCode::FOUND
@@ -286,6 +298,20 @@ mod tests {
         assert!(parse_output(Bytes::from_static(b"Status: abc\n\n")).is_err());
         let r = parse_output(Bytes::from_static(b"Content-Length: 99\nX: y\n\nab")).unwrap();
         assert!(!r.headers.contains_key("content-length"));
+    }
+
+    #[test]
+    fn refuses_a_flood_of_headers() {
+        let head = |n: usize| {
+            let mut out = "X-H: v\n".repeat(n);
+            out.push_str("\nbody");
+            parse_output(Bytes::from(out))
+        };
+        assert_eq!(head(MAX_RESPONSE_HEADERS).unwrap().headers.len(), MAX_RESPONSE_HEADERS);
+        let e = head(MAX_RESPONSE_HEADERS + 1).unwrap_err();
+        assert!(e.contains("more than 1000 header lines"), "{e}");
+        // Far past what a header map can hold: an error, not a panic.
+        assert!(head(40_000).is_err());
     }
 
     #[test]

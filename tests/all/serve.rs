@@ -469,6 +469,13 @@ fn serve_maps_each_limit_to_its_status() {
     assert_eq!(r.status, 502);
     assert!(cause(&r).contains("code 3"), "{r:?}");
     assert_eq!(server.get("/t/noheaders").status, 502);
+    // A flood of header lines: 502 (once a panic past 24k lines).
+    assert_eq!(server.get("/t/headers?1000").status, 200);
+    for n in [1001, 30_000] {
+        let r = server.get(&format!("/t/headers?{n}"));
+        assert_eq!(r.status, 502, "{n}");
+        assert!(cause(&r).contains("header"), "{r:?}");
+    }
     // A response over max_response_size: 500.
     let r = server.get("/t/big?2000000");
     assert_eq!(r.status, 500);
@@ -512,7 +519,7 @@ fn serve_maps_each_limit_to_its_status() {
         ("trap", 1),
         ("timeout", 1),
         ("limit", 3),
-        ("bad_output", 2),
+        ("bad_output", 4),
         ("body_too_large", 2),
         ("body_timeout", 1),
     ] {

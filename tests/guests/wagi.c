@@ -10,6 +10,7 @@
 //   /noheaders    writes a body with no header block, exits 0
 //   /stderr?N     writes N lines to stderr, then answers
 //   /big?N        answers with N bytes
+//   /headers?N    answers with N header lines
 //   /cat?PATH     answers with the file at PATH (404 if it cannot be opened)
 //   /write?PATH   tries to create PATH: "written" or "refused"
 #include <stdio.h>
@@ -61,6 +62,12 @@ int main(void) {
         long n = atol(query);
         printf("Content-Type: application/octet-stream\n\n");
         for (long i = 0; i < n; i++) putchar('x');
+        return 0;
+    }
+    if (!strcmp(path, "/headers")) {
+        long n = atol(query);
+        for (long i = 0; i < n; i++) printf("X-H%ld: v\n", i);
+        printf("\n%ld headers\n", n);
         return 0;
     }
     if (!strcmp(path, "/cat")) {
