@@ -99,4 +99,13 @@ pub enum ServeError {
     /// The async runtime could not start.
     #[error("cannot start the server: {0}")]
     Start(String),
+    /// At exit, usage lines could not be written (the disk failed or filled
+    /// up, and stayed so through the drain deadline): they are lost.
+    #[error("the usage log {} could not be written before exiting: {lines} line(s) lost", path.display())]
+    UsageLost {
+        /// The log.
+        path: std::path::PathBuf,
+        /// The lines not written.
+        lines: u64,
+    },
 }

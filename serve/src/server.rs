@@ -516,17 +516,23 @@ impl Server {
             shared.usage.record(line).await;
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.pending_lines.wait()).await;
-        if !shared.usage.flush(settings.drain_timeout).await {
-            tracing::error!(
-                "the usage log {} could not be synced before exiting",
-                shared.usage.path().display()
-            );
-        }
+        let synced = shared.usage.flush(settings.drain_timeout).await;
         // Their connections are gone: stop and join the threads (off this
         // runtime's threads, as joining blocks).
         tokio::task::spawn_blocking(move || drop(threads))
             .await
             .ok();
+        if !synced {
+            let lines = shared.usage.unwritten();
+            tracing::error!(
+                "the usage log {} could not be written and synced before exiting: {lines} line(s) not written",
+                shared.usage.path().display()
+            );
+            return Err(ServeError::UsageLost {
+                path: shared.usage.path().to_owned(),
+                lines,
+            });
+        }
         Ok(())
     }
 }

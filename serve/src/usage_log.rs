@@ -37,6 +37,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -86,6 +87,10 @@ pub struct UsageLog {
     tx: mpsc::Sender<Msg>,
     state: Arc<Mutex<State>>,
     path: PathBuf,
+    /// `Flush` messages in the queue, not lines (for [`UsageLog::unwritten`]).
+    flushes_queued: Arc<AtomicUsize>,
+    /// Lines waiting for room in the queue (see [`UsageLog::record`]).
+    waiting: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -96,6 +101,8 @@ struct State {
     /// the lines written.
     totals: BTreeMap<String, Totals>,
     lines: u64,
+    /// Lines taken from the queue whose write failed, being retried.
+    held: usize,
     write_errors: u64,
     rotations: u64,
 }
@@ -126,7 +133,9 @@ impl UsageLog {
         let len = file.metadata().map_err(err)?.len();
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let state = Arc::new(Mutex::new(State::default()));
+        let flushes_queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
+            flushes_queued: flushes_queued.clone(),
             path: path.to_owned(),
             file,
             len,
@@ -143,6 +152,8 @@ impl UsageLog {
             tx,
             state,
             path: path.to_owned(),
+            flushes_queued,
+            waiting: Arc::default(),
         })
     }
 
@@ -152,11 +163,31 @@ impl UsageLog {
     }
 
     /// Queues `line`; waits while the queue is full.
+    /// The line is queued even if the caller's future is dropped while it
+    /// waits (a request whose client leaves then): the wait is a task of
+    /// its own.
     pub async fn record(&self, line: UsageLine) {
-        let msg = Msg::Line(Box::new(line));
-        if self.tx.send(msg).await.is_err() {
-            tracing::error!(target: "wasmlet::usage", "usage log writer is gone; a line is lost");
-        }
+        let msg = match self.tx.try_send(Msg::Line(Box::new(line))) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(target: "wasmlet::usage", "usage log writer is gone; a line is lost");
+                return;
+            }
+        };
+        let tx = self.tx.clone();
+        // Counted until queued: a task dropped with its runtime at exit
+        // leaves its line counted as unwritten.
+        let waiting = self.waiting.clone();
+        waiting.fetch_add(1, Ordering::SeqCst);
+        // (Dropping the handle does not stop the task.)
+        let _ = tokio::spawn(async move {
+            if tx.send(msg).await.is_err() {
+                tracing::error!(target: "wasmlet::usage", "usage log writer is gone; a line is lost");
+            }
+            waiting.fetch_sub(1, Ordering::SeqCst);
+        })
+        .await;
     }
 
     /// Queues `line` without waiting (from a `Drop`, or with no runtime):
@@ -176,12 +207,26 @@ impl UsageLog {
     /// (or, when the disk fails, until `limit` passes).
     pub async fn flush(&self, limit: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_err() {
+        // The limit covers the wait for room in the queue too (a full
+        // queue behind a failing disk).
+        let Ok(Ok(permit)) = tokio::time::timeout(limit, self.tx.reserve()).await else {
             return false;
-        }
+        };
+        self.flushes_queued.fetch_add(1, Ordering::SeqCst);
+        permit.send(Msg::Flush(tx));
         tokio::time::timeout(limit, rx)
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The lines not written yet: held by the writer (retrying a failed
+    /// write), queued, or waiting for room in the queue. Exact once nothing
+    /// more is recorded.
+    pub fn unwritten(&self) -> u64 {
+        let in_queue = self.tx.max_capacity() - self.tx.capacity();
+        let flushes = self.flushes_queued.load(Ordering::SeqCst);
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        (self.lock().held + in_queue.saturating_sub(flushes) + waiting) as u64
     }
 
     /// The write error that makes the server unready, while it lasts.
@@ -309,22 +354,26 @@ struct Writer {
     out: Vec<u8>,
     /// Where each of its lines ends in `out`.
     ends: Vec<usize>,
+    /// `UsageLog::flushes_queued`: taken off as they are.
+    flushes_queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<Line> = Vec::new();
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        // Whether `State::held` says lines are held.
+        let mut held = false;
         loop {
             if batch.is_empty() {
                 match rx.blocking_recv() {
-                    Some(m) => take(m, &mut batch, &mut waiters),
+                    Some(m) => take(m, &mut batch, &mut waiters, &self.flushes_queued),
                     None => return,
                 }
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(m) => take(m, &mut batch, &mut waiters),
+                    Ok(m) => take(m, &mut batch, &mut waiters, &self.flushes_queued),
                     Err(_) => break,
                 }
             }
@@ -344,6 +393,10 @@ impl Writer {
             batch.drain(..written);
             match failed {
                 None => {
+                    if held {
+                        self.state.lock().unwrap_or_else(|e| e.into_inner()).held = 0;
+                        held = false;
+                    }
                     for w in waiters.drain(..) {
                         let _ = w.send(());
                     }
@@ -364,6 +417,8 @@ impl Writer {
                     );
                     let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
                     s.write_errors += 1;
+                    s.held = batch.len();
+                    held = true;
                     if s.error.is_none() || s.write_errors.is_multiple_of(20) {
                         tracing::error!(target: "wasmlet::usage", "{msg}");
                     }
@@ -460,10 +515,18 @@ impl Writer {
     }
 }
 
-fn take(m: Msg, batch: &mut Vec<Line>, waiters: &mut Vec<oneshot::Sender<()>>) {
+fn take(
+    m: Msg,
+    batch: &mut Vec<Line>,
+    waiters: &mut Vec<oneshot::Sender<()>>,
+    flushes: &AtomicUsize,
+) {
     match m {
         Msg::Line(l) => batch.push(*l),
-        Msg::Flush(w) => waiters.push(w),
+        Msg::Flush(w) => {
+            flushes.fetch_sub(1, Ordering::SeqCst);
+            waiters.push(w);
+        }
     }
 }
 
@@ -797,5 +860,53 @@ mod tests {
         let v: Value = serde_json::from_slice(&trapped.to_json()).unwrap();
         assert_eq!(v["error"], "unreachable");
         assert!(v.get("exit_code").is_none());
+    }
+
+    /// A log whose writer is not running: its queue, of `capacity`.
+    fn stalled(capacity: usize) -> (UsageLog, mpsc::Receiver<Msg>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let log = UsageLog {
+            tx,
+            state: Arc::default(),
+            path: PathBuf::from("stalled.jsonl"),
+            flushes_queued: Arc::default(),
+            waiting: Arc::default(),
+        };
+        (log, rx)
+    }
+
+    #[test]
+    fn a_line_waiting_for_room_is_kept_when_its_caller_leaves() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (log, mut rx) = stalled(1);
+            log.record(line("a", 1.0)).await;
+            assert_eq!(log.unwritten(), 1);
+            // The queue is full: the caller waits, and is dropped (as a
+            // request whose client leaves is).
+            let waited =
+                tokio::time::timeout(Duration::from_millis(20), log.record(line("b", 2.0))).await;
+            assert!(waited.is_err(), "the queue had room");
+            assert_eq!(log.unwritten(), 2);
+            // A flush gives up at its limit, even with no room to queue.
+            assert!(!log.flush(Duration::from_millis(20)).await);
+            assert_eq!(log.unwritten(), 2);
+            // Both lines reach the writer.
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                match rx.recv().await.unwrap() {
+                    Msg::Line(l) => got.push(l.function.unwrap_or_default().to_string()),
+                    Msg::Flush(_) => {
+                        log.flushes_queued.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            assert_eq!(got, ["a", "b"]);
+            tokio::task::yield_now().await;
+            assert_eq!(log.unwritten(), 0);
+        });
     }
 }

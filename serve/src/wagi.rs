@@ -307,7 +307,10 @@ mod tests {
             out.push_str("\nbody");
             parse_output(Bytes::from(out))
         };
-        assert_eq!(head(MAX_RESPONSE_HEADERS).unwrap().headers.len(), MAX_RESPONSE_HEADERS);
+        assert_eq!(
+            head(MAX_RESPONSE_HEADERS).unwrap().headers.len(),
+            MAX_RESPONSE_HEADERS
+        );
         let e = head(MAX_RESPONSE_HEADERS + 1).unwrap_err();
         assert!(e.contains("more than 1000 header lines"), "{e}");
         // Far past what a header map can hold: an error, not a panic.

@@ -381,6 +381,45 @@ fn usage_log_on_a_full_disk_is_reported_and_loses_nothing() {
 }
 
 #[test]
+fn usage_lines_that_cannot_be_written_by_exit_make_it_fail_and_are_counted() {
+    let dir = tempdir();
+    let manifest = wagi_manifest(dir.path(), "");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("[server]\n", "[server]\ndrain_timeout = \"1s\"\n", 1),
+    )
+    .unwrap();
+    let logs = dir.path().join("logs");
+    let Some(_fs) = Tmpfs::mount(&logs, "256k") else {
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_ne!(euid, 0, "root but cannot mount a tmpfs");
+        eprintln!("skipped: mounting a tmpfs takes root");
+        return;
+    };
+    let log = logs.join("usage.jsonl");
+    let mut server = Serve::start_with(&manifest, &["--usage-log", log.to_str().unwrap()], &[]);
+    let filler = logs.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    for _ in 0..7 {
+        assert_eq!(server.get("/t/hello").status, 200);
+    }
+    // The disk stays full through the drain deadline: the server says how
+    // many lines it lost, and exits 1, not 0.
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(20)), 1, "{}", server.log());
+    assert!(server.log().contains("7 line(s) lost"), "{}", server.log());
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+}
+
+#[test]
 fn usage_bill_of_a_known_log_matches_hand_computed_figures() {
     let dir = tempdir();
     let log = dir.path().join("known.jsonl");
