@@ -257,6 +257,55 @@ impl<B: hyper::body::Body> Drop for NoteCut<B> {
     }
 }
 
+/// A buffered response body handed to hyper a chunk at a time, keeping
+/// `held` (its request's place in `max_concurrency`) until hyper drops it:
+/// sent, or its connection ended (its client left, or read nothing within
+/// `send_timeout`). hyper takes a whole one-frame body into its write
+/// buffer at once and drops the body, so the body itself could not tell;
+/// in chunks, hyper asks for the next as its buffer drains. So a function's
+/// large buffered responses held for slow readers are at most its
+/// `max_concurrency`.
+pub(crate) struct Held<T> {
+    rest: Bytes,
+    _held: T,
+}
+
+/// The size of [`Held`]'s chunks.
+const HELD_CHUNK: usize = 64 * 1024;
+
+impl<T> Held<T> {
+    pub(crate) fn new(body: Bytes, held: T) -> Self {
+        Held {
+            rest: body,
+            _held: held,
+        }
+    }
+}
+
+impl<T: Unpin> hyper::body::Body for Held<T> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(HELD_CHUNK);
+        Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::NoteCut;

@@ -25,6 +25,8 @@
 //!   triggers;
 //! - `conn_threads`: one single-threaded runtime per core; each
 //!   connection, its requests and their instances stay on one of them;
+//! - `send_timeout`: a connection whose client stops reading its response
+//!   is cut off;
 //! - [`server`]: listeners, the request path and its status mapping, the
 //!   admin endpoints, signals, reloads and graceful shutdown;
 //! - [`error`]: typed errors.
@@ -43,6 +45,7 @@ mod http;
 pub mod manifest;
 pub mod metrics;
 mod sandboxed;
+mod send_timeout;
 pub mod server;
 mod trigger;
 pub mod usage_log;

@@ -61,6 +61,8 @@ pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 16 << 20;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a client has to send the whole body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client may go without reading any of its response.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default bound on draining in-flight requests at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bytes of one invocation's stderr copied into the log.
@@ -153,6 +155,11 @@ pub struct ServerSettings {
     /// Time a client has to send a request body; a slower one gets a 408.
     #[serde(deserialize_with = "duration")]
     pub body_timeout: Duration,
+    /// Time a client may go without reading any of its response (the
+    /// socket's buffer full): its connection is then closed, and what the
+    /// response held freed.
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
     /// Longest wait for in-flight requests at shutdown.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -176,6 +183,7 @@ impl Default for ServerSettings {
             max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_log_per_invocation: DEFAULT_MAX_LOG_PER_INVOCATION,
             admin_token_env: None,

@@ -18,9 +18,10 @@ use crate::app::{App, Func, stamp};
 use crate::conn_threads::{ConnThreads, RequestTask};
 use crate::error::{LoadError, ServeError};
 use crate::handler::Handler;
-use crate::http::{BodyFault, FaultCell, HttpHandler, NoteCut, RequestBody};
+use crate::http::{BodyFault, FaultCell, Held, HttpHandler, NoteCut, RequestBody};
 use crate::manifest::{Manifest, Route};
 use crate::metrics::{Cause, Metrics};
+use crate::send_timeout::SendTimeout;
 use crate::usage_log::{LineHead, LineOutcome, UsageLine, UsageLog, interrupted};
 use crate::wagi::{CgiRequest, parse_output};
 use bytes::Bytes;
@@ -407,6 +408,7 @@ impl Server {
                             continue;
                         }
                     };
+                    let send_timeout = shared.current().manifest.server.send_timeout;
                     let shared = shared.clone();
                     let usage = shared.clone();
                     // Each request a task of its own on the connection's
@@ -439,6 +441,7 @@ impl Server {
                                 return;
                             }
                         };
+                        let stream = SendTimeout::new(stream, send_timeout);
                         let conn = builder.serve_connection(TokioIo::new(stream), svc);
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, "connection: {e}");
@@ -727,6 +730,11 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// A WAGI response body larger than this keeps its request's place in
+/// `max_concurrency` until it has been sent (see [`Held`]); a smaller
+/// one goes into the socket's buffer at once.
+const HELD_RESPONSE_SIZE: usize = 64 * 1024;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     wasmlet_runtime::http::full_body(bytes)
@@ -1191,7 +1199,8 @@ async fn call(
     env.extend(cgi_env);
     let result =
         pin!(func.invoke_command(function, args, env, body, Some(progress.probe.clone()))).await;
-    drop(admitted);
+    // Kept by a large response until it is sent (below), else freed now.
+    let mut admitted = Some(admitted);
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
@@ -1235,7 +1244,12 @@ async fn call(
                         if code != 0 {
                             tracing::warn!(function = %func.spec.name, request_id = %id, "exited with code {code} after writing headers");
                         }
-                        let mut r = Response::new(full(cgi.body));
+                        let body = if cgi.body.len() > HELD_RESPONSE_SIZE {
+                            Held::new(cgi.body, admitted.take()).boxed_unsync()
+                        } else {
+                            full(cgi.body)
+                        };
+                        let mut r = Response::new(body);
                         *r.status_mut() = cgi.status;
                         *r.headers_mut() = cgi.headers;
                         Handled {

@@ -1572,3 +1572,62 @@ fn serve_http_component_overload_gives_503_with_retry_after() {
         .unwrap_or(0);
     assert!(rejected >= 1, "{m}");
 }
+
+#[test]
+fn serve_cuts_off_a_client_that_does_not_read_its_response() {
+    let dir = tempdir();
+    let m = dir.path().join("wasmlet.toml");
+    std::fs::write(
+        &m,
+        format!(
+            r#"
+[server]
+send_timeout = "1s"
+[[function]]
+name = "big"
+module = "{}"
+[function.limits]
+max_concurrency = 1
+queue_depth = 1
+queue_timeout = "100ms"
+[[function.trigger]]
+type = "http"
+route = "/b/..."
+"#,
+            crate::helpers::c_guest("wagi").display()
+        ),
+    )
+    .unwrap();
+    let server = Serve::start(&m);
+    // 12 MB the client never reads: more than loopback's socket buffers
+    // take, so the server's write stalls.
+    let s = send_get(server.addr, "/b/big?12000000", "never-read");
+    std::thread::sleep(Duration::from_millis(300));
+    // The buffered response keeps its place in max_concurrency (a
+    // function's held responses are at most that): the next one is
+    // refused at its queue timeout.
+    let r = server.get("/b/hello");
+    assert_eq!(r.status, 503, "{r:?}");
+    // After send_timeout without progress the connection is cut off, the
+    // response dropped, its place free.
+    let start = Instant::now();
+    loop {
+        let r = server.get("/b/hello");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still held: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.metrics().contains("wasmlet_in_flight 0\n"));
+    // Its connection is closed: what arrived is short of the response.
+    let mut got = Vec::new();
+    let mut s = s;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < 12_000_000, "{}", got.len());
+}
