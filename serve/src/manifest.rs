@@ -277,8 +277,8 @@ pub struct DirSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FunctionLimits {
-    /// Linear memory of one instance.
-    #[serde(deserialize_with = "size")]
+    /// Linear memory of one instance: at least one wasm page (64 KiB).
+    #[serde(deserialize_with = "memory_size")]
     pub memory: u64,
     /// CPU time of one invocation.
     #[serde(deserialize_with = "opt_duration")]
@@ -600,11 +600,19 @@ impl Manifest {
                 ));
             }
             let module = dir.join(f.module.get_ref());
-            for (k, _) in f.env.iter() {
+            for (k, v) in f.env.iter() {
                 if k.is_empty() || k.contains(['=', '\0']) {
                     return Err(at(
                         Some(fspan.clone()),
                         format!("function `{name}`: env name `{k}` is not valid"),
+                    ));
+                }
+                if v.contains('\0') {
+                    return Err(at(
+                        Some(fspan.clone()),
+                        format!(
+                            "function `{name}`: env `{k}` holds a NUL byte, which the guest would see as its end"
+                        ),
                     ));
                 }
             }
@@ -899,6 +907,18 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         return Err(serde::de::Error::custom(
             "a size here must be more than zero",
         ));
+    }
+    Ok(n)
+}
+
+/// A linear-memory limit: a size of at least one wasm page (a bare number
+/// is bytes: `memory = 64` would fail every request).
+fn memory_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = size(d)?;
+    if n < 65536 {
+        return Err(serde::de::Error::custom(format!(
+            "a memory limit of {n} bytes is less than one wasm page (64KiB): a bare number is bytes (try e.g. \"64MiB\")"
+        )));
     }
     Ok(n)
 }

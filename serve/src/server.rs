@@ -36,7 +36,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -230,15 +230,108 @@ impl PendingLines {
 
 /// Loads and checks the manifest and every function (compiling them), as
 /// `serve --check` does; nothing is served.
-pub fn check(opts: &ServeOptions) -> Result<App, LoadError> {
-    let manifest = Manifest::load(&opts.manifest)?;
-    App::load(
+pub fn check(opts: &ServeOptions) -> Result<App, ServeError> {
+    let manifest = Manifest::load(&opts.manifest).map_err(LoadError::from)?;
+    preflight(opts, &manifest)?;
+    Ok(App::load(
         manifest,
         &opts.runtime,
         &opts.setup,
         None,
         &Metrics::default(),
-    )
+    )?)
+}
+
+/// What the server needs beyond the functions, checked before anything is
+/// bound or opened (by `serve` and `serve --check` alike).
+struct Preflight {
+    listen: String,
+    admin_listen: String,
+    admin_token: Option<String>,
+    usage_path: PathBuf,
+}
+
+fn preflight(opts: &ServeOptions, manifest: &Manifest) -> Result<Preflight, ServeError> {
+    let at = manifest.path.display();
+    let listen = opts.listen.clone().unwrap_or(manifest.listen.clone());
+    let admin_listen = opts
+        .admin_listen
+        .clone()
+        .unwrap_or(manifest.admin_listen.clone());
+    let resolve = |what: &str, addr: &str| {
+        use std::net::ToSocketAddrs;
+        addr.to_socket_addrs()
+            .map_err(|e| ServeError::Listen {
+                addr: addr.to_string(),
+                error: format!("{what} is not a HOST:PORT address: {e}"),
+            })?
+            .collect::<Vec<_>>()
+            .first()
+            .copied()
+            .ok_or_else(|| ServeError::Listen {
+                addr: addr.to_string(),
+                error: format!("{what} resolves to no address"),
+            })
+    };
+    let (l, a) = (
+        resolve("listen", &listen)?,
+        resolve("admin_listen", &admin_listen)?,
+    );
+    if l == a && l.port() != 0 {
+        return Err(ServeError::Listen {
+            addr: listen,
+            error: "listen and admin_listen are the same address: give the admin listener its own (--admin-listen)".into(),
+        });
+    }
+    let admin_token = match &manifest.server.admin_token_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            ServeError::Start(format!(
+                "{at}: server.admin_token_env names {var}, which is not set (or not UTF-8)"
+            ))
+        })?),
+        None => None,
+    };
+    if manifest.server.max_header_size < MIN_HEAD_BUFFER {
+        return Err(ServeError::Start(format!(
+            "{at}: server.max_header_size must be at least {MIN_HEAD_BUFFER} bytes"
+        )));
+    }
+    let usage_path = opts
+        .usage_log
+        .clone()
+        .unwrap_or_else(|| manifest.usage_log.clone());
+    // Appending usage lines to the manifest or a module would corrupt it.
+    let same = |a: &Path, b: &Path| {
+        a == b
+            || matches!(
+                (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
+    if same(&usage_path, &manifest.path) {
+        return Err(ServeError::Start(format!(
+            "{at}: the usage log {} is the manifest itself",
+            usage_path.display()
+        )));
+    }
+    if let Some(f) = manifest
+        .functions
+        .iter()
+        .find(|f| same(&usage_path, &f.module))
+    {
+        return Err(ServeError::Start(format!(
+            "{at}: the usage log {} is function {}'s module",
+            usage_path.display(),
+            f.name
+        )));
+    }
+    crate::trigger::file::check_dirs(manifest, &usage_path).map_err(ServeError::Start)?;
+    Ok(Preflight {
+        listen,
+        admin_listen,
+        admin_token,
+        usage_path,
+    })
 }
 
 /// A server with its listeners bound, ready to [`Server::run`].
@@ -271,29 +364,12 @@ impl Server {
     pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
         let metrics = Arc::new(Metrics::default());
         let manifest = Manifest::load(&opts.manifest).map_err(LoadError::from)?;
-        let listen = opts.listen.clone().unwrap_or(manifest.listen.clone());
-        let admin_listen = opts
-            .admin_listen
-            .clone()
-            .unwrap_or(manifest.admin_listen.clone());
-        let admin_token = match &manifest.server.admin_token_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                ServeError::Start(format!(
-                    "server.admin_token_env names {var}, which is not set (or not UTF-8)"
-                ))
-            })?),
-            None => None,
-        };
-        if manifest.server.max_header_size < MIN_HEAD_BUFFER {
-            return Err(ServeError::Start(format!(
-                "server.max_header_size must be at least {MIN_HEAD_BUFFER} bytes"
-            )));
-        }
-        let usage_path = opts
-            .usage_log
-            .clone()
-            .unwrap_or_else(|| manifest.usage_log.clone());
-        crate::trigger::file::check_dirs(&manifest, &usage_path).map_err(ServeError::Start)?;
+        let Preflight {
+            listen,
+            admin_listen,
+            admin_token,
+            usage_path,
+        } = preflight(&opts, &manifest)?;
         let usage = UsageLog::open(&usage_path, manifest.usage_log_max_size)
             .map_err(|e| ServeError::Start(e.to_string()))?;
         let app = App::load(manifest, &opts.runtime, &opts.setup, None, &metrics)?;
@@ -592,6 +668,38 @@ impl Shared {
 }
 
 /// Reloads on demand (SIGHUP) and when the manifest or a module changes.
+/// The settings read once, when the server starts, that differ between
+/// two manifests: a reload keeps their old values.
+fn restart_only_changes(old: &Manifest, new: &Manifest) -> Vec<&'static str> {
+    let (o, n) = (&old.server, &new.server);
+    [
+        ("listen", old.listen != new.listen),
+        ("admin_listen", old.admin_listen != new.admin_listen),
+        ("usage_log", old.usage_log != new.usage_log),
+        (
+            "usage_log_max_size",
+            old.usage_log_max_size != new.usage_log_max_size,
+        ),
+        (
+            "server.max_header_size",
+            o.max_header_size != n.max_header_size,
+        ),
+        (
+            "server.header_timeout",
+            o.header_timeout != n.header_timeout,
+        ),
+        ("server.drain_timeout", o.drain_timeout != n.drain_timeout),
+        (
+            "server.admin_token_env",
+            o.admin_token_env != n.admin_token_env,
+        ),
+        ("server.watch", o.watch != n.watch),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
 async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
     let mut seen = shared.current().stamps.clone();
     let watch = shared.current().manifest.server.watch;
@@ -629,11 +737,11 @@ async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
                 let app = Arc::new(app);
                 seen = app.stamps.clone();
                 let old = shared.current();
-                if app.manifest.listen != old.manifest.listen
-                    || app.manifest.admin_listen != old.manifest.admin_listen
-                {
+                let pending = restart_only_changes(&old.manifest, &app.manifest);
+                if !pending.is_empty() {
                     tracing::warn!(
-                        "listen addresses changed in the manifest: that takes a restart"
+                        "changed in the manifest, but read only at start (they take a restart; the rest is reloaded): {}",
+                        pending.join(", ")
                     );
                 }
                 *shared.app.write().unwrap_or_else(|e| e.into_inner()) = app.clone();

@@ -130,7 +130,7 @@ impl UsageLog {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let file = open_append(path).map_err(err)?;
-        let len = file.metadata().map_err(err)?.len();
+        let len = mend_torn_tail(path, &file).map_err(err)?;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let state = Arc::new(Mutex::new(State::default()));
         let flushes_queued = Arc::new(AtomicUsize::new(0));
@@ -307,6 +307,42 @@ impl UsageLog {
         );
         out
     }
+}
+
+/// Cuts a torn last line (the writer cut short by a crash or a power loss
+/// mid-write) off the log, so the next line starts on a line of its own,
+/// and says so; the file's length after.
+fn mend_torn_tail(path: &Path, file: &File) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut r = File::open(path)?;
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Back from the end, a block at a time, to the last newline.
+    let whole = loop {
+        let start = end.saturating_sub(buf.len() as u64);
+        let block = &mut buf[..(end - start) as usize];
+        r.seek(SeekFrom::Start(start))?;
+        r.read_exact(block)?;
+        if let Some(i) = block.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    if whole < len {
+        file.set_len(whole)?;
+        file.sync_data()?;
+        tracing::warn!(target: "wasmlet::usage",
+            "usage log {}: its last line was torn (a crash mid-write?): {} byte(s) cut off",
+            path.display(), len - whole);
+    }
+    Ok(whole)
 }
 
 /// Opens the log for appending: a regular file only (a FIFO would block
@@ -908,5 +944,38 @@ mod tests {
             tokio::task::yield_now().await;
             assert_eq!(log.unwritten(), 0);
         });
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.jsonl");
+        let whole = "{\"function\":\"a\"}\n";
+        std::fs::write(&path, format!("{whole}{{\"function\":\"a\",\"trig")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let log = UsageLog::open(&path, 1 << 20).unwrap();
+            log.record(line("b", 1.0)).await;
+            assert!(log.flush(Duration::from_secs(10)).await);
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0], whole.trim_end());
+        let v: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(v["function"], "b");
+        // Nothing but a fragment: cut to nothing; a whole log: untouched.
+        // (Each its own file: a log stays locked until its writer ends.)
+        let path = dir.path().join("fragment.jsonl");
+        std::fs::write(&path, "{\"fun").unwrap();
+        drop(UsageLog::open(&path, 1 << 20).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+        let path = dir.path().join("whole.jsonl");
+        std::fs::write(&path, whole).unwrap();
+        drop(UsageLog::open(&path, 1 << 20).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
     }
 }

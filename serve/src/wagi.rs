@@ -148,7 +148,8 @@ impl CgiRequest<'_> {
 }
 
 /// `%XX` decoding (and `+` left as is, as in a path); invalid sequences
-/// are kept verbatim, and bytes that are not UTF-8 become U+FFFD.
+/// are kept verbatim, and so is `%00` (a NUL would cut the variable short
+/// in the guest); bytes that are not UTF-8 become U+FFFD.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -157,6 +158,7 @@ fn percent_decode(s: &str) -> String {
         if b[i] == b'%'
             && i + 2 < b.len()
             && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+            && (h, l) != (0, 0)
         {
             out.push(h << 4 | l);
             i += 3;
@@ -321,5 +323,7 @@ mod tests {
     fn decodes_percent_escapes() {
         assert_eq!(percent_decode("/a%20b/%zz%4"), "/a b/%zz%4");
         assert_eq!(percent_decode("x%2Fy"), "x/y");
+        // A NUL would cut the variable or argument short in the guest.
+        assert_eq!(percent_decode("/env%00INJECT=1%0a"), "/env%00INJECT=1\n");
     }
 }

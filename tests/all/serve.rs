@@ -831,6 +831,44 @@ fn serve_check_and_manifest_errors() {
     );
     let r = run_cli(wasmlet().args(["serve", "--check", "/nonexistent/wasmlet.toml"]));
     r.assert_one_line_error("cannot read manifest /nonexistent/wasmlet.toml");
+    // What `serve` itself would refuse, `--check` refuses too.
+    let r = bad(
+        "listen = \"127.0.0.1:3000\"",
+        "listen = \"127.0.0.1:99999\"",
+    );
+    r.assert_one_line_error("listen is not a HOST:PORT address");
+    let r = bad("listen = \"127.0.0.1:3000\"", "listen = \"127.0.0.1:9090\"");
+    r.assert_one_line_error("listen and admin_listen are the same address");
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\n[server]\nmax_header_size = \"1KiB\"",
+    );
+    r.assert_one_line_error("bad.toml: server.max_header_size must be at least 8192 bytes");
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\n[server]\nadmin_token_env = \"WASMLET_TEST_NO_SUCH_VAR\"",
+    );
+    r.assert_one_line_error("WASMLET_TEST_NO_SUCH_VAR, which is not set");
+    // A usage log that is a module or the manifest would corrupt it.
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\nusage_log = \"echo.wasm\"",
+    );
+    r.assert_one_line_error("is function echo's module");
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\nusage_log = \"bad.toml\"",
+    );
+    r.assert_one_line_error("is the manifest itself");
+    // A bare number is bytes: a memory limit under one page is refused.
+    let r = bad("memory = \"16MiB\"", "memory = 64");
+    r.assert_one_line_error("less than one wasm page");
+    // A NUL in an env value would end it early in the guest.
+    let r = bad(
+        "env = { GREETING = \"Hi\" }",
+        "env = { GREETING = \"Hi\\u0000there\" }",
+    );
+    r.assert_one_line_error("holds a NUL byte");
 }
 
 #[test]
