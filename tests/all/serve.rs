@@ -958,6 +958,28 @@ fn serve_reloads_when_a_module_changes() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Settings read only at start: the reload says they take a restart,
+    // and serves on with the old ones.
+    std::fs::write(
+        &manifest,
+        "[server]\nmax_header_size = \"9KiB\"\ndrain_timeout = \"3s\"\n[[function]]\nname = \"f\"\nmodule = \"fn.wasm\"\n[[function.trigger]]\ntype = \"http\"\nroute = \"/g\"\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while server.get("/g").status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    assert!(
+        log.contains("take a restart")
+            && log.contains("server.max_header_size, server.drain_timeout"),
+        "{log}"
+    );
 }
 
 /// The wasi:http guest (`tests/guests/http_hello.c`) as a component, and a
