@@ -808,7 +808,12 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                     .headers()
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
+                    // (The scheme is case-insensitive, RFC 9110 11.1.)
+                    .and_then(|v| {
+                        v.get(..7)
+                            .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                            .map(|_| &v[7..])
+                    });
                 if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
                     let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
                     r.headers_mut().insert(
@@ -1563,12 +1568,16 @@ async fn call_http(
     let mut handled = match (fault.get(), out.response) {
         (Some(BodyFault::TooLarge), _) => body_too_large(settings.max_body_size),
         (Some(BodyFault::Timeout), _) => body_timeout(settings.body_timeout),
-        (None, Ok(response)) => Handled {
-            response,
-            cause: None,
-            usage: None,
-            final_usage: None,
-        },
+        (None, Ok(mut response)) => {
+            // The server's own header: a guest cannot set it.
+            response.headers_mut().remove("x-wasmlet-error");
+            Handled {
+                response,
+                cause: None,
+                usage: None,
+                final_usage: None,
+            }
+        }
         (None, Err(e)) => match crate::http::error_status(e) {
             Ok(status) => status_failure(&status),
             Err((true, why)) => failure(StatusCode::BAD_GATEWAY, Cause::BadOutput, &why),

@@ -224,7 +224,8 @@ pub(crate) fn parse_output(out: Bytes) -> Result<CgiResponse, String> {
         }
         let name = HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| format!("the function wrote an invalid header name {:?}", cut(name)))?;
-        if FRAMING_HEADERS.contains(&name.as_str()) {
+        // (`x-wasmlet-error` is the server's own: a guest cannot set it.)
+        if FRAMING_HEADERS.contains(&name.as_str()) || name == "x-wasmlet-error" {
             continue;
         }
         let value = HeaderValue::from_str(value)
@@ -298,8 +299,12 @@ mod tests {
         assert!(parse_output(Bytes::new()).is_err());
         assert!(parse_output(Bytes::from_static(b"no colon\n\nbody")).is_err());
         assert!(parse_output(Bytes::from_static(b"Status: abc\n\n")).is_err());
-        let r = parse_output(Bytes::from_static(b"Content-Length: 99\nX: y\n\nab")).unwrap();
+        let r = parse_output(Bytes::from_static(
+            b"Content-Length: 99\nX-Wasmlet-Error: forged\nX: y\n\nab",
+        ))
+        .unwrap();
         assert!(!r.headers.contains_key("content-length"));
+        assert!(!r.headers.contains_key("x-wasmlet-error"));
     }
 
     #[test]

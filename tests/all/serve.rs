@@ -735,6 +735,32 @@ fn serve_metrics_match_the_requests_sent() {
         b"",
     );
     assert_eq!(wrong.status, 401);
+    // The scheme's case does not matter; the token's does; other schemes
+    // do not pass.
+    for (auth, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer S3CRET", 401),
+        ("Basic s3cret", 401),
+        ("Bearers3cret", 401),
+    ] {
+        let r = request(
+            server.admin,
+            "GET",
+            "/healthz",
+            &[("Authorization", auth)],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        let r = request(
+            server.admin,
+            "GET",
+            "/metrics",
+            &[("Authorization", auth)],
+            b"",
+        );
+        assert_eq!(r.status, status, "{auth}");
+    }
     assert_eq!(
         request(server.admin, "GET", "/healthz", &[], b"").status,
         200
