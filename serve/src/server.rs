@@ -242,6 +242,72 @@ pub fn check(opts: &ServeOptions) -> Result<App, ServeError> {
     )?)
 }
 
+/// What opening the usage log at `path` would refuse, found without
+/// creating anything (for `--check`): not a regular file, not a usage log,
+/// a parent that is not a directory.
+fn check_usage_path(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err("not a regular file (a usage log is rotated by renaming it)".into());
+        }
+        Ok(m) if m.len() > 0 => {
+            let mut first = [0u8; 1];
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_exact(&mut first))
+                .map_err(|e| e.to_string())?;
+            if first[0] != b'{' {
+                return Err("not a usage log (it does not start with a JSON line)".into());
+            }
+        }
+        Ok(_) => {}
+        Err(_) => {
+            // Its nearest existing ancestor must be a directory.
+            let mut up = path.parent();
+            while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
+                if let Ok(m) = std::fs::metadata(p) {
+                    if !m.is_dir() {
+                        return Err(format!("{} is not a directory", p.display()));
+                    }
+                    break;
+                }
+                up = p.parent();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name one existing file (see [`preflight`]).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| {
+        std::fs::metadata(p)
+            .or_else(|_| std::fs::metadata(lexical(p)))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `p` with `.` and `..` taken away lexically.
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// What the server needs beyond the functions, checked before anything is
 /// bound or opened (by `serve` and `serve --check` alike).
 struct Preflight {
@@ -277,7 +343,20 @@ fn preflight(opts: &ServeOptions, manifest: &Manifest) -> Result<Preflight, Serv
         resolve("listen", &listen)?,
         resolve("admin_listen", &admin_listen)?,
     );
-    if l == a && l.port() != 0 {
+    // An address of this host? (Bound on port 0, so a running server's own
+    // port does not get in the way of `--check`.)
+    for (what, addr, at_addr) in [("listen", &listen, l), ("admin_listen", &admin_listen, a)] {
+        if let Err(e) = std::net::TcpListener::bind((at_addr.ip(), 0)) {
+            return Err(ServeError::Listen {
+                addr: addr.clone(),
+                error: format!("{what} is not an address of this host: {e}"),
+            });
+        }
+    }
+    if l.port() == a.port()
+        && l.port() != 0
+        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+    {
         return Err(ServeError::Listen {
             addr: listen,
             error: "listen and admin_listen are the same address: give the admin listener its own (--admin-listen)".into(),
@@ -301,13 +380,10 @@ fn preflight(opts: &ServeOptions, manifest: &Manifest) -> Result<Preflight, Serv
         .clone()
         .unwrap_or_else(|| manifest.usage_log.clone());
     // Appending usage lines to the manifest or a module would corrupt it.
-    let same = |a: &Path, b: &Path| {
-        a == b
-            || matches!(
-                (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-                (Ok(x), Ok(y)) if x == y
-            )
-    };
+    // The same file by device and inode (so hard links and symlinks too);
+    // a path that does not resolve yet (`nodir/..`: the log's directories
+    // are created when it is opened) by its lexical form.
+    let same = |a: &Path, b: &Path| a == b || same_file(a, b);
     if same(&usage_path, &manifest.path) {
         return Err(ServeError::Start(format!(
             "{at}: the usage log {} is the manifest itself",
@@ -326,6 +402,8 @@ fn preflight(opts: &ServeOptions, manifest: &Manifest) -> Result<Preflight, Serv
         )));
     }
     crate::trigger::file::check_dirs(manifest, &usage_path).map_err(ServeError::Start)?;
+    check_usage_path(&usage_path)
+        .map_err(|e| ServeError::Start(format!("{at}: usage log {}: {e}", usage_path.display())))?;
     Ok(Preflight {
         listen,
         admin_listen,
@@ -357,6 +435,9 @@ pub(crate) struct Shared {
     pub(crate) usage: UsageLog,
     /// Lines of streaming responses, written when their guests end.
     pending_lines: PendingLines,
+    /// The manifest the server started with: what its start-only settings
+    /// are (see [`restart_only_changes`]).
+    started_with: Manifest,
 }
 
 impl Server {
@@ -372,6 +453,7 @@ impl Server {
         } = preflight(&opts, &manifest)?;
         let usage = UsageLog::open(&usage_path, manifest.usage_log_max_size)
             .map_err(|e| ServeError::Start(e.to_string()))?;
+        let started_with = manifest.clone();
         let app = App::load(manifest, &opts.runtime, &opts.setup, None, &metrics)?;
         app.start_sandboxes();
         let bind = |addr: &str| {
@@ -400,6 +482,7 @@ impl Server {
                 local,
                 usage,
                 pending_lines: PendingLines::default(),
+                started_with,
             }),
             listener,
             admin,
@@ -520,7 +603,23 @@ impl Server {
                         let stream = SendTimeout::new(stream, send_timeout);
                         let conn = builder.serve_connection(TokioIo::new(stream), svc);
                         if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, "connection: {e}");
+                            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                            let mut timed_out = false;
+                            while let Some(c) = cause {
+                                if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                                    timed_out = io.kind() == std::io::ErrorKind::TimedOut;
+                                    break;
+                                }
+                                cause = c.source();
+                            }
+                            if timed_out {
+                                // A send_timeout cut-off: said, as the
+                                // client's response was cut short.
+                                tracing::warn!(%peer, "connection closed: {e}: {}",
+                                    cause.map(ToString::to_string).unwrap_or_default());
+                            } else {
+                                tracing::debug!(%peer, "connection: {e}");
+                            }
                             if e.is_parse_too_large() {
                                 // hyper answered 431 itself: no request, no route.
                                 let id = usage.ids.generate();
@@ -669,7 +768,8 @@ impl Shared {
 
 /// Reloads on demand (SIGHUP) and when the manifest or a module changes.
 /// The settings read once, when the server starts, that differ between
-/// two manifests: a reload keeps their old values.
+/// the manifest it started with and a reloaded one: the running server
+/// keeps the old values (said at every reload while they differ).
 fn restart_only_changes(old: &Manifest, new: &Manifest) -> Vec<&'static str> {
     let (o, n) = (&old.server, &new.server);
     [
@@ -736,8 +836,7 @@ async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
                 app.start_sandboxes();
                 let app = Arc::new(app);
                 seen = app.stamps.clone();
-                let old = shared.current();
-                let pending = restart_only_changes(&old.manifest, &app.manifest);
+                let pending = restart_only_changes(&shared.started_with, &app.manifest);
                 if !pending.is_empty() {
                     tracing::warn!(
                         "changed in the manifest, but read only at start (they take a restart; the rest is reloaded): {}",

@@ -319,6 +319,15 @@ fn mend_torn_tail(path: &Path, file: &File) -> std::io::Result<u64> {
         return Ok(0);
     }
     let mut r = File::open(path)?;
+    // Never cut what is not a usage log (a module or a manifest named as
+    // the log by mistake): a log's lines are JSON objects.
+    let mut first = [0u8; 1];
+    r.read_exact(&mut first)?;
+    if first[0] != b'{' {
+        return Err(std::io::Error::other(
+            "not a usage log (it does not start with a JSON line); give the server a log of its own",
+        ));
+    }
     let mut end = len;
     let mut buf = vec![0u8; 64 * 1024];
     // Back from the end, a block at a time, to the last newline.

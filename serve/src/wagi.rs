@@ -27,6 +27,11 @@ const HIDDEN_REQUEST_HEADERS: [&str; 5] = [
 /// hundreds.)
 pub(crate) const MAX_RESPONSE_HEADERS: usize = 1000;
 
+/// The largest header block a WAGI function may write; more is a 502.
+/// (hyper's client reads up to about 400 KiB, browsers some 256 KiB; no
+/// response needs more than this.)
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// Headers a guest may not set: the server frames the response itself.
 const FRAMING_HEADERS: [&str; 5] = [
     "connection",
@@ -193,6 +198,12 @@ pub(crate) fn parse_output(out: Bytes) -> Result<CgiResponse, String> {
         }
     })?;
     let (head_len, body_start) = end;
+    if head_len > MAX_RESPONSE_HEAD {
+        return Err(format!(
+            "the function's headers are larger than {} KiB",
+            MAX_RESPONSE_HEAD / 1024
+        ));
+    }
     let head = std::str::from_utf8(&out[..head_len])
         .map_err(|_| "the function's headers are not UTF-8".to_string())?;
     let mut status = None;
@@ -322,6 +333,10 @@ mod tests {
         assert!(e.contains("more than 1000 header lines"), "{e}");
         // Far past what a header map can hold: an error, not a panic.
         assert!(head(40_000).is_err());
+        // One huge line.
+        let huge = format!("X-Huge: {}\n\nbody", "v".repeat(MAX_RESPONSE_HEAD));
+        let e = parse_output(Bytes::from(huge)).unwrap_err();
+        assert!(e.contains("larger than 64 KiB"), "{e}");
     }
 
     #[test]

@@ -886,6 +886,47 @@ fn serve_check_and_manifest_errors() {
         "admin_listen = \"127.0.0.1:9090\"\nusage_log = \"bad.toml\"",
     );
     r.assert_one_line_error("is the manifest itself");
+    // The same file by another name: through a directory not made yet, or
+    // a hard link. (Neither is touched: a module never gets a line.)
+    let module = dir.path().join("echo.wasm");
+    let before = std::fs::read(&module).unwrap();
+    std::fs::hard_link(&module, dir.path().join("hard.wasm")).unwrap();
+    for path in ["nodir/../echo.wasm", "hard.wasm"] {
+        let r = bad(
+            "admin_listen = \"127.0.0.1:9090\"",
+            &format!("admin_listen = \"127.0.0.1:9090\"\nusage_log = \"{path}\""),
+        );
+        r.assert_one_line_error("is function echo's module");
+        let r = run_cli(
+            wasmlet()
+                .arg("serve")
+                .arg(dir.path().join("bad.toml"))
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]),
+        );
+        r.assert_one_line_error("is function echo's module");
+    }
+    assert_eq!(std::fs::read(&module).unwrap(), before);
+    // Not a file; not a log.
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\nusage_log = \".\"",
+    );
+    r.assert_one_line_error("not a regular file");
+    std::fs::write(dir.path().join("notes.txt"), "my notes\n").unwrap();
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\nusage_log = \"notes.txt\"",
+    );
+    r.assert_one_line_error("not a usage log");
+    // The admin listener on every address at the request listener's port;
+    // an address this host does not have.
+    let r = bad(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"0.0.0.0:3000\"",
+    );
+    r.assert_one_line_error("listen and admin_listen are the same address");
+    let r = bad("listen = \"127.0.0.1:3000\"", "listen = \"192.0.2.1:3000\"");
+    r.assert_one_line_error("listen is not an address of this host");
     // A bare number is bytes: a memory limit under one page is refused.
     let r = bad("memory = \"16MiB\"", "memory = 64");
     r.assert_one_line_error("less than one wasm page");
@@ -1716,4 +1757,5 @@ route = "/b/..."
     let _ = s.read_to_end(&mut got);
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert!(got.len() < 12_000_000, "{}", got.len());
+    assert!(server.log().contains("send_timeout"), "{}", server.log());
 }
