@@ -11,7 +11,10 @@
 //! yet acknowledged by the client), not from the write's wake-ups: Linux
 //! wakes a blocked writer only once a third of the send buffer is free,
 //! which a slow but steady reader may take longer than `send_timeout` to
-//! make room for. The timer exists only while a write waits: nothing is
+//! make room for. (The client's side acknowledges in steps of up to a
+//! segment, 64 KiB on loopback, once that much of its buffer is free: a
+//! reader slower than about a segment per `send_timeout` looks idle.)
+//! The timer exists only while a write waits: nothing is
 //! allocated, armed or asked of the kernel on a write the socket takes at
 //! once.
 
