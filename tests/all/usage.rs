@@ -313,6 +313,18 @@ impl Tmpfs {
             .is_ok_and(|s| s.success());
         ok.then(|| Tmpfs(dir.to_path_buf()))
     }
+
+    /// [`Tmpfs::mount`], which must work as root; elsewhere `None`, said.
+    pub(crate) fn mount_or_skip(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let fs = Tmpfs::mount(dir, size);
+        if fs.is_none() {
+            // SAFETY: geteuid takes nothing and cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            assert_ne!(euid, 0, "root but cannot mount a tmpfs");
+            eprintln!("skipped: mounting a tmpfs takes root");
+        }
+        fs
+    }
 }
 
 impl Drop for Tmpfs {
@@ -324,17 +336,24 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Fills the filesystem of `dir` with one file, which it returns.
+fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
 #[test]
 fn usage_log_on_a_full_disk_is_reported_and_loses_nothing() {
     let dir = tempdir();
     let manifest = wagi_manifest(dir.path(), "");
     let logs = dir.path().join("logs");
     // A real full filesystem: a 256 KiB tmpfs (root, as CI runs).
-    let Some(_fs) = Tmpfs::mount(&logs, "256k") else {
-        // SAFETY: geteuid takes nothing and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_ne!(euid, 0, "root but cannot mount a tmpfs");
-        eprintln!("skipped: mounting a tmpfs takes root");
+    let Some(_fs) = Tmpfs::mount_or_skip(&logs, "256k") else {
         return;
     };
     let log = logs.join("usage.jsonl");
@@ -344,14 +363,7 @@ fn usage_log_on_a_full_disk_is_reported_and_loses_nothing() {
         200
     );
     // Fill the disk.
-    let filler = logs.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = fill_disk(&logs);
     for _ in 0..20 {
         assert_eq!(server.get("/t/hello").status, 200);
     }
@@ -391,23 +403,12 @@ fn usage_lines_that_cannot_be_written_by_exit_make_it_fail_and_are_counted() {
     )
     .unwrap();
     let logs = dir.path().join("logs");
-    let Some(_fs) = Tmpfs::mount(&logs, "256k") else {
-        // SAFETY: geteuid takes nothing and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_ne!(euid, 0, "root but cannot mount a tmpfs");
-        eprintln!("skipped: mounting a tmpfs takes root");
+    let Some(_fs) = Tmpfs::mount_or_skip(&logs, "256k") else {
         return;
     };
     let log = logs.join("usage.jsonl");
     let mut server = Serve::start_with(&manifest, &["--usage-log", log.to_str().unwrap()], &[]);
-    let filler = logs.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = fill_disk(&logs);
     for _ in 0..7 {
         assert_eq!(server.get("/t/hello").status, 200);
     }
