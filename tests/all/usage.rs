@@ -408,7 +408,7 @@ fn usage_lines_that_cannot_be_written_by_exit_make_it_fail_and_are_counted() {
     };
     let log = logs.join("usage.jsonl");
     let mut server = Serve::start_with(&manifest, &["--usage-log", log.to_str().unwrap()], &[]);
-    let filler = fill_disk(&logs);
+    fill_disk(&logs);
     for _ in 0..7 {
         assert_eq!(server.get("/t/hello").status, 200);
     }
