@@ -242,42 +242,6 @@ pub fn check(opts: &ServeOptions) -> Result<App, ServeError> {
     )?)
 }
 
-/// What opening the usage log at `path` would refuse, found without
-/// creating anything (for `--check`): not a regular file, not a usage log,
-/// a parent that is not a directory.
-fn check_usage_path(path: &Path) -> Result<(), String> {
-    use std::io::Read;
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => {
-            return Err("not a regular file (a usage log is rotated by renaming it)".into());
-        }
-        Ok(m) if m.len() > 0 => {
-            let mut first = [0u8; 1];
-            std::fs::File::open(path)
-                .and_then(|mut f| f.read_exact(&mut first))
-                .map_err(|e| e.to_string())?;
-            if first[0] != b'{' {
-                return Err("not a usage log (it does not start with a JSON line)".into());
-            }
-        }
-        Ok(_) => {}
-        Err(_) => {
-            // Its nearest existing ancestor must be a directory.
-            let mut up = path.parent();
-            while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
-                if let Ok(m) = std::fs::metadata(p) {
-                    if !m.is_dir() {
-                        return Err(format!("{} is not a directory", p.display()));
-                    }
-                    break;
-                }
-                up = p.parent();
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Whether `a` and `b` name one existing file (see [`preflight`]).
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -402,7 +366,7 @@ fn preflight(opts: &ServeOptions, manifest: &Manifest) -> Result<Preflight, Serv
         )));
     }
     crate::trigger::file::check_dirs(manifest, &usage_path).map_err(ServeError::Start)?;
-    check_usage_path(&usage_path)
+    crate::usage_log::check_path(&usage_path)
         .map_err(|e| ServeError::Start(format!("{at}: usage log {}: {e}", usage_path.display())))?;
     Ok(Preflight {
         listen,
@@ -603,22 +567,10 @@ impl Server {
                         let stream = SendTimeout::new(stream, send_timeout);
                         let conn = builder.serve_connection(TokioIo::new(stream), svc);
                         if let Err(e) = watcher.watch(conn).await {
-                            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-                            let mut timed_out = false;
-                            while let Some(c) = cause {
-                                if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                                    timed_out = io.kind() == std::io::ErrorKind::TimedOut;
-                                    break;
-                                }
-                                cause = c.source();
-                            }
-                            if timed_out {
-                                // A send_timeout cut-off: said, as the
-                                // client's response was cut short.
-                                tracing::warn!(%peer, "connection closed: {e}: {}",
-                                    cause.map(ToString::to_string).unwrap_or_default());
-                            } else {
-                                tracing::debug!(%peer, "connection: {e}");
+                            match send_timed_out(&e) {
+                                // Said, as the client's response was cut short.
+                                Some(why) => tracing::warn!(%peer, "connection closed: {e}: {why}"),
+                                None => tracing::debug!(%peer, "connection: {e}"),
                             }
                             if e.is_parse_too_large() {
                                 // hyper answered 431 itself: no request, no route.
@@ -766,7 +718,19 @@ impl Shared {
     }
 }
 
-/// Reloads on demand (SIGHUP) and when the manifest or a module changes.
+/// The `send_timeout` cut-off under a connection's error, if that is what
+/// ended it (see [`SendTimeout`]).
+fn send_timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return (io.kind() == std::io::ErrorKind::TimedOut).then_some(io);
+        }
+        cause = c.source();
+    }
+    None
+}
+
 /// The settings read once, when the server starts, that differ between
 /// the manifest it started with and a reloaded one: the running server
 /// keeps the old values (said at every reload while they differ).
@@ -800,6 +764,7 @@ fn restart_only_changes(old: &Manifest, new: &Manifest) -> Vec<&'static str> {
     .collect()
 }
 
+/// Reloads on demand (SIGHUP) and when the manifest or a module changes.
 async fn reload_loop(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
     let mut seen = shared.current().stamps.clone();
     let watch = shared.current().manifest.server.watch;

@@ -309,6 +309,50 @@ impl UsageLog {
     }
 }
 
+const NOT_REGULAR: &str = "not a regular file (a usage log is rotated by renaming it)";
+
+/// A non-empty usage log starts with a JSON object (its first line): what
+/// does not is no usage log, and is neither appended to nor cut.
+fn starts_as_a_log(f: &mut File) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    f.read_exact(&mut first)?;
+    if first[0] != b'{' {
+        return Err(std::io::Error::other(
+            "not a usage log (it does not start with a JSON line); give the server a log of its own",
+        ));
+    }
+    Ok(())
+}
+
+/// What [`UsageLog::open`] would refuse at `path`, found without creating
+/// or changing anything (for `serve --check`): not a regular file, not a
+/// usage log, a parent that is not a directory.
+pub(crate) fn check_path(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(std::io::Error::other(NOT_REGULAR)),
+        Ok(m) if m.len() > 0 => starts_as_a_log(&mut File::open(path)?),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            // Its nearest existing ancestor must be a directory.
+            let mut up = path.parent();
+            while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
+                if let Ok(m) = std::fs::metadata(p) {
+                    if !m.is_dir() {
+                        return Err(std::io::Error::other(format!(
+                            "{} is not a directory",
+                            p.display()
+                        )));
+                    }
+                    break;
+                }
+                up = p.parent();
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Cuts a torn last line (the writer cut short by a crash or a power loss
 /// mid-write) off the log, so the next line starts on a line of its own,
 /// and says so; the file's length after.
@@ -320,14 +364,8 @@ fn mend_torn_tail(path: &Path, file: &File) -> std::io::Result<u64> {
     }
     let mut r = File::open(path)?;
     // Never cut what is not a usage log (a module or a manifest named as
-    // the log by mistake): a log's lines are JSON objects.
-    let mut first = [0u8; 1];
-    r.read_exact(&mut first)?;
-    if first[0] != b'{' {
-        return Err(std::io::Error::other(
-            "not a usage log (it does not start with a JSON line); give the server a log of its own",
-        ));
-    }
+    // the log by mistake).
+    starts_as_a_log(&mut r)?;
     let mut end = len;
     let mut buf = vec![0u8; 64 * 1024];
     // Back from the end, a block at a time, to the last newline.
@@ -360,8 +398,7 @@ fn mend_torn_tail(path: &Path, file: &File) -> std::io::Result<u64> {
 fn open_append(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
-    let not_regular =
-        || std::io::Error::other("not a regular file (a usage log is rotated by renaming it)");
+    let not_regular = || std::io::Error::other(NOT_REGULAR);
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
         return Err(not_regular());
     }
